@@ -1,0 +1,3 @@
+from siptrio.app.cli import main
+
+raise SystemExit(main())
