@@ -1,0 +1,383 @@
+"""SIP requests and responses: raw header lines plus lazily parsed typed views.
+
+A message is its start line, its header lines exactly as received and its body.
+Typed values (Via, From, To, CSeq, Contact ...) are parsed on first use and cached;
+headers nobody asks about stay bytes. Edits (add a Via, decrement Max-Forwards)
+return a new message in which only the touched lines differ, so a forwarded request
+is otherwise byte-identical to the one received: that is both the RFC's wish and the
+fast path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+from ._abnf import LWS, parse_uint
+from .errors import SipParseError
+from .headers import (
+    CSeq,
+    NameAddr,
+    Via,
+    display_name,
+    parse_cseq,
+    parse_name_addr,
+    parse_token_list,
+    parse_via,
+    split_list,
+)
+from .uri import Uri
+
+__all__ = ["HeaderField", "Message", "Request", "Response", "make_response", "reason_phrase"]
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderField:
+    """One header line: lower-case long name, the line as received, the unfolded value."""
+
+    name: str
+    raw: bytes
+    value: bytes
+
+    @classmethod
+    def make(cls, name: str, value: str | bytes) -> HeaderField:
+        lname = name.lower()
+        bvalue = value.encode("utf-8") if isinstance(value, str) else value
+        return cls(lname, display_name(lname).encode("ascii") + b": " + bvalue, bvalue)
+
+
+def _text(value: bytes, name: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SipParseError(f"Non-UTF-8 bytes in {display_name(name)}") from None
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Message:
+    headers: tuple[HeaderField, ...]
+    body: bytes = b""
+
+    # --- raw access ----------------------------------------------------------------
+
+    def start_line(self) -> bytes:
+        raise NotImplementedError
+
+    def serialise(self) -> bytes:
+        parts = [self.start_line()]
+        parts.extend(h.raw for h in self.headers)
+        parts.append(b"")
+        parts.append(self.body)
+        return b"\r\n".join(parts)
+
+    __bytes__ = serialise
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, Message)
+        return (
+            self.start_line() == other.start_line()
+            and [h.raw for h in self.headers] == [h.raw for h in other.headers]
+            and self.body == other.body
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def has(self, name: str) -> bool:
+        return any(h.name == name for h in self.headers)
+
+    def raw_values(self, name: str) -> list[bytes]:
+        return [h.value for h in self.headers if h.name == name]
+
+    def values(self, name: str) -> list[str]:
+        """Every value of a header, decoded; list headers not split."""
+        return [_text(h.value, name) for h in self.headers if h.name == name]
+
+    def elements(self, name: str) -> list[str]:
+        """Every element of a comma-list header, across all its lines, in order."""
+        out: list[str] = []
+        for v in self.values(name):
+            out.extend(split_list(v, display_name(name)))
+        return out
+
+    def first(self, name: str) -> str | None:
+        for h in self.headers:
+            if h.name == name:
+                return _text(h.value, name)
+        return None
+
+    def single(self, name: str) -> str | None:
+        """The value of a header that may appear at most once (RFC 4475 multi01)."""
+        found = self.values(name)
+        if not found:
+            return None
+        if len(found) > 1:
+            raise SipParseError(f"More than one {display_name(name)} header")
+        return found[0]
+
+    def required(self, name: str) -> str:
+        value = self.single(name)
+        if value is None:
+            raise SipParseError(f"Missing {display_name(name)} header")
+        return value
+
+    # --- typed views -----------------------------------------------------------------
+
+    @cached_property
+    def vias(self) -> tuple[Via, ...]:
+        vias = tuple(parse_via(e) for e in self.elements("via"))
+        if not vias:
+            raise SipParseError("Missing Via header")
+        return vias
+
+    @property
+    def top_via(self) -> Via:
+        return self.vias[0]
+
+    @cached_property
+    def from_(self) -> NameAddr:
+        return _single_name_addr(self, "from")
+
+    @cached_property
+    def to(self) -> NameAddr:
+        return _single_name_addr(self, "to")
+
+    @cached_property
+    def call_id(self) -> str:
+        value = self.required("call-id").strip(LWS)
+        if not value or any(c in value for c in " \t"):
+            raise SipParseError("Malformed Call-ID")
+        return value
+
+    @cached_property
+    def cseq(self) -> CSeq:
+        return parse_cseq(self.required("cseq"))
+
+    @cached_property
+    def max_forwards(self) -> int | None:
+        value = self.single("max-forwards")
+        if value is None:
+            return None
+        return parse_uint(value, "Max-Forwards", maximum=255)
+
+    @cached_property
+    def content_length(self) -> int | None:
+        value = self.single("content-length")
+        return None if value is None else parse_uint(value, "Content-Length")
+
+    @cached_property
+    def content_type(self) -> str | None:
+        value = self.single("content-type")
+        return value.strip(LWS) if value is not None else None
+
+    @cached_property
+    def contact_star(self) -> bool:
+        """``Contact: *`` (RFC 3261 section 10.2.2); mixing it with URIs is malformed."""
+        elements = self.elements("contact")
+        if "*" not in elements:
+            return False
+        if len(elements) != 1:
+            raise SipParseError("Contact * must be the only Contact")
+        return True
+
+    @cached_property
+    def contacts(self) -> tuple[NameAddr, ...]:
+        if self.contact_star:
+            return ()
+        return tuple(parse_name_addr(e, "Contact") for e in self.elements("contact"))
+
+    @cached_property
+    def routes(self) -> tuple[NameAddr, ...]:
+        return tuple(parse_name_addr(e, "Route") for e in self.elements("route"))
+
+    @cached_property
+    def record_routes(self) -> tuple[NameAddr, ...]:
+        return tuple(parse_name_addr(e, "Record-Route") for e in self.elements("record-route"))
+
+    @cached_property
+    def paths(self) -> tuple[NameAddr, ...]:
+        return tuple(parse_name_addr(e, "Path") for e in self.elements("path"))
+
+    @cached_property
+    def expires(self) -> int | None:
+        value = self.single("expires")
+        # delta-seconds above 2**32-1 mean 2**32-1 (RFC 3261 section 20.19 / 25.1)
+        return None if value is None else parse_uint(value, "Expires", clamp=True)
+
+    @cached_property
+    def require(self) -> tuple[str, ...]:
+        return parse_token_list(self.values("require"), "Require")
+
+    @cached_property
+    def proxy_require(self) -> tuple[str, ...]:
+        return parse_token_list(self.values("proxy-require"), "Proxy-Require")
+
+    @cached_property
+    def supported(self) -> tuple[str, ...]:
+        return parse_token_list(self.values("supported"), "Supported")
+
+    @cached_property
+    def user_agent(self) -> str | None:
+        return self.first("user-agent")
+
+    # --- edits (each returns a new message) --------------------------------------------
+
+    def with_headers(self, headers: Iterable[HeaderField]) -> Message:
+        return replace(self, headers=tuple(headers))
+
+    def prepend(self, name: str, value: str | bytes) -> Message:
+        """A new header line above all others (Via, Record-Route)."""
+        return replace(self, headers=(HeaderField.make(name, value), *self.headers))
+
+    def append(self, name: str, value: str | bytes) -> Message:
+        return replace(self, headers=(*self.headers, HeaderField.make(name, value)))
+
+    def remove(self, name: str) -> Message:
+        return replace(self, headers=tuple(h for h in self.headers if h.name != name))
+
+    def set(self, name: str, *values: str | bytes) -> Message:
+        """Replace every line of ``name`` with ``values``, where the first one stood."""
+        lname = name.lower()
+        new = [HeaderField.make(lname, v) for v in values]
+        out: list[HeaderField] = []
+        placed = False
+        for h in self.headers:
+            if h.name == lname:
+                if not placed:
+                    out.extend(new)
+                    placed = True
+                continue
+            out.append(h)
+        if not placed:
+            out.extend(new)
+        return replace(self, headers=tuple(out))
+
+    def with_body(self, body: bytes, content_type: str | None) -> Message:
+        msg = self.set("content-length", str(len(body)))
+        if content_type:
+            msg = msg.set("content-type", content_type)
+        return replace(msg, body=body)
+
+
+def _single_name_addr(msg: Message, name: str) -> NameAddr:
+    value = msg.required(name)
+    # A comma outside quotes and <> means two values: RFC 4475 baddn and multi01.
+    elements = split_list(value, display_name(name))
+    if len(elements) != 1:
+        raise SipParseError(f"More than one {display_name(name)} value")
+    return parse_name_addr(elements[0], display_name(name))
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Request(Message):
+    method: str
+    uri: Uri
+    uri_text: str
+
+    def start_line(self) -> bytes:
+        return f"{self.method} {self.uri_text} SIP/2.0".encode()
+
+    def with_uri(self, uri: Uri) -> Request:
+        return replace(self, uri=uri, uri_text=str(uri))
+
+    def transaction_tag(self) -> str:
+        """A stable To tag for responses this server generates to this request.
+
+        Derived from the request's identity, so a retransmitted request gets the same
+        tag without the core keeping state for it.
+        """
+        via = self.vias[0]
+        seed = f"{self.call_id}|{self.from_.tag}|{via.branch}|{via.sent_by}|{self.cseq.number}"
+        return hashlib.blake2s(seed.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Response(Message):
+    status: int
+    reason: str
+
+    def start_line(self) -> bytes:
+        return f"SIP/2.0 {self.status} {self.reason}".encode()
+
+
+_REASONS = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    413: "Request Entity Too Large",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    423: "Interval Too Brief",
+    430: "Flow Failed",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    600: "Busy Everywhere",
+    603: "Decline",
+}
+
+
+def reason_phrase(status: int) -> str:
+    return _REASONS.get(status, "Unknown")
+
+
+_COPIED = ("via", "from", "to", "call-id", "cseq")
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    content_type: str | None = None,
+    to_tag: str | None = None,
+) -> Response:
+    """A response per RFC 3261 section 8.2.6.2: Via, From, To, Call-ID, CSeq copied.
+
+    The To tag is added for everything but 100 when the request had none; the Via
+    lines are copied as they stand in ``request`` (so stamp received/rport first).
+    """
+    out: list[HeaderField] = []
+    for h in request.headers:
+        if h.name in _COPIED:
+            if h.name == "to" and status != 100 and request.to.tag is None:
+                tag = to_tag or request.transaction_tag()
+                out.append(HeaderField.make("to", f"{request.to.text};tag={tag}"))
+            else:
+                out.append(h)
+    out.extend(HeaderField.make(k, v) for k, v in headers)
+    if body and content_type:
+        out.append(HeaderField.make("content-type", content_type))
+    out.append(HeaderField.make("content-length", str(len(body))))
+    return Response(
+        headers=tuple(out), body=body, status=status, reason=reason or reason_phrase(status)
+    )
