@@ -1,0 +1,232 @@
+"""The registrar's decisions (RFC 3261 section 10.3, RFC 5626 section 6, RFC 3327).
+
+Given a REGISTER, where it came from and the time, compute the new binding set for
+the AOR, all or nothing, and the response. The caller makes the changes durable and
+only then sends the response.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..sip.errors import SipParseError
+from ..sip.headers import NameAddr
+from ..sip.message import Request, Response, make_response
+from ..sip.uri import SipUri
+from .events import BindingEvent, BindingEventKind
+from .location import Binding, Location
+from .types import Peer
+
+__all__ = ["RegisterOutcome", "Registrar", "RegistrarConfig"]
+
+SUPPORTED_OPTIONS = ("path", "outbound")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegistrarConfig:
+    min_expires: int = 60
+    default_expires: int = 3600
+    max_expires: int = 7200
+    max_contacts: int = 10  # per AOR
+    domains: tuple[str, ...] = ()  # empty: any domain
+
+
+@dataclass(kw_only=True)
+class RegisterOutcome:
+    response: Response
+    upserts: list[Binding] = field(default_factory=list)
+    deletes: list[tuple[str, str]] = field(default_factory=list)
+    events: list[BindingEvent] = field(default_factory=list)
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+
+def serves_domain(domains: tuple[str, ...], host: str) -> bool:
+    return not domains or host.lower() in domains
+
+
+class Registrar:
+    def __init__(self, config: RegistrarConfig, location: Location, *, server: str) -> None:
+        self.config = config
+        self.location = location
+        self._server = server
+
+    def register(self, request: Request, peer: Peer, now: float) -> RegisterOutcome:
+        try:
+            return self._register(request, peer, now)
+        except _Reject as r:
+            return RegisterOutcome(response=self._respond(request, r.status, r.reason, r.headers))
+        except SipParseError as e:
+            return RegisterOutcome(response=self._respond(request, e.status, e.reason))
+
+    def _respond(
+        self, request: Request, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> Response:
+        return make_response(request, status, reason, headers=(*headers, ("Server", self._server)))
+
+    def _register(self, request: Request, peer: Peer, now: float) -> RegisterOutcome:
+        cfg = self.config
+        ruri = request.uri
+        if not isinstance(ruri, SipUri):
+            raise _Reject(
+                416, "Unsupported URI Scheme (REGISTER needs a sip: or sips: Request-URI)"
+            )
+        if not serves_domain(cfg.domains, ruri.host):
+            raise _Reject(403, f"Domain {ruri.host} is not served here")
+        to_uri = request.to.uri
+        if not isinstance(to_uri, SipUri):
+            raise _Reject(400, "Address-of-record must be a sip: or sips: URI")
+        if not serves_domain(cfg.domains, to_uri.host):
+            raise _Reject(403, f"Domain {to_uri.host} is not served here")
+        aor = to_uri.aor()
+        current = self.location.bindings(aor)
+
+        if request.contact_star:
+            if request.expires != 0:
+                raise _Reject(400, "Contact * requires Expires: 0")
+            for b in current.values():
+                self._check_order(b, request)
+            return self._apply(request, aor, [], list(current.values()), now, replaced=[])
+
+        contacts = request.contacts
+        if not contacts:
+            return self._ok(request, aor, now)
+
+        header_expires = request.expires
+        with_reg_id = [
+            c for c in contacts if c.reg_id is not None and self._requested(c, header_expires) != 0
+        ]
+        if len(with_reg_id) > 1:
+            raise _Reject(400, "More than one Contact with reg-id (RFC 5626 section 6)")
+
+        upserts: list[Binding] = []
+        deletes: list[Binding] = []
+        replaced: list[Binding] = []
+        path = tuple(p.text for p in request.paths)
+        for contact in contacts:
+            if not isinstance(contact.uri, SipUri) and contact.uri.scheme not in ("tel",):
+                raise _Reject(400, f"Unsupported Contact URI scheme {contact.uri.scheme}")
+            requested = self._requested(contact, header_expires)
+            if requested != 0 and requested < cfg.min_expires:
+                raise _Reject(
+                    423,
+                    f"Interval Too Brief (minimum {cfg.min_expires} s)",
+                    (("Min-Expires", str(cfg.min_expires)),),
+                )
+            expires = min(requested, cfg.max_expires)
+            key = self._binding_key(contact)
+            old = current.get(key)
+            if old is not None:
+                self._check_order(old, request)
+            if expires == 0:
+                if old is not None:
+                    deletes.append(old)
+                continue
+            q = contact.q
+            binding = Binding(
+                aor=aor,
+                key=key,
+                contact_uri=contact.uri_text,
+                contact_params="".join(
+                    f";{k}" if v is None else f";{k}={v}"
+                    for k, v in contact.params
+                    if k.lower() != "expires"
+                ),
+                q=q,
+                expires_at=now + expires,
+                call_id=request.call_id,
+                cseq=request.cseq.number,
+                instance=contact.instance,
+                reg_id=contact.reg_id,
+                path=path,
+                user_agent=request.user_agent,
+                transport=peer.transport,
+                source_host=peer.host,
+                source_port=peer.port,
+                local_host=peer.local_host,
+                local_port=peer.local_port,
+                flow_id=peer.flow_id,
+                registered_at=old.registered_at if old is not None else now,
+                updated_at=now,
+            )
+            if old is not None and old.flow_id and old.flow_id != peer.flow_id:
+                replaced.append(old)
+            upserts.append(binding)
+
+        live_after = {k for k, b in current.items() if b.expires_at > now}
+        live_after -= {b.key for b in deletes}
+        live_after |= {b.key for b in upserts}
+        new_keys = {b.key for b in upserts} - set(current)
+        if new_keys and len(live_after) > cfg.max_contacts:
+            raise _Reject(403, f"Too many contacts for {aor} (limit {cfg.max_contacts})")
+        return self._apply(request, aor, upserts, deletes, now, replaced=replaced)
+
+    def _requested(self, contact: NameAddr, header_expires: int | None) -> int:
+        value = contact.expires
+        if value is None:
+            value = header_expires
+        if value is None:
+            value = self.config.default_expires
+        return min(value, 2**32 - 1)
+
+    @staticmethod
+    def _binding_key(contact: NameAddr) -> str:
+        """RFC 5626: the same instance and reg-id is the same binding on any flow."""
+        instance = contact.instance
+        if instance is not None:
+            reg_id = contact.reg_id
+            return f"instance:{instance}" + (f"|{reg_id}" if reg_id is not None else "")
+        uri = contact.uri
+        return "uri:" + (uri.key() if isinstance(uri, SipUri) else str(uri))
+
+    @staticmethod
+    def _check_order(old: Binding, request: Request) -> None:
+        if old.call_id == request.call_id and request.cseq.number <= old.cseq:
+            raise _Reject(
+                400,
+                f"CSeq {request.cseq.number} is not higher than {old.cseq} for this Call-ID",
+            )
+
+    def _apply(
+        self,
+        request: Request,
+        aor: str,
+        upserts: list[Binding],
+        deletes: list[Binding],
+        now: float,
+        *,
+        replaced: list[Binding],
+    ) -> RegisterOutcome:
+        events: list[BindingEvent] = []
+        for b in deletes:
+            self.location.remove(aor, b.key)
+            events.append(BindingEvent(kind=BindingEventKind.REMOVED, binding=b))
+        for b in replaced:
+            events.append(BindingEvent(kind=BindingEventKind.REPLACED, binding=b))
+        for b in upserts:
+            old = self.location.put(b)
+            kind = BindingEventKind.ADDED if old is None else BindingEventKind.REFRESHED
+            events.append(BindingEvent(kind=kind, binding=b))
+        outcome = self._ok(request, aor, now)
+        outcome.upserts = upserts
+        outcome.deletes = [(aor, b.key) for b in deletes]
+        outcome.events = events
+        return outcome
+
+    def _ok(self, request: Request, aor: str, now: float) -> RegisterOutcome:
+        headers: list[tuple[str, str]] = [
+            ("Contact", b.contact_header(now)) for b in self.location.lookup(aor, now)
+        ]
+        if request.paths and "path" in request.supported:
+            headers.extend(("Path", p.text) for p in request.paths)
+        if "outbound" in request.supported and any(c.reg_id is not None for c in request.contacts):
+            headers.append(("Require", "outbound"))
+        headers.append(("Supported", ", ".join(SUPPORTED_OPTIONS)))
+        headers.append(("Server", self._server))
+        return RegisterOutcome(response=make_response(request, 200, "OK", headers=headers))

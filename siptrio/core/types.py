@@ -1,0 +1,58 @@
+"""Transports and peers: the vocabulary the core and the I/O layer share."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["Peer", "Transport"]
+
+
+class Transport(enum.Enum):
+    UDP = "udp"
+    TCP = "tcp"
+    TLS = "tls"
+    WS = "ws"
+    WSS = "wss"
+
+    @property
+    def is_stream(self) -> bool:
+        """Connection-oriented: replies and requests to bindings go over the flow."""
+        return self is not Transport.UDP
+
+    @property
+    def is_secure(self) -> bool:
+        return self in (Transport.TLS, Transport.WSS)
+
+    @property
+    def via_name(self) -> str:
+        return self.name
+
+    @classmethod
+    def from_name(cls, name: str) -> Transport:
+        return cls(name.lower())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Peer:
+    """Where a message came from, and therefore where its answer goes.
+
+    ``flow_id`` names the connection for stream transports (None on UDP);
+    ``local_host``/``local_port`` name the listener it arrived on, so a UDP answer
+    leaves from the socket the request reached.
+    """
+
+    transport: Transport
+    host: str  # IP literal without brackets
+    port: int
+    local_host: str
+    local_port: int
+    flow_id: str | None = None
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.transport.value}:{self.address}"
