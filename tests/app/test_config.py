@@ -1,0 +1,589 @@
+"""Tests for siptrio.app.config: defaults, a full file, every error with its location."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from siptrio.app.config import (
+    _SECTIONS,
+    AdminConfig,
+    Config,
+    ConfigError,
+    ControlConfig,
+    LoggingConfig,
+    ProxyConfig,
+    RegistrarSection,
+    SipConfig,
+    TlsConfig,
+    WebSocketConfig,
+    config_as_dict,
+    default_control_socket,
+    default_database_path,
+    load_config,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO_ROOT / "examples" / "config.ini"
+
+
+def write(tmp_path: Path, text: str, name: str = "config.ini") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def error_of(path: Path | None, overrides: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return str(info.value)
+
+
+# --- defaults and a full file --------------------------------------------------------
+
+
+def test_no_file_gives_the_defaults() -> None:
+    config = load_config()
+    assert config == Config()
+    assert config.source is None
+    assert config.sip == SipConfig()
+    assert config.sip.listen_addr == ("127.0.0.1",)
+    assert (config.sip.udp_port, config.sip.tcp_port) == (5060, 5060)
+    assert (config.sip.t1, config.sip.t2, config.sip.t4) == (0.5, 4.0, 5.0)
+    assert config.tls.enable is False
+    assert config.tls.listen_addr is None
+    assert config.websocket.allowed_origins == ("http://localhost:8088", "http://127.0.0.1:8088")
+    assert config.registrar.database == default_database_path()
+    assert config.control.socket == default_control_socket()
+    assert config.logging.level == "INFO"
+
+
+def test_an_empty_file_gives_the_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, "# nothing here\n")
+    assert load_config(path) == dataclasses.replace(Config(), source=str(path))
+
+
+def test_full_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [sip]
+        listen_addr = 0.0.0.0, ::1 ,[2001:db8::1]
+        udp_port = 0
+        tcp_port = 5070
+        domains = Example.COM, sip.example.org
+        max_message_size = 4096
+        max_headers = 64
+        idle_timeout = 12.5
+        t1 = 0.25
+        t2 = 2
+        t4 = 3
+        udp_enable = no
+        tcp_enable = off
+
+        [sip_tls]
+        enable = yes
+        listen_addr = 10.0.0.1
+        listen_port = 5161
+        cert_file = /etc/siptrio/cert.pem
+        key_file = /etc/siptrio/key.pem
+        ca_file = /etc/siptrio/ca.pem
+        verify_client = Required
+
+        [sip_websocket]
+        enable = 0
+        listen_addr = ::
+        listen_port = 8081
+        wss_enable = 1
+        wss_listen_port = 8444
+        wss_cert_file = /etc/siptrio/wss.pem
+        wss_key_file = /etc/siptrio/wss.key
+        allowed_origins = HTTPS://App.Example.com:443/, http://[::1]:3000,
+            http://localhost
+        allow_missing_origin = false
+        keepalive_interval = 30
+        keepalive_timeout = 5
+        keepalive_mechanism = BOTH
+        handshake_timeout = 2
+        max_connections = 50
+        max_connections_per_ip = 5
+        max_message_size = 131072
+
+        [registrar]
+        MIN_EXPIRES = 30
+        default_expires = 600
+        max_expires = 600
+        max_contacts = 3
+        database = :memory:
+
+        [proxy]
+        allowed_destinations = 10.0.0.0/8, 192.168.1.7, 2001:db8::1/32
+        record_route = false
+        max_dialog_duration = 60
+
+        [admin]
+        enable = false
+        listen_addr = ::1
+        listen_port = 9000
+        token = s3cr%t;#x
+
+        [control]
+        enable = false
+        socket = /run/siptrio.sock
+
+        [logging]
+        level = debug
+        sip_trace = true
+        """,
+    )
+    config = load_config(path)
+    assert config == Config(
+        sip=SipConfig(
+            listen_addr=("0.0.0.0", "::1", "2001:db8::1"),
+            udp_port=0,
+            tcp_port=5070,
+            domains=("example.com", "sip.example.org"),
+            max_message_size=4096,
+            max_headers=64,
+            idle_timeout=12.5,
+            t1=0.25,
+            t2=2.0,
+            t4=3.0,
+            udp_enable=False,
+            tcp_enable=False,
+        ),
+        tls=TlsConfig(
+            enable=True,
+            listen_addr=("10.0.0.1",),
+            listen_port=5161,
+            cert_file="/etc/siptrio/cert.pem",
+            key_file="/etc/siptrio/key.pem",
+            ca_file="/etc/siptrio/ca.pem",
+            verify_client="required",
+        ),
+        websocket=WebSocketConfig(
+            enable=False,
+            listen_addr=("::",),
+            listen_port=8081,
+            wss_enable=True,
+            wss_listen_port=8444,
+            wss_cert_file="/etc/siptrio/wss.pem",
+            wss_key_file="/etc/siptrio/wss.key",
+            allowed_origins=("https://app.example.com", "http://[::1]:3000", "http://localhost"),
+            allow_missing_origin=False,
+            keepalive_interval=30.0,
+            keepalive_timeout=5.0,
+            keepalive_mechanism="both",
+            handshake_timeout=2.0,
+            max_connections=50,
+            max_connections_per_ip=5,
+            max_message_size=131072,
+        ),
+        registrar=RegistrarSection(
+            min_expires=30,
+            default_expires=600,
+            max_expires=600,
+            max_contacts=3,
+            database=":memory:",
+        ),
+        proxy=ProxyConfig(
+            allowed_destinations=(
+                ipaddress.ip_network("10.0.0.0/8"),
+                ipaddress.ip_network("192.168.1.7/32"),
+                ipaddress.ip_network("2001:db8::/32"),
+            ),
+            record_route=False,
+            max_dialog_duration=60.0,
+        ),
+        admin=AdminConfig(enable=False, listen_addr="::1", listen_port=9000, token="s3cr%t;#x"),
+        control=ControlConfig(enable=False, socket="/run/siptrio.sock"),
+        logging=LoggingConfig(level="DEBUG", sip_trace=True),
+        source=str(path),
+    )
+
+
+def test_empty_optional_values_mean_none(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [sip_tls]
+        listen_addr =
+        ca_file =
+        [sip_websocket]
+        listen_addr =
+        [admin]
+        token =
+        [sip]
+        domains =
+        [proxy]
+        allowed_destinations =
+        """,
+    )
+    config = load_config(path)
+    assert config.tls.listen_addr is None
+    assert config.tls.ca_file is None
+    assert config.websocket.listen_addr is None
+    assert config.admin.token is None
+    assert config.sip.domains == ()
+    assert config.proxy.allowed_destinations == ()
+
+
+def test_any_origin(tmp_path: Path) -> None:
+    path = write(tmp_path, "[sip_websocket]\nallowed_origins = *\n")
+    assert load_config(path).websocket.allowed_origins == ("*",)
+
+
+def test_schema_covers_every_dataclass_field() -> None:
+    for section in _SECTIONS.values():
+        names = {f.name for f in dataclasses.fields(section.cls)}
+        assert set(section.keys) == names, section.cls.__name__
+        assert section.paths <= names
+
+
+def test_config_as_dict_is_json(tmp_path: Path) -> None:
+    path = write(tmp_path, "[proxy]\nallowed_destinations = 10.1.2.3/8, ::1\n")
+    data = config_as_dict(load_config(path))
+    assert json.loads(json.dumps(data)) == data
+    assert data["proxy"]["allowed_destinations"] == ["10.0.0.0/8", "::1/128"]
+    assert data["sip"]["listen_addr"] == ["127.0.0.1"]
+    assert data["tls"]["listen_addr"] is None
+    assert data["source"] == str(path)
+    assert set(data) == {f.name for f in dataclasses.fields(Config)}
+
+
+# --- errors name file, line, section and key -----------------------------------------
+
+ERRORS = {
+    "unknown section": (
+        """
+        [sip]
+        udp_port = 5060
+        [sipp]
+        tcp_port = 5060
+        """,
+        "{path}:3: unknown section [sipp]; known sections: admin, control, logging, proxy, "
+        "registrar, sip, sip_tls, sip_websocket",
+    ),
+    "DEFAULT is not special": (
+        "[DEFAULT]\nudp_port = 1\n",
+        "{path}:1: unknown section [DEFAULT]",
+    ),
+    "unknown key": (
+        """
+        # comment
+        [sip]
+
+        udp_port = 5060
+        ; another comment
+        udp_prot = 5070
+        """,
+        "{path}:6: [sip] udp_prot: unknown key; known keys in [sip]: domains, idle_timeout, "
+        "listen_addr, max_headers, max_message_size, t1, t2, t4, tcp_enable, tcp_port, "
+        "udp_enable, udp_port; did you mean udp_port?",
+    ),
+    "bad int": (
+        "[logging]\nlevel = INFO\n[sip]\nudp_port = abc\n",
+        '{path}:4: [sip] udp_port = "abc": expected an integer port 0..65535',
+    ),
+    "int out of range": (
+        "[sip]\ntcp_port = 65536\n",
+        '{path}:2: [sip] tcp_port = "65536": expected an integer port 0..65535',
+    ),
+    "inline comment": (
+        "[sip]\nudp_port = 5060 ; the port\n",
+        '{path}:2: [sip] udp_port = "5060 ; the port": expected an integer port 0..65535 '
+        "(comments must be on a line of their own)",
+    ),
+    "bad bool": (
+        "[logging]\nsip_trace = maybe\n",
+        '{path}:2: [logging] sip_trace = "maybe": expected a boolean: true/false, yes/no, '
+        "on/off or 1/0",
+    ),
+    "bad float": (
+        "[sip]\nt1 = 0\n",
+        '{path}:2: [sip] t1 = "0": expected a number of seconds > 0',
+    ),
+    "nan": (
+        "[proxy]\nmax_dialog_duration = nan\n",
+        '{path}:2: [proxy] max_dialog_duration = "nan": expected a number of seconds > 0',
+    ),
+    "bad choice": (
+        "[logging]\nlevel = verbose\n",
+        '{path}:2: [logging] level = "verbose": expected one of DEBUG, INFO, WARNING, ERROR',
+    ),
+    "bad address": (
+        "[sip]\nlisten_addr = 127.0.0.1, localhost\n",
+        '{path}:2: [sip] listen_addr = "127.0.0.1, localhost": expected a comma-separated '
+        "list of IPv4/IPv6 addresses, e.g. 127.0.0.1, ::1; 'localhost' is not an IPv4 or "
+        "IPv6 address",
+    ),
+    "no address": (
+        "[sip]\nlisten_addr =\n",
+        '{path}:2: [sip] listen_addr = "": expected a comma-separated list of IPv4/IPv6 addresses',
+    ),
+    "bad admin address": (
+        "[admin]\nlisten_addr = 127.0.0.1, ::1\n",
+        '{path}:2: [admin] listen_addr = "127.0.0.1, ::1": expected one IPv4 or IPv6 address',
+    ),
+    "bad domain": (
+        "[sip]\ndomains = example.com, exa mple.org\n",
+        '{path}:2: [sip] domains = "example.com, exa mple.org": expected a comma-separated '
+        "list of domain names",
+    ),
+    "bad CIDR": (
+        "[proxy]\nrecord_route = true\nallowed_destinations = 10.0.0.0/8, 10.0.0.0/33\n",
+        '{path}:3: [proxy] allowed_destinations = "10.0.0.0/8, 10.0.0.0/33": expected a '
+        "comma-separated list of networks in CIDR notation, e.g. 10.0.0.0/8, 2001:db8::/32; "
+        "'10.0.0.0/33' is not one",
+    ),
+    "bad origin": (
+        "[sip_websocket]\nallowed_origins = http://localhost:8088/phone\n",
+        '{path}:2: [sip_websocket] allowed_origins = "http://localhost:8088/phone": expected '
+        "* or a comma-separated list of origins scheme://host[:port] (scheme http or https), "
+        "e.g. http://localhost:8088; 'http://localhost:8088/phone' is not an origin",
+    ),
+    "origin without scheme": (
+        "[sip_websocket]\nallowed_origins = localhost:8088\n",
+        "'localhost:8088' is not an origin",
+    ),
+    "star among origins": (
+        "[sip_websocket]\nallowed_origins = *, http://localhost\n",
+        "'*' (any origin) must be the only value",
+    ),
+    "min expires above default": (
+        "[registrar]\nmax_expires = 7200\nmin_expires = 7000\n",
+        "{path}:3: [registrar] min_expires: expected 0 < min_expires <= default_expires <= "
+        "max_expires; got min_expires = 7000, default_expires = 3600, max_expires = 7200",
+    ),
+    "max expires below default": (
+        "[registrar]\nmax_expires = 600\n",
+        "{path}:2: [registrar] max_expires: expected 0 < min_expires <= default_expires <= "
+        "max_expires; got min_expires = 60, default_expires = 3600, max_expires = 600",
+    ),
+    "t2 below t1": (
+        "[sip]\nt2 = 0.25\n",
+        "{path}:2: [sip] t2: expected t2 >= t1; got t1 = 0.5, t2 = 0.25",
+    ),
+    "duplicate key": (
+        "[sip]\nudp_port = 5060\ntcp_port = 5060\nUDP_PORT = 5070\n",
+        "{path}:4: [sip] udp_port: duplicate key; first set on line 2",
+    ),
+    "duplicate section": (
+        "[sip]\nudp_port = 5060\n\n[sip]\ntcp_port = 5060\n",
+        "{path}:4: duplicate section [sip]; first on line 1",
+    ),
+    "missing section header": (
+        "# settings\nudp_port = 5060\n[sip]\n",
+        '{path}:2: "udp_port = 5060" comes before any [section] header',
+    ),
+    "unparsable line": (
+        "[sip]\nudp_port = 5060\njust words\n",
+        '{path}:3: cannot parse "just words": expected a [section] header, key = value',
+    ),
+    "empty path": (
+        "[sip_tls]\ncert_file =\n",
+        '{path}:2: [sip_tls] cert_file = "": expected a file path',
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "expected"), list(ERRORS.values()), ids=list(ERRORS))
+def test_error_names_file_line_section_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    message = error_of(path)
+    formatted = expected.format(path=path)
+    if formatted.startswith(str(path)):
+        assert message.startswith(formatted)
+    else:
+        assert formatted in message
+
+
+def test_line_numbers_skip_continuation_lines(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [sip_websocket]
+        allowed_origins =
+            http://a.example,
+            http://b.example
+        listen_port = eighty
+        """,
+    )
+    assert error_of(path).startswith(f'{path}:5: [sip_websocket] listen_port = "eighty"')
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.ini"
+    message = error_of(path)
+    assert message.startswith(f"cannot read config file {path}: ")
+    assert "No such file" in message
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    assert error_of(tmp_path).startswith(f"cannot read config file {tmp_path}: ")
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "config.ini"
+    path.write_bytes(b"[sip]\ndomains = \xff\n")
+    assert error_of(path).startswith(f"cannot read config file {path}: not UTF-8 text")
+
+
+# --- overrides ------------------------------------------------------------------------
+
+
+def test_overrides_win_over_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[sip]\nudp_port = 5080\ntcp_port = 5081\n")
+    config = load_config(path, {"sip.udp_port": " 5070 ", "logging.sip_trace": "true"})
+    assert config.sip.udp_port == 5070
+    assert config.sip.tcp_port == 5081
+    assert config.logging.sip_trace is True
+
+
+def test_overrides_without_a_file() -> None:
+    config = load_config(None, {"registrar.database": ":memory:", "sip.Listen_Addr": "::1"})
+    assert config.registrar.database == ":memory:"
+    assert config.sip.listen_addr == ("::1",)
+    assert config.source is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"sip.udp_port": "abc"},
+            'command line --set sip.udp_port: [sip] udp_port = "abc": expected an integer '
+            "port 0..65535",
+        ),
+        (
+            {"sipp.udp_port": "1"},
+            "command line --set sipp.udp_port: unknown section [sipp]; known sections: admin,",
+        ),
+        (
+            {"sip.udp_prot": "1"},
+            "command line --set sip.udp_prot: [sip] udp_prot: unknown key; known keys in [sip]:",
+        ),
+        (
+            {"udp_port": "1"},
+            "command line --set udp_port: expected SECTION.KEY=VALUE",
+        ),
+        (
+            {"registrar.min_expires": "7200"},
+            "command line --set registrar.min_expires: [registrar] min_expires: expected "
+            "0 < min_expires <= default_expires <= max_expires",
+        ),
+    ],
+)
+def test_bad_overrides_name_the_override(
+    tmp_path: Path, overrides: dict[str, str], expected: str
+) -> None:
+    path = write(tmp_path, "[registrar]\ndefault_expires = 3600\n")
+    assert error_of(path, overrides).startswith(expected)
+
+
+def test_an_override_fixes_a_bad_file_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "[sip]\nudp_port = abc\n")
+    assert load_config(path, {"sip.udp_port": "5060"}).sip.udp_port == 5060
+
+
+def test_cross_check_blames_the_override_set_last(tmp_path: Path) -> None:
+    path = write(tmp_path, "[registrar]\nmax_expires = 600\ndefault_expires = 600\n")
+    message = error_of(path, {"registrar.min_expires": "700"})
+    assert message.startswith("command line --set registrar.min_expires: [registrar] min_expires")
+
+
+# --- paths ----------------------------------------------------------------------------
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [sip_tls]
+        cert_file = certs/server.pem
+        key_file = ../keys/server.key
+        ca_file = /etc/ssl/ca.pem
+        [sip_websocket]
+        wss_cert_file = wss.pem
+        wss_key_file = ~/wss.key
+        [registrar]
+        database = :memory:
+        [control]
+        socket = run/control.sock
+        """,
+        name="etc/config.ini",
+    )
+    config = load_config(path)
+    assert config.tls.cert_file == str(tmp_path / "etc" / "certs" / "server.pem")
+    assert config.tls.key_file == str(tmp_path / "keys" / "server.key")
+    assert config.tls.ca_file == "/etc/ssl/ca.pem"
+    assert config.websocket.wss_cert_file == str(tmp_path / "etc" / "wss.pem")
+    assert config.websocket.wss_key_file == os.path.expanduser("~/wss.key")
+    assert config.registrar.database == ":memory:"
+    assert config.control.socket == str(tmp_path / "etc" / "run" / "control.sock")
+
+
+def test_relative_paths_from_a_relative_config_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, "[registrar]\ndatabase = data/siptrio.sqlite\n", name="conf/config.ini")
+    monkeypatch.chdir(tmp_path)
+    config = load_config("conf/config.ini")
+    assert config.source == "conf/config.ini"
+    assert config.registrar.database == str(tmp_path / "conf" / "data" / "siptrio.sqlite")
+
+
+def test_relative_paths_without_a_file_or_from_overrides_are_kept(tmp_path: Path) -> None:
+    assert load_config().tls.cert_file == "certs/server.pem"
+    path = write(tmp_path, "[sip_tls]\nenable = true\n", name="etc/config.ini")
+    config = load_config(path, {"sip_tls.key_file": "mine.key"})
+    assert config.tls.key_file == "mine.key"
+    assert config.tls.cert_file == "certs/server.pem"  # a default, not from the file
+
+
+def test_default_paths_follow_xdg(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", "/state")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    assert default_database_path() == "/state/siptrio/siptrio.sqlite"
+    assert default_control_socket() == "/run/user/1000/siptrio/control.sock"
+    assert load_config().registrar.database == "/state/siptrio/siptrio.sqlite"
+    assert load_config().control.socket == "/run/user/1000/siptrio/control.sock"
+
+
+def test_default_paths_without_xdg(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", "/home/alice")
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "")
+    assert default_database_path() == "/home/alice/.local/state/siptrio/siptrio.sqlite"
+    assert default_control_socket() == f"/tmp/siptrio-{os.getuid()}/control.sock"
+
+
+# --- the example ------------------------------------------------------------------------
+
+
+def test_example_config_gives_the_defaults() -> None:
+    config = load_config(EXAMPLE)
+    assert config.source == str(EXAMPLE)
+    # The example points at the repository's certs/, the defaults' directory when the
+    # server runs from the repository root.
+    cert = str(REPO_ROOT / "certs" / "server.pem")
+    key = str(REPO_ROOT / "certs" / "server.key")
+    assert config.tls == TlsConfig(cert_file=cert, key_file=key)
+    assert config.websocket == WebSocketConfig(wss_cert_file=cert, wss_key_file=key)
+    defaults = Config(source=str(EXAMPLE), tls=config.tls, websocket=config.websocket)
+    assert config == defaults  # database and socket: left unset, so the same defaults
+
+
+def test_example_config_documents_every_key() -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    for name, section in _SECTIONS.items():
+        assert f"\n[{name}]\n" in text
+        for key in section.keys:
+            assert f"\n{key} =" in text or f"\n# {key} =" in text, f"[{name}] {key}"
