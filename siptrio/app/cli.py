@@ -1,0 +1,169 @@
+"""The ``siptrio`` command: serve, check-config, certs.
+
+Exit status: 0 on success and on a clean stop by SIGINT/SIGTERM, 2 for a bad
+configuration or command line, 1 for a start-up failure (port in use, missing
+certificates, unreadable store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from .. import __version__
+
+__all__ = ["main"]
+
+log = logging.getLogger("siptrio")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="siptrio", description="SIP registrar and proxy on Trio")
+    p.add_argument("--version", action="version", version=f"siptrio {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument(
+        "--config", "-c", metavar="FILE", help="config.ini (default: built-in defaults)"
+    )
+    serve.add_argument(
+        "--sip-trace", action="store_true", help="log every SIP message sent and received"
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="log level",
+    )
+    serve.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config key, e.g. --set sip.udp_port=5070 (repeatable)",
+    )
+
+    check = sub.add_parser(
+        "check-config", help="validate a config file and print the effective settings"
+    )
+    check.add_argument("file", metavar="FILE")
+
+    certs = sub.add_parser(
+        "certs", help="write a development CA and server certificate for TLS/WSS"
+    )
+    certs.add_argument("--dir", default="certs", help="output directory (default: certs)")
+    certs.add_argument(
+        "--hosts", default="localhost,127.0.0.1,::1", help="comma-separated names and addresses"
+    )
+    return p
+
+
+def _overrides(items: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or "." not in key:
+            raise SystemExit(f"siptrio: --set expects SECTION.KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "check-config":
+        return _check_config(args.file)
+    if args.command == "certs":
+        return _certs(args.dir, args.hosts)
+    _parser().print_help()
+    return 2
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+
+    overrides = _overrides(args.set)
+    if args.sip_trace:
+        overrides["logging.sip_trace"] = "true"
+    if args.log_level:
+        overrides["logging.level"] = args.log_level
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"siptrio: {e}", file=sys.stderr)
+        return 2
+    _setup_logging(config.logging.level)
+    if config.logging.sip_trace:
+        logging.getLogger("siptrio.trace").setLevel(logging.INFO)
+    from .server import Server, StartupError
+
+    try:
+        trio.run(_serve_until_signal, Server(config))
+    except StartupError as e:
+        log.error("%s", e)
+        return 1
+    except Exception as e:  # start-up failures the server did not classify
+        from ..store.sqlite import StoreError
+
+        if isinstance(e, StoreError):
+            log.error("%s", e)
+            return 1
+        raise
+    return 0
+
+
+async def _serve_until_signal(server: object) -> None:
+    from .server import Server
+
+    assert isinstance(server, Server)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+
+            async def wait_signal() -> None:
+                async for signum in signals:
+                    log.info("received %s, shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(wait_signal)
+
+
+def _check_config(path: str) -> int:
+    from .config import ConfigError, config_as_dict, load_config
+
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        print(f"siptrio: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(config_as_dict(config), indent=2))
+    print(f"{path}: OK", file=sys.stderr)
+    return 0
+
+
+def _certs(directory: str, hosts: str) -> int:
+    from .certs import trust_instructions, write_dev_certs
+
+    paths = write_dev_certs(directory, [h.strip() for h in hosts.split(",") if h.strip()])
+    print(trust_instructions(paths))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

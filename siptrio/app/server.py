@@ -1,0 +1,283 @@
+"""The server supervisor: one nursery owning every listener, the core and the store.
+
+Start-up order matters: the store is loaded and the core tasks run before any
+listener binds, so the first datagram already finds its bindings; ``started`` is
+reported only once every listener is bound. Shutdown is cancellation of that one
+nursery; the store writer then commits what is still queued before the file closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import trio
+
+from ..core.dispatcher import Dispatcher, DispatcherConfig
+from ..core.events import Action, Persist, Publish, Send
+from ..core.location import Binding, Location
+from ..core.registrar import RegistrarConfig
+from ..core.types import Transport
+from ..sip import Request, Response, make_response
+from ..store.sqlite import SqliteStore
+from ..transport.hub import FlowClosed, Hub, Inbound
+from ..transport.intake import Intake
+from ..transport.stream import StreamOptions, serve_stream_listener
+from ..transport.tls import server_context
+from ..transport.udp import bind_udp, serve_udp
+from .config import Config
+from .events import EventBus
+
+__all__ = ["Listener", "Server", "StartupError"]
+
+log = logging.getLogger("siptrio.server")
+
+INBOUND_QUEUE = 4096
+STORE_QUEUE = 8192
+STORE_BATCH = 4096
+TICK_SECONDS = 1.0
+
+
+class StartupError(Exception):
+    """A problem the operator must fix before the server can run (exit status 1)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Listener:
+    transport: Transport
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport.value} {host}:{self.port}"
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.hub = Hub(trace=config.logging.sip_trace)
+        self.location = Location()
+        reg = config.registrar
+        self.dispatcher = Dispatcher(
+            DispatcherConfig(
+                registrar=RegistrarConfig(
+                    min_expires=reg.min_expires,
+                    default_expires=reg.default_expires,
+                    max_expires=reg.max_expires,
+                    max_contacts=reg.max_contacts,
+                    domains=config.sip.domains,
+                )
+            ),
+            self.location,
+        )
+        self.events = EventBus()
+        self.listeners: list[Listener] = []
+        self.store: SqliteStore | None = None
+        self.stats: Counter[str] = self.hub.stats
+        self.started_at = time.time()
+        self._store_send: trio.MemorySendChannel[Persist] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        cfg = self.config
+        self.store = await trio.to_thread.run_sync(SqliteStore, cfg.registrar.database)
+        try:
+            loaded = await trio.to_thread.run_sync(self.store.load, time.time())
+            for b in loaded.bindings:
+                self.location.put(b)
+            log.info(
+                "location store %s: %d bindings loaded, %d expired and %d flow-bound removed",
+                cfg.registrar.database,
+                len(loaded.bindings),
+                loaded.expired,
+                loaded.stale_flows,
+            )
+            inbound_send, inbound_recv = trio.open_memory_channel[Inbound](INBOUND_QUEUE)
+            closed_send, closed_recv = trio.open_memory_channel[FlowClosed](math.inf)
+            store_send, store_recv = trio.open_memory_channel[Persist](STORE_QUEUE)
+            self._store_send = store_send
+            intake = Intake(
+                hub=self.hub,
+                channel=inbound_send,
+                closed_channel=closed_send,
+                max_size=cfg.sip.max_message_size,
+                max_headers=cfg.sip.max_headers,
+                server_name=self.dispatcher.config.server_name,
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._store_writer, store_recv)
+                nursery.start_soon(self._core_loop, inbound_recv)
+                nursery.start_soon(self._flow_closed_loop, closed_recv)
+                nursery.start_soon(self._housekeeping)
+                await self._start_listeners(nursery, intake)
+                for listener in self.listeners:
+                    log.info("listening on %s", listener)
+                task_status.started(list(self.listeners))
+        finally:
+            store = self.store
+            if store is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(store.close)
+            log.info("stopped")
+
+    async def _start_listeners(self, nursery: trio.Nursery, intake: Intake) -> None:
+        cfg = self.config
+        stream_opts = StreamOptions(
+            transport=Transport.TCP,
+            idle_timeout=cfg.sip.idle_timeout,
+            has_bindings=lambda flow_id: bool(self.location.on_flow(flow_id)),
+        )
+        for host in cfg.sip.listen_addr:
+            if cfg.sip.udp_enable:
+                sock = await self._bind(
+                    Transport.UDP, host, cfg.sip.udp_port, bind_udp(host, cfg.sip.udp_port)
+                )
+                await nursery.start(serve_udp, sock, intake)
+                self.listeners.append(
+                    Listener(transport=Transport.UDP, host=host, port=sock.getsockname()[1])
+                )
+            if cfg.sip.tcp_enable:
+                await self._start_stream(nursery, intake, stream_opts, host, cfg.sip.tcp_port)
+        if cfg.tls.enable:
+            try:
+                ctx = server_context(
+                    cfg.tls.cert_file,
+                    cfg.tls.key_file,
+                    ca_file=cfg.tls.ca_file,
+                    verify_client=cfg.tls.verify_client,
+                )
+            except Exception as e:
+                raise StartupError(str(e)) from e
+            tls_opts = StreamOptions(
+                transport=Transport.TLS,
+                idle_timeout=cfg.sip.idle_timeout,
+                ssl_context=ctx,
+                has_bindings=stream_opts.has_bindings,
+            )
+            for host in cfg.tls.listen_addr or cfg.sip.listen_addr:
+                await self._start_stream(nursery, intake, tls_opts, host, cfg.tls.listen_port)
+
+    async def _start_stream(
+        self, nursery: trio.Nursery, intake: Intake, opts: StreamOptions, host: str, port: int
+    ) -> None:
+        listeners = await self._bind(
+            opts.transport, host, port, trio.open_tcp_listeners(port, host=host)
+        )
+        for tcp_listener in listeners:
+            await nursery.start(serve_stream_listener, tcp_listener, intake, opts)
+            bound = tcp_listener.socket.getsockname()
+            self.listeners.append(Listener(transport=opts.transport, host=host, port=bound[1]))
+
+    @staticmethod
+    async def _bind(transport: Transport, host: str, port: int, coro):  # type: ignore[no-untyped-def]
+        try:
+            return await coro
+        except OSError as e:
+            raise StartupError(
+                f"cannot listen on {transport.value} {host}:{port}: {e.strerror or e}"
+            ) from e
+
+    # --- the core -------------------------------------------------------------------------
+
+    async def _core_loop(self, inbound: trio.MemoryReceiveChannel[Inbound]) -> None:
+        dispatcher = self.dispatcher
+        async for item in inbound:
+            message = item.message
+            try:
+                if isinstance(message, Request):
+                    actions = dispatcher.receive_request(message, item.peer, time.time())
+                else:
+                    assert isinstance(message, Response)
+                    actions = dispatcher.receive_response(message, item.peer, time.time())
+            except Exception:
+                # A bug must cost one answer, never the server.
+                self.stats["internal_errors"] += 1
+                log.exception("internal error handling a message from %s", item.peer)
+                if isinstance(message, Request) and message.method != "ACK":
+                    try:
+                        resp = make_response(message, 500, "Server Internal Error")
+                        await self.hub.send(resp.serialise(), item.peer)
+                    except Exception:
+                        log.exception("could not even answer 500")
+                continue
+            if actions:
+                await self.execute(actions)
+
+    async def _flow_closed_loop(self, closed: trio.MemoryReceiveChannel[FlowClosed]) -> None:
+        async for item in closed:
+            await self.execute(self.dispatcher.flow_closed(item.flow_id, time.time()))
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await trio.sleep(TICK_SECONDS)
+            actions = self.dispatcher.tick(time.time())
+            if actions:
+                await self.execute(actions)
+
+    async def execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                await self.hub.send(action.data, action.peer)
+            elif isinstance(action, Persist):
+                assert self._store_send is not None
+                await self._store_send.send(action)
+            elif isinstance(action, Publish):
+                self.events.publish(action.event)
+
+    # --- the store --------------------------------------------------------------------------
+
+    async def _store_writer(self, queue: trio.MemoryReceiveChannel[Persist]) -> None:
+        """Group every queued change into one transaction: one fsync for a burst."""
+        try:
+            while True:
+                batch = [await queue.receive()]
+                while len(batch) < STORE_BATCH:
+                    try:
+                        batch.append(queue.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await self._commit(batch)
+        finally:
+            with trio.CancelScope(shield=True):
+                rest: list[Persist] = []
+                while True:
+                    try:
+                        rest.append(queue.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                        break
+                if rest:
+                    await self._commit(rest, send=False)
+
+    async def _commit(self, batch: list[Persist], *, send: bool = True) -> None:
+        assert self.store is not None
+        final: dict[tuple[str, str], Binding | None] = {}
+        for item in batch:
+            for aor_key in item.deletes:
+                final[aor_key] = None
+            for b in item.upserts:
+                final[(b.aor, b.key)] = b
+        upserts = [b for b in final.values() if b is not None]
+        deletes = [k for k, b in final.items() if b is None]
+        ok = True
+        try:
+            await trio.to_thread.run_sync(self.store.apply, upserts, deletes)
+            self.stats["store_commits"] += 1
+            self.stats["store_rows"] += len(final)
+        except Exception:
+            ok = False
+            self.stats["store_failures"] += 1
+            log.exception("location store commit of %d changes failed", len(final))
+        if not send:
+            return
+        for item in batch:
+            sends = item.then if ok else item.on_failure
+            for s in sends:
+                await self.hub.send(s.data, s.peer)
+            self.dispatcher.committed(item.txn_key, sends[0] if sends else None)

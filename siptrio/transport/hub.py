@@ -1,0 +1,170 @@
+"""Flows, UDP sockets, and the one ``send`` every outgoing message goes through.
+
+A flow is one connection-oriented connection (TCP, TLS, WS, WSS) with a stable id,
+a bounded outgoing queue drained by its own writer task, and the cancel scope that
+closes it. The hub knows every flow and every UDP socket, so the core can address
+any peer by a ``Peer`` value and never holds a socket itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from ..core.types import Peer, Transport
+
+__all__ = ["Flow", "FlowClosed", "Hub", "Inbound"]
+
+log = logging.getLogger("siptrio.transport")
+trace_log = logging.getLogger("siptrio.trace")
+
+# Messages a flow may have queued before its peer counts as too slow to keep.
+FLOW_QUEUE_LIMIT = 512
+BOOT_ID = os.urandom(3).hex()
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A parsed message handed from a transport to the core."""
+
+    message: object  # Request | Response (kept loose to avoid importing sip here)
+    peer: Peer
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlowClosed:
+    flow_id: str
+    reason: str
+
+
+class Flow:
+    """One connection. Written to only through ``send_nowait``, which never blocks."""
+
+    def __init__(
+        self,
+        *,
+        flow_id: str,
+        transport: Transport,
+        remote: tuple[str, int],
+        local: tuple[str, int],
+        queue_limit: int = FLOW_QUEUE_LIMIT,
+    ) -> None:
+        self.id = flow_id
+        self.transport = transport
+        self.remote = remote
+        self.local = local
+        self.opened_at = trio.current_time()
+        self.opened_wall = time.time()
+        self.last_received = self.opened_at
+        self.last_keepalive: float | None = None
+        self.cancel_scope = trio.CancelScope()
+        self.close_reason: str | None = None
+        send, receive = trio.open_memory_channel[bytes | None](queue_limit)
+        self._send = send
+        self.outgoing = receive
+        self.writer_done = trio.Event()
+
+    @property
+    def peer(self) -> Peer:
+        return Peer(
+            transport=self.transport,
+            host=self.remote[0],
+            port=self.remote[1],
+            local_host=self.local[0],
+            local_port=self.local[1],
+            flow_id=self.id,
+        )
+
+    def send_nowait(self, data: bytes | None) -> bool:
+        """Queue bytes (None: close after flushing). A full queue closes the flow."""
+        try:
+            self._send.send_nowait(data)
+            return True
+        except trio.WouldBlock:
+            self.close("outgoing queue full: peer too slow")
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+
+    def close(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        self.cancel_scope.cancel()
+
+    def __repr__(self) -> str:
+        return f"<Flow {self.id} {self.transport.value} {self.remote[0]}:{self.remote[1]}>"
+
+
+@dataclass
+class Hub:
+    """Registry of sending endpoints, shared by the transports and the core loop."""
+
+    trace: bool = False
+    flows: dict[str, Flow] = field(default_factory=dict)
+    udp_sockets: dict[tuple[str, int], trio.socket.SocketType] = field(default_factory=dict)
+    stats: Counter[str] = field(default_factory=Counter)
+    on_flow_change: Callable[[str, Flow], None] | None = None
+    _counter: int = 0
+
+    def new_flow_id(self, transport: Transport) -> str:
+        self._counter += 1
+        return f"{transport.value}-{BOOT_ID}-{self._counter}"
+
+    def add_flow(self, flow: Flow) -> None:
+        self.flows[flow.id] = flow
+        self.stats[f"flows_opened.{flow.transport.value}"] += 1
+        if self.on_flow_change:
+            self.on_flow_change("opened", flow)
+
+    def remove_flow(self, flow: Flow) -> None:
+        if self.flows.pop(flow.id, None) is not None:
+            self.stats[f"flows_closed.{flow.transport.value}"] += 1
+            if self.on_flow_change:
+                self.on_flow_change("closed", flow)
+
+    async def send(self, data: bytes, peer: Peer) -> bool:
+        """Send to a peer; False (and counted) when it can no longer be reached."""
+        if peer.flow_id is not None:
+            flow = self.flows.get(peer.flow_id)
+            if flow is None:
+                self.stats["dropped.flow_gone"] += 1
+                return False
+            if self.trace:
+                self.trace_message("send", data, peer)
+            return flow.send_nowait(data)
+        sock = self.udp_sockets.get((peer.local_host, peer.local_port))
+        if sock is None:
+            self.stats["dropped.no_socket"] += 1
+            return False
+        if self.trace:
+            self.trace_message("send", data, peer)
+        try:
+            await sock.sendto(data, (peer.host, peer.port))
+        except OSError as e:
+            self.stats["dropped.send_error"] += 1
+            log.debug("UDP send to %s failed: %s", peer.address, e)
+            return False
+        return True
+
+    def trace_message(self, direction: str, data: bytes, peer: Peer) -> None:
+        arrow = "->" if direction == "send" else "<-"
+        local = f"{peer.local_host}:{peer.local_port}"
+        text = data.decode("utf-8", errors="backslashreplace")
+        trace_log.info(
+            "%s %s %s %s %s (%d bytes)%s\n%s",
+            direction,
+            peer.transport.value.upper(),
+            local,
+            arrow,
+            peer.address,
+            len(data),
+            f" flow {peer.flow_id}" if peer.flow_id else "",
+            text.rstrip("\r\n") if text.strip() else repr(text),
+        )

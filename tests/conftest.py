@@ -1,0 +1,8 @@
+"""Shared fixtures. ``support`` (real clients and server harnesses) is importable."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))

@@ -1,0 +1,1 @@
+"""Test support: real SIP clients and an in-process server harness."""
