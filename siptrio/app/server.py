@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from ..store.sqlite import SqliteStore
 from ..transport.hub import FlowClosed, Hub, Inbound
 from ..transport.intake import Intake
 from ..transport.stream import StreamOptions, serve_stream_listener
-from ..transport.tls import server_context
+from ..transport.tls import TlsSetupError, server_context
 from ..transport.udp import bind_udp, serve_udp
+from ..transport.ws import WsOptions, WsPolicy, serve_ws
 from .config import Config
 from .events import EventBus
 
@@ -129,10 +131,13 @@ class Server:
 
     async def _start_listeners(self, nursery: trio.Nursery, intake: Intake) -> None:
         cfg = self.config
+        ws = cfg.websocket
         stream_opts = StreamOptions(
             transport=Transport.TCP,
             idle_timeout=cfg.sip.idle_timeout,
             has_bindings=lambda flow_id: bool(self.location.on_flow(flow_id)),
+            keepalive_interval=ws.keepalive_interval,
+            keepalive_timeout=ws.keepalive_timeout,
         )
         for host in cfg.sip.listen_addr:
             if cfg.sip.udp_enable:
@@ -153,16 +158,55 @@ class Server:
                     ca_file=cfg.tls.ca_file,
                     verify_client=cfg.tls.verify_client,
                 )
-            except Exception as e:
+            except TlsSetupError as e:
                 raise StartupError(str(e)) from e
             tls_opts = StreamOptions(
                 transport=Transport.TLS,
                 idle_timeout=cfg.sip.idle_timeout,
                 ssl_context=ctx,
                 has_bindings=stream_opts.has_bindings,
+                keepalive_interval=ws.keepalive_interval,
+                keepalive_timeout=ws.keepalive_timeout,
             )
             for host in cfg.tls.listen_addr or cfg.sip.listen_addr:
                 await self._start_stream(nursery, intake, tls_opts, host, cfg.tls.listen_port)
+        await self._start_websocket(nursery, intake)
+
+    async def _start_websocket(self, nursery: trio.Nursery, intake: Intake) -> None:
+        ws = self.config.websocket
+        policy = WsPolicy()
+        jobs: list[tuple[Transport, int, ssl.SSLContext | None]] = []
+        if ws.enable:
+            jobs.append((Transport.WS, ws.listen_port, None))
+        if ws.wss_enable:
+            try:
+                wss_ctx = server_context(
+                    ws.wss_cert_file, ws.wss_key_file, what="[sip_websocket] wss_enable"
+                )
+            except TlsSetupError as e:
+                raise StartupError(str(e)) from e
+            jobs.append((Transport.WSS, ws.wss_listen_port, wss_ctx))
+        for transport, port, ctx in jobs:
+            options = WsOptions(
+                transport=transport,
+                allowed_origins=ws.allowed_origins,
+                allow_missing_origin=ws.allow_missing_origin,
+                keepalive_interval=ws.keepalive_interval,
+                keepalive_timeout=ws.keepalive_timeout,
+                keepalive_mechanism=ws.keepalive_mechanism,
+                handshake_timeout=ws.handshake_timeout,
+                max_connections=ws.max_connections,
+                max_connections_per_ip=ws.max_connections_per_ip,
+                max_message_size=ws.max_message_size,
+            )
+            for host in ws.listen_addr or self.config.sip.listen_addr:
+                bound = await self._bind(
+                    transport,
+                    host,
+                    port,
+                    nursery.start(serve_ws, host, port, ctx, intake, options, policy),
+                )
+                self.listeners.append(Listener(transport=transport, host=host, port=bound))
 
     async def _start_stream(
         self, nursery: trio.Nursery, intake: Intake, opts: StreamOptions, host: str, port: int

@@ -63,7 +63,9 @@ class Flow:
         self.opened_at = trio.current_time()
         self.opened_wall = time.time()
         self.last_received = self.opened_at
-        self.last_keepalive: float | None = None
+        self.last_keepalive: float | None = None  # last answer to our keep-alive
+        self.crlf_answers_seen = False  # the peer has answered a CRLFCRLF with CRLF
+        self.crlf_answer = trio.Event()
         self.cancel_scope = trio.CancelScope()
         self.close_reason: str | None = None
         send, receive = trio.open_memory_channel[bytes | None](queue_limit)
@@ -92,6 +94,12 @@ class Flow:
             return False
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             return False
+
+    def crlf_answered(self) -> None:
+        """The peer sent a lone CRLF: the RFC 5626 pong to our CRLFCRLF ping."""
+        self.last_keepalive = trio.current_time()
+        self.crlf_answers_seen = True
+        self.crlf_answer.set()
 
     def close(self, reason: str) -> None:
         if self.close_reason is None:

@@ -20,6 +20,7 @@ from ..core.types import Transport
 from ..sip import KeepAlive, SipParseError, StreamFramer
 from .hub import Flow
 from .intake import Intake
+from .keepalive import crlf_keepalive
 
 __all__ = ["StreamOptions", "open_stream_listeners", "run_flow", "serve_stream_listener"]
 
@@ -38,12 +39,16 @@ class StreamOptions:
         handshake_timeout: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
         has_bindings: Callable[[str], bool] = lambda flow_id: False,
+        keepalive_interval: float = 0.0,
+        keepalive_timeout: float = 10.0,
     ) -> None:
         self.transport = transport
         self.idle_timeout = idle_timeout
         self.handshake_timeout = handshake_timeout
         self.ssl_context = ssl_context
         self.has_bindings = has_bindings
+        self.keepalive_interval = keepalive_interval  # 0: no server keep-alives
+        self.keepalive_timeout = keepalive_timeout
 
 
 async def open_stream_listeners(host: str, port: int) -> list[trio.SocketListener]:
@@ -127,6 +132,14 @@ async def run_flow(
         with flow.cancel_scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_writer, flow, stream)
+                if options.keepalive_interval > 0:
+                    nursery.start_soon(
+                        crlf_keepalive,
+                        flow,
+                        options.keepalive_interval,
+                        options.keepalive_timeout,
+                        intake.stats,
+                    )
                 await _reader(flow, stream, intake, options)
                 nursery.cancel_scope.cancel()
     finally:
@@ -215,7 +228,7 @@ async def _reader(
                 flow.send_nowait(b"\r\n")
                 continue
             if event is KeepAlive.PONG:
-                flow.last_keepalive = trio.current_time()
+                flow.crlf_answered()
                 continue
             assert isinstance(event, bytes)
             result = intake.parse(event, peer)

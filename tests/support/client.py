@@ -12,6 +12,7 @@ import ssl
 import uuid
 
 import trio
+from trio_websocket import WebSocketConnection, connect_websocket
 
 from siptrio.sip import KeepAlive, Request, Response, StreamFramer, parse_message_untrusted
 
@@ -29,6 +30,9 @@ class SipClient:
         self.transport = transport
         self.sock: trio.socket.SocketType | None = None
         self.stream: trio.abc.Stream | None = None
+        self.ws: WebSocketConnection | None = None
+        # browsers put a random .invalid host in Via and Contact (RFC 7118)
+        self.invalid_host = f"{uuid.uuid4().hex[:12]}.invalid"
         self.server: tuple[str, int] = ("127.0.0.1", 0)
         self.local: tuple[str, int] = ("127.0.0.1", 0)
         self._framer = StreamFramer(1 << 20)
@@ -46,10 +50,29 @@ class SipClient:
         *,
         ca_file: str | None = None,
         server_hostname: str = "localhost",
+        nursery: trio.Nursery | None = None,
+        origin: str | None = "http://localhost:8088",
+        subprotocols: tuple[str, ...] = ("sip",),
     ) -> SipClient:
+        """Connect; WS and WSS need a ``nursery`` for the WebSocket reader task."""
         self = cls(transport)
         self.server = (host, port)
         family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+        if transport in ("ws", "wss"):
+            assert nursery is not None, "WebSocket clients need a nursery"
+            ctx = ssl.create_default_context(cafile=ca_file) if transport == "wss" else None
+            headers = [(b"Origin", origin.encode())] if origin else []
+            self.ws = await connect_websocket(
+                nursery,
+                server_hostname if transport == "wss" else host,
+                port,
+                "/",
+                use_ssl=ctx if ctx is not None else False,
+                subprotocols=list(subprotocols),
+                extra_headers=headers,
+            )
+            self.local = (self.invalid_host, 0)
+            return self
         if transport == "udp":
             sock = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
             await sock.bind((host, 0))
@@ -74,10 +97,18 @@ class SipClient:
 
     @property
     def local_hostport(self) -> str:
+        if self.ws is not None:
+            return self.invalid_host
         host, port = self.local
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def send(self, data: bytes) -> None:
+        if self.ws is not None:
+            try:
+                await self.ws.send_message(data.decode("utf-8"))
+            except UnicodeDecodeError:
+                await self.ws.send_message(data)
+            return
         if self.sock is not None:
             await self.sock.send(data)
         else:
@@ -86,6 +117,9 @@ class SipClient:
 
     async def receive_raw(self, timeout: float = 5.0) -> bytes:
         with trio.fail_after(timeout):
+            if self.ws is not None:
+                m = await self.ws.get_message()
+                return m.encode() if isinstance(m, str) else m
             if self.sock is not None:
                 return await self.sock.recv(65536)
             assert self.stream is not None
@@ -94,6 +128,15 @@ class SipClient:
     async def receive(self, timeout: float = 5.0) -> Request | Response:
         """Next SIP message (stream keep-alives are collected in ``keepalives``)."""
         with trio.fail_after(timeout):
+            if self.ws is not None:
+                while True:
+                    m = await self.ws.get_message()
+                    data = m.encode() if isinstance(m, str) else m
+                    if data.strip(b"\r\n"):
+                        return parse_message_untrusted(data)
+                    self.keepalives.append(
+                        KeepAlive.PING if data == b"\r\n\r\n" else KeepAlive.PONG
+                    )
             if self.sock is not None:
                 while True:
                     data = await self.sock.recv(65536)
@@ -176,7 +219,8 @@ class SipClient:
     ) -> bytes:
         aor = f"<sip:{user}@{domain}>"
         if contact is None:
-            contact = f"<sip:{user}@{self.local_hostport};transport={self.transport}>"
+            tparam = "ws" if self.transport in ("ws", "wss") else self.transport
+            contact = f"<sip:{user}@{self.local_hostport};transport={tparam}>"
         hdrs: list[tuple[str, str]] = []
         if contact:
             hdrs.append(("Contact", contact))
@@ -188,6 +232,8 @@ class SipClient:
         )
 
     async def aclose(self) -> None:
+        if self.ws is not None:
+            await self.ws.aclose()
         if self.sock is not None:
             self.sock.close()
         if self.stream is not None:

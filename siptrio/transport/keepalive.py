@@ -1,0 +1,61 @@
+"""Server-side keep-alive timers, one task per flow (RFC 5626 section 4.4, RFC 6455 pings).
+
+A flow that stops answering is closed, which removes its bindings: a browser tab
+that went away must stop receiving calls within interval + timeout, not when its
+registration expires. CRLF keep-alives are only held against clients that have
+shown they answer them (RFC 5626 makes the answer mandatory only for clients that
+negotiated outbound), so a plain SIP phone that ignores CRLFCRLF is never dropped
+for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from .hub import Flow
+
+__all__ = ["crlf_keepalive", "ws_ping_keepalive"]
+
+log = logging.getLogger("siptrio.transport")
+
+
+async def crlf_keepalive(flow: Flow, interval: float, timeout: float, stats: Counter[str]) -> None:
+    while True:
+        await trio.sleep(interval)
+        expect_answer = flow.crlf_answers_seen
+        flow.crlf_answer = trio.Event()
+        if not flow.send_nowait(b"\r\n\r\n"):
+            return
+        stats[f"keepalives_out.{flow.transport.value}"] += 1
+        if not expect_answer:
+            continue
+        with trio.move_on_after(timeout):
+            await flow.crlf_answer.wait()
+            continue
+        stats["keepalive_failures"] += 1
+        log.info("flow %s did not answer a CRLF keep-alive within %s s", flow.id, timeout)
+        flow.close("keep-alive timeout (CRLF)")
+        return
+
+
+async def ws_ping_keepalive(
+    flow: Flow, ws: WebSocketConnection, interval: float, timeout: float, stats: Counter[str]
+) -> None:
+    while True:
+        await trio.sleep(interval)
+        stats[f"keepalives_out.{flow.transport.value}"] += 1
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await ws.ping()
+            except ConnectionClosed:
+                return
+        if scope.cancelled_caught:
+            stats["keepalive_failures"] += 1
+            log.info("flow %s did not answer a WebSocket ping within %s s", flow.id, timeout)
+            flow.close("keep-alive timeout (ping)")
+            return
+        flow.last_keepalive = trio.current_time()
