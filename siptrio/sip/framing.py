@@ -78,11 +78,15 @@ class StreamFramer:
 
     def _content_length(self, head: bytes) -> int:
         found: list[bytes] = []
+        folding = False  # the previous line was a Content-Length (it may be folded)
         for line in head.split(b"\r\n")[1:]:
-            colon = line.find(b":")
-            if colon <= 0 or line[:1] in (b" ", b"\t"):
+            if line[:1] in (b" ", b"\t"):
+                if folding:
+                    found[-1] = (found[-1] + b" " + line.strip(b" \t")).strip(b" ")
                 continue
-            if canonical_name(line[:colon].strip(b" \t")) == "content-length":
+            colon = line.find(b":")
+            folding = colon > 0 and canonical_name(line[:colon].strip(b" \t")) == "content-length"
+            if folding:
                 found.append(line[colon + 1 :].strip(b" \t"))
         self.error_head = head + b"\r\n\r\n"
         if not found:
