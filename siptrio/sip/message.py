@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Self
 
 from ._abnf import LWS, parse_uint
 from .errors import SipParseError
@@ -225,20 +226,20 @@ class Message:
 
     # --- edits (each returns a new message) --------------------------------------------
 
-    def with_headers(self, headers: Iterable[HeaderField]) -> Message:
+    def with_headers(self, headers: Iterable[HeaderField]) -> Self:
         return replace(self, headers=tuple(headers))
 
-    def prepend(self, name: str, value: str | bytes) -> Message:
+    def prepend(self, name: str, value: str | bytes) -> Self:
         """A new header line above all others (Via, Record-Route)."""
         return replace(self, headers=(HeaderField.make(name, value), *self.headers))
 
-    def append(self, name: str, value: str | bytes) -> Message:
+    def append(self, name: str, value: str | bytes) -> Self:
         return replace(self, headers=(*self.headers, HeaderField.make(name, value)))
 
-    def remove(self, name: str) -> Message:
+    def remove(self, name: str) -> Self:
         return replace(self, headers=tuple(h for h in self.headers if h.name != name))
 
-    def set(self, name: str, *values: str | bytes) -> Message:
+    def set(self, name: str, *values: str | bytes) -> Self:
         """Replace every line of ``name`` with ``values``, where the first one stood."""
         lname = name.lower()
         new = [HeaderField.make(lname, v) for v in values]
@@ -255,7 +256,7 @@ class Message:
             out.extend(new)
         return replace(self, headers=tuple(out))
 
-    def with_body(self, body: bytes, content_type: str | None) -> Message:
+    def with_body(self, body: bytes, content_type: str | None) -> Self:
         msg = self.set("content-length", str(len(body)))
         if content_type:
             msg = msg.set("content-type", content_type)
