@@ -13,21 +13,23 @@ import math
 import ssl
 import time
 from collections import Counter
-from dataclasses import dataclass
 
 import trio
 
 from ..core.dispatcher import Dispatcher, DispatcherConfig
 from ..core.events import Action, Persist, Publish, Send
 from ..core.location import Binding, Location
+from ..core.proxy import ProxyConfig
 from ..core.registrar import RegistrarConfig
-from ..core.types import Transport
+from ..core.types import Listener, Transport
 from ..sip import Request, Response, make_response
+from ..sip.transaction import Timers
 from ..store.sqlite import SqliteStore
-from ..transport.hub import FlowClosed, Hub, Inbound
+from ..transport.hub import FlowClosed, Hub, Inbound, SendFailed
 from ..transport.intake import Intake
+from ..transport.outbound import Connector
 from ..transport.stream import StreamOptions, serve_stream_listener
-from ..transport.tls import TlsSetupError, server_context
+from ..transport.tls import TlsSetupError, client_context, server_context
 from ..transport.udp import bind_udp, serve_udp
 from ..transport.ws import WsOptions, WsPolicy, serve_ws
 from .config import Config
@@ -47,17 +49,6 @@ class StartupError(Exception):
     """A problem the operator must fix before the server can run (exit status 1)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Listener:
-    transport: Transport
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport.value} {host}:{self.port}"
-
-
 class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -72,10 +63,18 @@ class Server:
                     max_expires=reg.max_expires,
                     max_contacts=reg.max_contacts,
                     domains=config.sip.domains,
-                )
+                ),
+                proxy=ProxyConfig(
+                    domains=config.sip.domains,
+                    allowed_destinations=config.proxy.allowed_destinations,
+                    record_route=config.proxy.record_route,
+                    max_dialog_duration=config.proxy.max_dialog_duration,
+                ),
+                timers=Timers(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4),
             ),
             self.location,
         )
+        self._timer_scope: trio.CancelScope | None = None
         self.events = EventBus()
         self.listeners: list[Listener] = []
         self.store: SqliteStore | None = None
@@ -101,8 +100,12 @@ class Server:
                 loaded.expired,
                 loaded.stale_flows,
             )
+            self._sync_clock()
             inbound_send, inbound_recv = trio.open_memory_channel[Inbound](INBOUND_QUEUE)
-            closed_send, closed_recv = trio.open_memory_channel[FlowClosed](math.inf)
+            closed_send, closed_recv = trio.open_memory_channel[FlowClosed | SendFailed](math.inf)
+            self.hub.report = lambda owner, reason: closed_send.send_nowait(
+                SendFailed(owner, reason)
+            )
             store_send, store_recv = trio.open_memory_channel[Persist](STORE_QUEUE)
             self._store_send = store_send
             intake = Intake(
@@ -118,7 +121,16 @@ class Server:
                 nursery.start_soon(self._core_loop, inbound_recv)
                 nursery.start_soon(self._flow_closed_loop, closed_recv)
                 nursery.start_soon(self._housekeeping)
+                nursery.start_soon(self._timer_loop)
+                self.hub.connector = Connector(
+                    intake=intake,
+                    nursery=nursery,
+                    options=self._outbound_options,
+                    tls_context=client_context(cfg.tls.ca_file),
+                    report_failure=self.hub.failed,
+                )
                 await self._start_listeners(nursery, intake)
+                self.dispatcher.set_listeners(self.listeners)
                 for listener in self.listeners:
                     log.info("listening on %s", listener)
                 task_status.started(list(self.listeners))
@@ -132,7 +144,7 @@ class Server:
     async def _start_listeners(self, nursery: trio.Nursery, intake: Intake) -> None:
         cfg = self.config
         ws = cfg.websocket
-        stream_opts = StreamOptions(
+        stream_opts = self._stream_options = StreamOptions(
             transport=Transport.TCP,
             idle_timeout=cfg.sip.idle_timeout,
             has_bindings=lambda flow_id: bool(self.location.on_flow(flow_id)),
@@ -171,6 +183,16 @@ class Server:
             for host in cfg.tls.listen_addr or cfg.sip.listen_addr:
                 await self._start_stream(nursery, intake, tls_opts, host, cfg.tls.listen_port)
         await self._start_websocket(nursery, intake)
+
+    def _outbound_options(self, transport: Transport) -> StreamOptions:
+        base = self._stream_options
+        return StreamOptions(
+            transport=transport,
+            idle_timeout=base.idle_timeout,
+            has_bindings=base.has_bindings,
+            keepalive_interval=base.keepalive_interval,
+            keepalive_timeout=base.keepalive_timeout,
+        )
 
     async def _start_websocket(self, nursery: trio.Nursery, intake: Intake) -> None:
         ws = self.config.websocket
@@ -230,16 +252,27 @@ class Server:
 
     # --- the core -------------------------------------------------------------------------
 
+    def _sync_clock(self) -> None:
+        """The core's clock is trio's; bindings need wall time: keep the offset current."""
+        self.dispatcher.wall_offset = time.time() - trio.current_time()
+
+    def _rearm_timers(self) -> None:
+        scope = self._timer_scope
+        if scope is not None:
+            deadline = self.dispatcher.next_deadline()
+            if deadline < scope.deadline:
+                scope.deadline = deadline
+
     async def _core_loop(self, inbound: trio.MemoryReceiveChannel[Inbound]) -> None:
         dispatcher = self.dispatcher
         async for item in inbound:
             message = item.message
             try:
                 if isinstance(message, Request):
-                    actions = dispatcher.receive_request(message, item.peer, time.time())
+                    actions = dispatcher.receive_request(message, item.peer, trio.current_time())
                 else:
                     assert isinstance(message, Response)
-                    actions = dispatcher.receive_response(message, item.peer, time.time())
+                    actions = dispatcher.receive_response(message, item.peer, trio.current_time())
             except Exception:
                 # A bug must cost one answer, never the server.
                 self.stats["internal_errors"] += 1
@@ -254,26 +287,55 @@ class Server:
             if actions:
                 await self.execute(actions)
 
-    async def _flow_closed_loop(self, closed: trio.MemoryReceiveChannel[FlowClosed]) -> None:
+    async def _timer_loop(self) -> None:
+        """One task for every transaction timer: sleep until the earliest deadline."""
+        dispatcher = self.dispatcher
+        while True:
+            with trio.CancelScope(deadline=dispatcher.next_deadline()) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
+            now = trio.current_time()
+            if dispatcher.next_deadline() <= now:
+                try:
+                    actions = dispatcher.fire_timers(now)
+                except Exception:
+                    self.stats["internal_errors"] += 1
+                    log.exception("internal error firing timers")
+                    continue
+                if actions:
+                    await self.execute(actions)
+
+    async def _flow_closed_loop(
+        self, closed: trio.MemoryReceiveChannel[FlowClosed | SendFailed]
+    ) -> None:
         async for item in closed:
-            await self.execute(self.dispatcher.flow_closed(item.flow_id, time.time()))
+            now = trio.current_time()
+            if isinstance(item, FlowClosed):
+                actions = self.dispatcher.flow_closed(item.flow_id, now)
+            else:
+                actions = self.dispatcher.send_failed(item.owner, item.reason, now)
+            if actions:
+                await self.execute(actions)
 
     async def _housekeeping(self) -> None:
         while True:
             await trio.sleep(TICK_SECONDS)
-            actions = self.dispatcher.tick(time.time())
+            self._sync_clock()
+            actions = self.dispatcher.tick(trio.current_time())
             if actions:
                 await self.execute(actions)
 
     async def execute(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
-                await self.hub.send(action.data, action.peer)
+                await self.hub.send(action.data, action.peer, action.owner)
             elif isinstance(action, Persist):
                 assert self._store_send is not None
                 await self._store_send.send(action)
             elif isinstance(action, Publish):
                 self.events.publish(action.event)
+        self._rearm_timers()
 
     # --- the store --------------------------------------------------------------------------
 
@@ -320,8 +382,9 @@ class Server:
             log.exception("location store commit of %d changes failed", len(final))
         if not send:
             return
+        now = trio.current_time()
+        actions: list[Action] = []
         for item in batch:
-            sends = item.then if ok else item.on_failure
-            for s in sends:
-                await self.hub.send(s.data, s.peer)
-            self.dispatcher.committed(item.txn_key, sends[0] if sends else None)
+            if item.txn_key is not None:
+                actions += self.dispatcher.committed(item.txn_key, ok, now)
+        await self.execute(actions)

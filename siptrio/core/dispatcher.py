@@ -1,243 +1,240 @@
 """The core's front door: every parsed message enters here and leaves as actions.
 
-It stamps the top Via (RFC 3581), absorbs retransmissions by replaying the answer
-already given (a minimal non-INVITE server transaction until the full transaction
-layer arrives with the proxy), and routes requests to the registrar or to the
-server's own answers. Time comes in as ``now``; nothing here does I/O.
+It stamps the top Via (RFC 3581), puts every request through a server transaction
+(so retransmissions are absorbed and answered again by the transaction, never seen
+twice by the registrar or the proxy), and sends each request to the one part that
+owns it: the registrar, the server's own OPTIONS answer, or the proxy.
+
+Time comes in as ``now``, a monotonic clock that also drives the transaction
+timers; bindings carry wall-clock times, ``now + wall_offset``, which the shell
+keeps current. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from .. import __version__
 from ..sip.errors import SipParseError
 from ..sip.headers import split_list
 from ..sip.message import HeaderField, Request, Response, make_response
+from ..sip.transaction import ServerTransaction, Timers, TransactionLayer, TxEvent, TxSend
 from ..sip.uri import SipUri
-from .events import Action, BindingEvent, BindingEventKind, Persist, Publish, Send
+from .dialogs import Dialogs
+from .events import Action, BindingEvent, BindingEventKind, Persist, Publish
 from .location import Location
+from .proxy import Proxy, ProxyConfig
 from .registrar import SUPPORTED_OPTIONS, Registrar, RegistrarConfig
-from .types import Peer
+from .types import Listener, Peer
 
-__all__ = ["ALLOW", "Dispatcher", "DispatcherConfig"]
+__all__ = ["ALLOW", "Dispatcher", "DispatcherConfig", "stamp_via"]
 
-ALLOW = "REGISTER, OPTIONS, ACK, CANCEL"
+ALLOW = ", ".join(
+    [
+        *("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "MESSAGE"),
+        *("INFO", "UPDATE", "PRACK", "NOTIFY", "REFER", "SUBSCRIBE"),
+    ]
+)
 ACCEPT = "application/sdp"
 SERVER = f"siptrio/{__version__}"
-# Timer J (64*T1) for unreliable transports: how long an answer is replayed.
-TXN_LINGER_UDP = 32.0
-TXN_LINGER_STREAM = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
 class DispatcherConfig:
     registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    timers: Timers = field(default_factory=Timers)
     server_name: str = SERVER
-
-
-@dataclass(slots=True)
-class _Answer:
-    """The answer given to one server transaction, replayed to retransmissions."""
-
-    expires_at: float
-    send: Send | None = None  # None while the answer waits for the store
 
 
 class Dispatcher:
     def __init__(self, config: DispatcherConfig, location: Location | None = None) -> None:
         self.config = config
         self.location = location if location is not None else Location()
-        self.registrar = Registrar(config.registrar, self.location, server=config.server_name)
         self.stats: Counter[str] = Counter()
-        self._answers: dict[tuple[str, ...], _Answer] = {}
+        self.registrar = Registrar(config.registrar, self.location, server=config.server_name)
+        self.layer = TransactionLayer(config.timers)
+        self.dialogs = Dialogs(max_duration=config.proxy.max_dialog_duration)
+        proxy_config = config.proxy
+        if proxy_config.server_name != config.server_name:
+            from dataclasses import replace
 
-    # --- entry points -----------------------------------------------------------------
+            proxy_config = replace(proxy_config, server_name=config.server_name)
+        self.proxy = Proxy(
+            proxy_config,
+            location=self.location,
+            layer=self.layer,
+            dialogs=self.dialogs,
+            stats=self.stats,
+        )
+        self.wall_offset = 0.0
+        self._awaiting_store: dict[Hashable, tuple[Response, Response]] = {}
+
+    def wall(self, now: float) -> float:
+        return now + self.wall_offset
+
+    def set_listeners(self, listeners: list[Listener]) -> None:
+        self.proxy.set_listeners(listeners)
+
+    # --- entry points ---------------------------------------------------------------------
 
     def receive_request(self, request: Request, peer: Peer, now: float) -> list[Action]:
         self.stats[f"requests_in.{request.method}"] += 1
         request = stamp_via(request, peer)
+        wall = self.wall(now)
+        layer = self.layer
+        txn = layer.find_server(request)
         if request.method == "ACK":
-            # ACK for a non-2xx final answer ends a transaction we answered statelessly.
-            self.stats["ack_absorbed"] += 1
-            return []
-        key = _txn_key(request)
-        answer = self._answers.get(key)
-        if answer is not None:
+            if txn is not None and txn.is_invite:
+                self.stats["ack_absorbed"] += 1  # hop-by-hop ACK for our non-2xx answer
+                return self._tx(txn.on_ack(now))
+            return self.proxy.handle_ack(request, peer, now, wall)
+        if txn is not None:
             self.stats["retransmissions_absorbed"] += 1
-            return [answer.send] if answer.send is not None else []
-        linger = TXN_LINGER_STREAM if peer.transport.is_stream else TXN_LINGER_UDP
+            return self._tx(txn.on_retransmission(now))
+        txn = layer.new_server(request, peer, reliable=peer.transport.is_stream)
         try:
-            return self._route(request, peer, now, key, now + linger)
+            if request.method == "CANCEL":
+                return self.proxy.handle_cancel(txn, peer, now, wall)
+            if request.method == "REGISTER":
+                return self._register(txn, peer, now, wall)
+            uri = request.uri
+            if request.method == "OPTIONS" and isinstance(uri, SipUri) and uri.user is None:
+                return self._options(txn, now)
+            return self.proxy.handle_request(txn, peer, now, wall)
         except SipParseError as e:
-            # A header parsed lazily (Contact, Expires, Require ...) was malformed.
-            return self._answer(key, now + linger, request, peer, e.status, e.reason)
+            # A header parsed lazily (Contact, Expires, Require, Route ...) was malformed.
+            return self._answer(txn, e.status, e.reason, now)
 
     def receive_response(self, response: Response, peer: Peer, now: float) -> list[Action]:
         self.stats["responses_in"] += 1
-        self.stats["responses_dropped_unmatched"] += 1
-        return []
+        return self.proxy.on_response(response, peer, now, self.wall(now))
 
-    def committed(self, txn_key: tuple[str, ...] | None, send: Send | None) -> None:
-        """The store made a REGISTER durable: its answer may now be replayed."""
-        if txn_key is not None and txn_key in self._answers:
-            self._answers[txn_key].send = send
+    def committed(self, txn_key: Hashable, ok: bool, now: float) -> list[Action]:
+        """The store finished (or failed) a REGISTER's write: now it may be answered."""
+        pending = self._awaiting_store.pop(txn_key, None)
+        txn = self.layer.servers.get(txn_key)
+        if pending is None or txn is None:
+            return []
+        resp = pending[0] if ok else pending[1]
+        return self._tx(txn.respond(resp.serialise(), resp.status, now))
+
+    def send_failed(self, owner: Hashable, reason: str, now: float) -> list[Action]:
+        return self.proxy.send_failed(owner, reason, now, self.wall(now))
 
     def flow_closed(self, flow_id: str, now: float) -> list[Action]:
-        removed = self.location.remove_flow(flow_id)
-        if not removed:
-            return []
-        events: list[Action] = [
-            Publish(event=BindingEvent(kind=BindingEventKind.FLOW_CLOSED, binding=b))
-            for b in removed
+        wall = self.wall(now)
+        out: list[Action] = [
+            Publish(event=e) for e in self.dialogs.on_flow_closed(flow_id, now, wall)
         ]
-        return [Persist(deletes=tuple((b.aor, b.key) for b in removed)), *events]
+        removed = self.location.remove_flow(flow_id)
+        if removed:
+            out.insert(0, Persist(deletes=tuple((b.aor, b.key) for b in removed)))
+            out += [
+                Publish(event=BindingEvent(kind=BindingEventKind.FLOW_CLOSED, binding=b))
+                for b in removed
+            ]
+        return out
+
+    def next_deadline(self) -> float:
+        return self.layer.next_deadline()
+
+    def fire_timers(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        wall = self.wall(now)
+        layer = self.layer
+        for owner, name in layer.heap.pop_due(now):
+            if name == "C":
+                out += self.proxy.timer_c(owner, now, wall)
+                continue
+            txn = layer.servers.get(owner) or layer.clients.get(owner)
+            if txn is not None:
+                out += self._tx(txn.on_timer(name, now))
+        return out
 
     def tick(self, now: float) -> list[Action]:
-        """Periodic housekeeping: expired bindings and finished transactions."""
-        for key in [
-            k for k, a in self._answers.items() if a.expires_at <= now and a.send is not None
-        ]:
-            del self._answers[key]
-        expired = self.location.purge_expired(now)
-        if not expired:
-            return []
-        self.stats["bindings_expired"] += len(expired)
-        return [
-            Persist(deletes=tuple((b.aor, b.key) for b in expired)),
-            *(
+        """Once a second: expired bindings and dialogs."""
+        wall = self.wall(now)
+        out: list[Action] = [Publish(event=e) for e in self.dialogs.expire(now, wall)]
+        expired = self.location.purge_expired(wall)
+        if expired:
+            self.stats["bindings_expired"] += len(expired)
+            out.insert(0, Persist(deletes=tuple((b.aor, b.key) for b in expired)))
+            out += [
                 Publish(event=BindingEvent(kind=BindingEventKind.EXPIRED, binding=b))
                 for b in expired
-            ),
-        ]
+            ]
+        return out
 
-    # --- routing --------------------------------------------------------------------------
+    # --- the server's own answers ----------------------------------------------------------------
 
-    def _route(
-        self, request: Request, peer: Peer, now: float, key: tuple[str, ...], linger: float
+    def _tx(self, events: list[TxSend | TxEvent]) -> list[Action]:
+        return self.proxy.tx_actions(events, 0.0, 0.0)
+
+    def _answer(
+        self,
+        txn: ServerTransaction,
+        status: int,
+        reason: str,
+        now: float,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> list[Action]:
-        method = request.method
-        uri = request.uri
-        if uri.scheme not in ("sip", "sips"):
-            return self._answer(
-                key, linger, request, peer, 416, f"Unsupported URI Scheme {uri.scheme}"
-            )
-        if method == "REGISTER":
-            if (bad := self._unsupported(request)) is not None:
-                return self._bad_extension(key, linger, request, peer, bad)
-            return self._register(request, peer, now, key, linger)
-        assert isinstance(uri, SipUri)
-        if method == "OPTIONS" and uri.user is None:
-            if (bad := self._unsupported(request)) is not None:
-                return self._bad_extension(key, linger, request, peer, bad)
-            return self._answer(
-                key,
-                linger,
-                request,
-                peer,
-                200,
-                "OK",
-                headers=(
-                    ("Allow", ALLOW),
-                    ("Accept", ACCEPT),
-                    ("Supported", ", ".join(SUPPORTED_OPTIONS)),
-                ),
-            )
-        if method == "CANCEL" or request.to.tag is not None:
-            return self._answer(key, linger, request, peer, 481, "Call/Transaction Does Not Exist")
-        if request.max_forwards == 0:
-            return self._answer(key, linger, request, peer, 483, "Too Many Hops")
-        return self._answer(
-            key,
-            linger,
-            request,
-            peer,
-            501,
-            f"Not Implemented: siptrio does not proxy {method} requests yet",
-            headers=(("Allow", ALLOW),),
+        response = make_response(
+            txn.request, status, reason, headers=(*headers, ("Server", self.config.server_name))
         )
+        self.stats[f"responses_out.{status // 100}xx"] += 1
+        return self._tx(txn.respond(response.serialise(), status, now))
 
-    def _unsupported(self, request: Request) -> list[str] | None:
-        unknown = [t for t in request.require if t.lower() not in SUPPORTED_OPTIONS]
-        return unknown or None
-
-    def _bad_extension(
-        self, key: tuple[str, ...], linger: float, request: Request, peer: Peer, tags: list[str]
-    ) -> list[Action]:
+    def _options(self, txn: ServerTransaction, now: float) -> list[Action]:
+        bad = [t for t in txn.request.require if t.lower() not in SUPPORTED_OPTIONS]
+        if bad:
+            return self._answer(
+                txn, 420, "Bad Extension", now, headers=(("Unsupported", ", ".join(bad)),)
+            )
         return self._answer(
-            key,
-            linger,
-            request,
-            peer,
-            420,
-            "Bad Extension",
-            headers=(("Unsupported", ", ".join(tags)),),
+            txn,
+            200,
+            "OK",
+            now,
+            headers=(
+                ("Allow", ALLOW),
+                ("Accept", ACCEPT),
+                ("Supported", ", ".join(SUPPORTED_OPTIONS)),
+            ),
         )
 
     def _register(
-        self, request: Request, peer: Peer, now: float, key: tuple[str, ...], linger: float
+        self, txn: ServerTransaction, peer: Peer, now: float, wall: float
     ) -> list[Action]:
-        outcome = self.registrar.register(request, peer, now)
+        request = txn.request
+        bad = [t for t in request.require if t.lower() not in SUPPORTED_OPTIONS]
+        if bad:
+            return self._answer(
+                txn, 420, "Bad Extension", now, headers=(("Unsupported", ", ".join(bad)),)
+            )
+        outcome = self.registrar.register(request, peer, wall)
         status = outcome.response.status
         self.stats[f"register_{status}"] += 1
-        send = Send(data=outcome.response.serialise(), peer=peer, message=outcome.response)
         if not outcome.upserts and not outcome.deletes:
-            self._answers[key] = _Answer(expires_at=linger, send=send)
-            return [send]
-        self._answers[key] = _Answer(expires_at=linger, send=None)
+            self.stats[f"responses_out.{status // 100}xx"] += 1
+            return self._tx(txn.respond(outcome.response.serialise(), status, now))
         failed = make_response(
             request,
             500,
             "Server Internal Error (binding store write failed)",
             headers=(("Retry-After", "5"), ("Server", self.config.server_name)),
         )
+        self._awaiting_store[txn.key] = (outcome.response, failed)
+        self.stats[f"responses_out.{status // 100}xx"] += 1
         return [
             Persist(
-                upserts=tuple(outcome.upserts),
-                deletes=tuple(outcome.deletes),
-                then=(send,),
-                on_failure=(Send(data=failed.serialise(), peer=peer, message=failed),),
-                txn_key=key,
+                upserts=tuple(outcome.upserts), deletes=tuple(outcome.deletes), txn_key=txn.key
             ),
             *(Publish(event=e) for e in outcome.events),
         ]
-
-    def _answer(
-        self,
-        key: tuple[str, ...],
-        linger: float,
-        request: Request,
-        peer: Peer,
-        status: int,
-        reason: str,
-        *,
-        headers: tuple[tuple[str, str], ...] = (),
-    ) -> list[Action]:
-        response = make_response(
-            request, status, reason, headers=(*headers, ("Server", self.config.server_name))
-        )
-        self.stats[f"responses_out.{status // 100}xx"] += 1
-        send = Send(data=response.serialise(), peer=peer, message=response)
-        self._answers[key] = _Answer(expires_at=linger, send=send)
-        return [send]
-
-
-def _txn_key(request: Request) -> tuple[str, ...]:
-    """RFC 3261 section 17.2.3 matching: branch + sent-by + method, else RFC 2543 style."""
-    via = request.top_via
-    branch = via.branch
-    method = "INVITE" if request.method == "ACK" else request.method
-    if branch and branch.startswith("z9hG4bK") and len(branch) > 7:
-        return (branch, via.sent_by, method)
-    return (
-        request.uri_text,
-        request.from_.tag or "",
-        request.call_id,
-        str(request.cseq.number),
-        via.text,
-        method,
-    )
 
 
 def stamp_via(request: Request, peer: Peer) -> Request:

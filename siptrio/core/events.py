@@ -8,9 +8,11 @@ nothing in the core waits for them.
 from __future__ import annotations
 
 import enum
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from ..sip.message import Message
+from .dialogs import DialogEvent
 from .location import Binding
 from .types import Peer
 
@@ -40,16 +42,21 @@ class BindingEvent:
     binding: Binding
 
 
-Event = BindingEvent
+Event = BindingEvent | DialogEvent
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Send:
-    """Send ``data`` to ``peer`` (over its flow when it has one)."""
+    """Send ``data`` to ``peer`` (over its flow when it has one).
+
+    ``owner`` names the client transaction that sent it, so that a transport failure
+    can be reported back to it (RFC 3261 section 8.1.3.1).
+    """
 
     data: bytes
     peer: Peer
     message: Message | None = field(default=None, compare=False)
+    owner: Hashable = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,16 +66,15 @@ class Publish:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Persist:
-    """Make binding changes durable, then perform ``then`` (the 200 OK waits for disk).
+    """Make binding changes durable; then the shell calls ``Dispatcher.committed``.
 
-    ``txn_key`` lets the core replay the answer to retransmissions once committed.
+    The REGISTER's answer waits in the core under ``txn_key`` until the store has
+    committed: a 200 OK is never sent for a binding a crash could still lose.
     """
 
     upserts: tuple[Binding, ...] = ()
     deletes: tuple[tuple[str, str], ...] = ()  # (aor, key)
-    then: tuple[Send, ...] = ()
-    on_failure: tuple[Send, ...] = ()  # sent instead of ``then`` if the store fails
-    txn_key: tuple[str, ...] | None = None
+    txn_key: Hashable = None
 
 
 Action = Send | Publish | Persist

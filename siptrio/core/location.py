@@ -51,6 +51,10 @@ class Location:
         self._by_aor: dict[str, dict[str, Binding]] = {}
         self._by_flow: dict[str, set[tuple[str, str]]] = {}
         self._expiry: list[tuple[float, str, str]] = []
+        # AORs and domains that have ever had a binding here: a call to a known user
+        # with no live binding is 480, to an unknown one 404.
+        self._known: set[str] = set()
+        self._domains: set[str] = set()
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._by_aor.values())
@@ -72,7 +76,18 @@ class Location:
         live.sort(key=lambda b: (-(b.q if b.q is not None else 1.0), -b.updated_at))
         return live
 
+    def known(self, aor: str) -> bool:
+        return aor in self._known
+
+    def serves_domain(self, host: str) -> bool:
+        return host in self._domains
+
     def put(self, binding: Binding) -> Binding | None:
+        if binding.aor not in self._known:
+            self._known.add(binding.aor)
+            self._domains.add(
+                binding.aor.rpartition("@")[2] if "@" in binding.aor else binding.aor[4:]
+            )
         aor_map = self._by_aor.setdefault(binding.aor, {})
         old = aor_map.get(binding.key)
         if old is not None and old.flow_id:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["Peer", "Transport"]
+__all__ = ["Listener", "Peer", "Transport"]
 
 
 class Transport(enum.Enum):
@@ -56,3 +56,20 @@ class Peer:
 
     def __str__(self) -> str:
         return f"{self.transport.value}:{self.address}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Listener:
+    """One bound listening socket: what Via sent-by and Record-Route name for a side."""
+
+    transport: Transport
+    host: str
+    port: int
+
+    @property
+    def hostport(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.transport.value} {self.hostport}"

@@ -12,8 +12,9 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -41,6 +42,14 @@ class Inbound:
 @dataclass(frozen=True, slots=True)
 class FlowClosed:
     flow_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendFailed:
+    """A message a client transaction sent could not leave (RFC 3261 8.1.3.1)."""
+
+    owner: Hashable
     reason: str
 
 
@@ -137,19 +146,40 @@ class Hub:
             if self.on_flow_change:
                 self.on_flow_change("closed", flow)
 
-    async def send(self, data: bytes, peer: Peer) -> bool:
-        """Send to a peer; False (and counted) when it can no longer be reached."""
+    connector: Any = None  # outbound.Connector, set by the server once it runs
+    report: Callable[[Hashable, str], None] | None = None
+
+    def failed(self, owner: Hashable, reason: str) -> None:
+        if owner is not None and self.report is not None:
+            self.report(owner, reason)
+
+    async def send(self, data: bytes, peer: Peer, owner: Hashable = None) -> bool:
+        """Send to a peer; False (counted, and reported for ``owner``) when it cannot go."""
         if peer.flow_id is not None:
             flow = self.flows.get(peer.flow_id)
             if flow is None:
                 self.stats["dropped.flow_gone"] += 1
+                self.failed(owner, f"flow {peer.flow_id} is closed")
                 return False
             if self.trace:
                 self.trace_message("send", data, peer)
-            return flow.send_nowait(data)
+            if not flow.send_nowait(data):
+                self.failed(owner, f"flow {peer.flow_id} could not take the message")
+                return False
+            return True
+        if peer.transport.is_stream:
+            if peer.transport not in (Transport.TCP, Transport.TLS) or self.connector is None:
+                self.stats["dropped.no_route"] += 1
+                self.failed(owner, f"no connection to {peer}")
+                return False
+            if self.trace:
+                self.trace_message("send", data, peer)
+            self.connector.submit(peer, data, owner)
+            return True
         sock = self.udp_sockets.get((peer.local_host, peer.local_port))
         if sock is None:
             self.stats["dropped.no_socket"] += 1
+            self.failed(owner, f"no UDP socket {peer.local_host}:{peer.local_port}")
             return False
         if self.trace:
             self.trace_message("send", data, peer)
@@ -158,6 +188,7 @@ class Hub:
         except OSError as e:
             self.stats["dropped.send_error"] += 1
             log.debug("UDP send to %s failed: %s", peer.address, e)
+            self.failed(owner, f"UDP send to {peer.address} failed: {e.strerror or e}")
             return False
         return True
 

@@ -15,7 +15,7 @@ import trio
 
 from ..core.types import Peer
 from ..sip import SipParseError, error_response_untrusted, parse_message_untrusted
-from .hub import FlowClosed, Hub, Inbound
+from .hub import FlowClosed, Hub, Inbound, SendFailed
 
 __all__ = ["Intake"]
 
@@ -28,7 +28,7 @@ class Intake:
         *,
         hub: Hub,
         channel: trio.MemorySendChannel[Inbound],
-        closed_channel: trio.MemorySendChannel[FlowClosed],
+        closed_channel: trio.MemorySendChannel[FlowClosed | SendFailed],
         max_size: int,
         max_headers: int,
         server_name: str,

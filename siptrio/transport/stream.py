@@ -163,6 +163,7 @@ async def _writer(flow: Flow, stream: trio.abc.Stream) -> None:
 
 
 LINGER_SECONDS = 2.0
+CLOSE_GRACE = 0.3
 LINGER_BYTES = 8 << 20
 
 
@@ -174,6 +175,9 @@ async def _close_after_flush(flow: Flow, stream: trio.abc.Stream, reason: str) -
     client that is still sending its oversized message read why it was refused.
     """
     flow.close_reason = reason
+    # Answers to messages that came before the bad bytes may still be on their way
+    # (a REGISTER's 200 waits for the store): give them a moment to be queued.
+    await trio.sleep(CLOSE_GRACE)
     flow.send_nowait(None)
     with trio.move_on_after(LINGER_SECONDS):
         await flow.writer_done.wait()

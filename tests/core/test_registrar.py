@@ -6,6 +6,7 @@ import pytest
 
 from siptrio.core.dispatcher import Dispatcher, DispatcherConfig
 from siptrio.core.events import BindingEvent, BindingEventKind, Persist, Publish, Send
+from siptrio.core.proxy import ProxyConfig
 from siptrio.core.registrar import RegistrarConfig
 from siptrio.core.types import Peer, Transport
 from siptrio.sip import Request, Response, parse_message_untrusted
@@ -59,18 +60,15 @@ def make(**registrar: object) -> Dispatcher:
     return Dispatcher(DispatcherConfig(registrar=RegistrarConfig(**registrar)))  # type: ignore[arg-type]
 
 
-def response_of(actions: list[object]) -> Response:
-    """The response the actions send, whether at once or after the store commits."""
+def response_of(d: Dispatcher, actions: list[object]) -> Response:
+    """The response the actions send, at once or (REGISTER) once the store committed."""
     for a in actions:
         if isinstance(a, Send):
             msg = parse_message_untrusted(a.data)
             assert isinstance(msg, Response)
             return msg
         if isinstance(a, Persist):
-            assert len(a.then) == 1
-            msg = parse_message_untrusted(a.then[0].data)
-            assert isinstance(msg, Response)
-            return msg
+            return response_of(d, d.committed(a.txn_key, True, NOW))
     raise AssertionError(f"no response in {actions}")
 
 
@@ -79,20 +77,20 @@ def test_add_refresh_remove() -> None:
     acts = d.receive_request(register(expires=600), UDP, NOW)
     persist = [a for a in acts if isinstance(a, Persist)]
     assert len(persist) == 1 and len(persist[0].upserts) == 1 and not persist[0].deletes
-    resp = response_of(acts)
+    resp = response_of(d, acts)
     assert resp.status == 200
     assert resp.values("contact") == ["<sip:alice@127.0.0.1:5070>;expires=600"]
     events = [a.event for a in acts if isinstance(a, Publish)]
     assert [e.kind for e in events if isinstance(e, BindingEvent)] == [BindingEventKind.ADDED]
 
     acts = d.receive_request(register(expires=300, cseq=2, branch="z9hG4bK-2"), UDP, NOW + 10)
-    assert response_of(acts).values("contact") == ["<sip:alice@127.0.0.1:5070>;expires=300"]
+    assert response_of(d, acts).values("contact") == ["<sip:alice@127.0.0.1:5070>;expires=300"]
     assert [a.event.kind for a in acts if isinstance(a, Publish)] == [BindingEventKind.REFRESHED]
     b = d.location.lookup("sip:alice@example.com", NOW + 10)[0]
     assert b.registered_at == NOW and b.updated_at == NOW + 10 and b.cseq == 2
 
     acts = d.receive_request(register(expires=0, cseq=3, branch="z9hG4bK-3"), UDP, NOW + 20)
-    resp = response_of(acts)
+    resp = response_of(d, acts)
     assert resp.status == 200 and resp.values("contact") == []
     persist = [a for a in acts if isinstance(a, Persist)]
     assert persist[0].deletes == (("sip:alice@example.com", persist[0].deletes[0][1]),)
@@ -106,21 +104,21 @@ def test_contact_param_expires_beats_header_and_header_beats_default() -> None:
         UDP,
         NOW,
     )
-    assert sorted(response_of(acts).values("contact")) == [
+    assert sorted(response_of(d, acts).values("contact")) == [
         "<sip:a@127.0.0.1:1>;expires=120",
         "<sip:b@127.0.0.1:2>;expires=900",
     ]
     d2 = make(default_expires=3600, max_expires=7200)
     acts = d2.receive_request(register(), UDP, NOW)
-    assert response_of(acts).values("contact") == ["<sip:alice@127.0.0.1:5070>;expires=3600"]
+    assert response_of(d2, acts).values("contact") == ["<sip:alice@127.0.0.1:5070>;expires=3600"]
 
 
 def test_above_max_is_clamped_below_min_is_423() -> None:
     d = make(min_expires=60, max_expires=7200)
-    resp = response_of(d.receive_request(register(expires=10**12), UDP, NOW))
+    resp = response_of(d, d.receive_request(register(expires=10**12), UDP, NOW))
     assert resp.values("contact") == ["<sip:alice@127.0.0.1:5070>;expires=7200"]
     resp = response_of(
-        d.receive_request(register(expires=30, cseq=2, branch="z9hG4bK-b"), UDP, NOW)
+        d, d.receive_request(register(expires=30, cseq=2, branch="z9hG4bK-b"), UDP, NOW)
     )
     assert resp.status == 423 and resp.first("min-expires") == "60"
     # the refused REGISTER changed nothing
@@ -131,21 +129,23 @@ def test_star_requires_expires_zero_and_removes_all() -> None:
     d = make()
     d.receive_request(register(contacts=["<sip:a@h1>", "<sip:b@h2>"], expires=600), UDP, NOW)
     resp = response_of(
+        d,
         d.receive_request(
             register(contacts=["*"], expires=600, cseq=2, branch="z9hG4bK-x"), UDP, NOW
-        )
+        ),
     )
     assert resp.status == 400 and "Expires: 0" in resp.reason
     resp = response_of(
+        d,
         d.receive_request(
             register(contacts=["*", "<sip:c@h3>"], expires=0, cseq=3, branch="z9hG4bK-y"), UDP, NOW
-        )
+        ),
     )
     assert resp.status == 400
     acts = d.receive_request(
         register(contacts=["*"], expires=0, cseq=4, branch="z9hG4bK-z"), UDP, NOW
     )
-    resp = response_of(acts)
+    resp = response_of(d, acts)
     assert resp.status == 200 and resp.values("contact") == []
     assert len(next(a for a in acts if isinstance(a, Persist)).deletes) == 2
     assert d.location.lookup("sip:alice@example.com", NOW) == []
@@ -160,7 +160,7 @@ def test_fetch_without_contact_lists_bindings_and_changes_nothing() -> None:
     )
     acts = d.receive_request(register(contacts=[], cseq=2, branch="z9hG4bK-f"), UDP, NOW + 100)
     assert not any(isinstance(a, Persist) for a in acts)
-    assert response_of(acts).values("contact") == [
+    assert response_of(d, acts).values("contact") == [
         '<sip:a@h1>;+sip.instance="<urn:uuid:1>";reg-id=1;expires=500'
     ]
 
@@ -170,7 +170,7 @@ def test_repeated_or_lower_cseq_same_call_id_rejected(cseq: int) -> None:
     d = make()
     d.receive_request(register(expires=600, cseq=1), UDP, NOW)
     resp = response_of(
-        d.receive_request(register(expires=300, cseq=cseq, branch="z9hG4bK-new"), UDP, NOW + 1)
+        d, d.receive_request(register(expires=300, cseq=cseq, branch="z9hG4bK-new"), UDP, NOW + 1)
     )
     assert resp.status == 400 and "CSeq" in resp.reason
     assert d.location.lookup("sip:alice@example.com", NOW + 1)[0].expires_at == NOW + 600
@@ -180,9 +180,10 @@ def test_lower_cseq_with_other_call_id_is_accepted() -> None:
     d = make()
     d.receive_request(register(expires=600, cseq=5), UDP, NOW)
     resp = response_of(
+        d,
         d.receive_request(
             register(expires=300, cseq=1, call_id="cid-2", branch="z9hG4bK-n"), UDP, NOW
-        )
+        ),
     )
     assert resp.status == 200
 
@@ -194,21 +195,30 @@ def test_retransmission_replays_the_same_answer_after_commit() -> None:
     persist = next(a for a in acts if isinstance(a, Persist))
     # before the commit, a retransmission is absorbed (no second 200, no second write)
     assert d.receive_request(req, UDP, NOW + 0.1) == []
-    d.committed(persist.txn_key, persist.then[0])
+    (sent,) = d.committed(persist.txn_key, True, NOW + 0.2)
+    assert isinstance(sent, Send) and sent.data.startswith(b"SIP/2.0 200 OK")
     again = d.receive_request(req, UDP, NOW + 0.5)
-    assert again == [persist.then[0]]
+    assert [a.data for a in again if isinstance(a, Send)] == [sent.data]
+
+
+def test_store_failure_answers_500() -> None:
+    d = make()
+    acts = d.receive_request(register(expires=600), UDP, NOW)
+    persist = next(a for a in acts if isinstance(a, Persist))
+    (sent,) = d.committed(persist.txn_key, False, NOW)
+    assert isinstance(sent, Send) and sent.data.startswith(b"SIP/2.0 500 ")
 
 
 def test_unknown_require_gets_420_with_unsupported() -> None:
     d = make()
-    resp = response_of(d.receive_request(register(extra=["Require: path, foo, bar"]), UDP, NOW))
+    resp = response_of(d, d.receive_request(register(extra=["Require: path, foo, bar"]), UDP, NOW))
     assert resp.status == 420 and resp.first("unsupported") == "foo, bar"
 
 
 def test_contact_echoed_exactly_like_jssip_expects() -> None:
     d = make()
     contact = '<sip:k3u8sq1r@0kbc0ovlj2vf.invalid;transport=ws>;+sip.ice;reg-id=1;+sip.instance="<urn:uuid:6a1ed8f5-1f0c-4b8c-9a3b-2f1d5d6c0e1f>";expires=600'
-    resp = response_of(d.receive_request(register(contacts=[contact]), TCP, NOW))
+    resp = response_of(d, d.receive_request(register(contacts=[contact]), TCP, NOW))
     assert resp.values("contact") == [contact]
     b = d.location.lookup("sip:alice@example.com", NOW)[0]
     assert b.instance == "<urn:uuid:6a1ed8f5-1f0c-4b8c-9a3b-2f1d5d6c0e1f>" and b.reg_id == 1
@@ -241,6 +251,7 @@ def test_same_instance_and_reg_id_on_a_new_flow_replaces_the_binding() -> None:
 def test_two_reg_id_contacts_is_400() -> None:
     d = make()
     resp = response_of(
+        d,
         d.receive_request(
             register(
                 contacts=[
@@ -250,7 +261,7 @@ def test_two_reg_id_contacts_is_400() -> None:
             ),
             UDP,
             NOW,
-        )
+        ),
     )
     assert resp.status == 400
 
@@ -259,12 +270,14 @@ def test_per_aor_contact_limit() -> None:
     d = make(max_contacts=2)
     d.receive_request(register(contacts=["<sip:a@h1>", "<sip:b@h2>"]), UDP, NOW)
     resp = response_of(
-        d.receive_request(register(contacts=["<sip:c@h3>"], cseq=2, branch="z9hG4bK-l"), UDP, NOW)
+        d,
+        d.receive_request(register(contacts=["<sip:c@h3>"], cseq=2, branch="z9hG4bK-l"), UDP, NOW),
     )
     assert resp.status == 403 and "limit 2" in resp.reason
     # refreshing an existing contact is still fine at the limit
     resp = response_of(
-        d.receive_request(register(contacts=["<sip:a@h1>"], cseq=3, branch="z9hG4bK-m"), UDP, NOW)
+        d,
+        d.receive_request(register(contacts=["<sip:a@h1>"], cseq=3, branch="z9hG4bK-m"), UDP, NOW),
     )
     assert resp.status == 200
 
@@ -288,8 +301,8 @@ def test_expiry_purge_on_tick() -> None:
 
 def test_domains_enforced_when_configured() -> None:
     d = make(domains=("example.com",))
-    assert response_of(d.receive_request(register(domain="other.org"), UDP, NOW)).status == 403
-    assert response_of(d.receive_request(register(branch="z9hG4bK-d"), UDP, NOW)).status == 200
+    assert response_of(d, d.receive_request(register(domain="other.org"), UDP, NOW)).status == 403
+    assert response_of(d, d.receive_request(register(branch="z9hG4bK-d"), UDP, NOW)).status == 200
 
 
 def test_escaped_user_parts_are_one_aor() -> None:
@@ -308,7 +321,7 @@ def test_stamp_via_received_and_rport() -> None:
         local_host="127.0.0.1",
         local_port=5060,
     )
-    resp = response_of(d.receive_request(req, peer, NOW))
+    resp = response_of(d, d.receive_request(req, peer, NOW))
     assert resp.vias[0].rport == "6000" and resp.vias[0].received == "127.0.0.9"
 
 
@@ -319,7 +332,7 @@ def test_options_to_server_and_unknown_requests() -> None:
         b"From: <sip:a@b>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: o1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
     )
     assert isinstance(opts, Request)
-    resp = response_of(d.receive_request(opts, UDP, NOW))
+    resp = response_of(d, d.receive_request(opts, UDP, NOW))
     assert resp.status == 200 and "REGISTER" in (resp.first("allow") or "")
     assert resp.first("accept") == "application/sdp" and resp.to.tag
     inv = parse_message_untrusted(
@@ -327,11 +340,16 @@ def test_options_to_server_and_unknown_requests() -> None:
         b"From: <sip:a@b>;tag=1\r\nTo: <sip:bob@example.com>\r\nCall-ID: i1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     )
     assert isinstance(inv, Request)
-    resp = response_of(d.receive_request(inv, UDP, NOW))
-    assert resp.status == 501 and "INVITE" in resp.reason
+    acts = d.receive_request(inv, UDP, NOW)
+    statuses = [parse_message_untrusted(a.data).status for a in acts if isinstance(a, Send)]  # type: ignore[union-attr]
+    assert statuses == [403]  # example.com is not ours here: no relaying (and no 100 first)
+    local = Dispatcher(DispatcherConfig(proxy=ProxyConfig(domains=("example.com",))))
+    acts = local.receive_request(inv, UDP, NOW)
+    statuses = [parse_message_untrusted(a.data).status for a in acts if isinstance(a, Send)]  # type: ignore[union-attr]
+    assert statuses == [404]  # ours, but nobody by that name
     tel = parse_message_untrusted(
         b"OPTIONS tel:+123 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-t\r\n"
         b"From: <sip:a@b>;tag=1\r\nTo: <tel:+123>\r\nCall-ID: t1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
     )
     assert isinstance(tel, Request)
-    assert response_of(d.receive_request(tel, UDP, NOW)).status == 416
+    assert response_of(d, d.receive_request(tel, UDP, NOW)).status == 416

@@ -1,0 +1,784 @@
+"""The stateful proxy's decisions (RFC 3261 section 16, RFC 5658, RFC 3327), sans-IO.
+
+For each request that is not for the server itself: validate (16.3), strip our own
+Routes (16.4), find targets (16.5: location lookup with forking, or the next hop),
+forward each through a client transaction with our Via and, for dialog-creating
+requests, Record-Route, doubled when the two sides differ (RFC 5658). Responses come
+back through the client transactions; 1xx and every 2xx go upstream at once, the
+best final answer when all branches are done (16.7). CANCEL fans out to pending
+branches (16.10). In-dialog requests follow the dialog table.
+
+No open relay: a request leaves for a host outside our domains only when that
+host is an IP address inside ``allowed_destinations``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import itertools
+import os
+from collections import Counter
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from ..sip.message import HeaderField, Request, Response, make_response
+from ..sip.transaction import (
+    ClientTransaction,
+    ServerTransaction,
+    TransactionLayer,
+    TxEvent,
+    TxKind,
+    TxSend,
+    TxState,
+)
+from ..sip.uri import SipUri
+from .dialogs import DialogEvent, Dialogs, DialogState, Leg
+from .events import Action, Publish, Send
+from .location import Binding, Location
+from .types import Listener, Peer, Transport
+
+__all__ = ["Proxy", "ProxyConfig"]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+SUPPORTED_PROXY_OPTIONS: tuple[str, ...] = ()
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+_MAGIC = "z9hG4bK"
+_SECRET = os.urandom(8).hex()
+_counter = itertools.count(1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyConfig:
+    domains: tuple[str, ...] = ()
+    allowed_destinations: tuple[IPNetwork, ...] = ()
+    record_route: bool = True
+    max_dialog_duration: float = 43200.0
+    timer_c: float = 180.0
+    server_name: str = "siptrio"
+
+
+@dataclass(eq=False)
+class Branch:
+    ctx: Context
+    branch: str
+    request: Request  # as sent
+    peer: Peer
+    binding: Binding | None
+    txn: ClientTransaction
+    provisional: bool = False
+    final: Response | None = None
+    local_failure: tuple[int, str] | None = None
+    cancel_pending: bool = False
+    cancel_sent: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.final is not None or self.local_failure is not None
+
+
+@dataclass(eq=False)
+class Context:
+    """The proxy's state for one server transaction (one incoming request)."""
+
+    txn: ServerTransaction
+    request: Request
+    peer: Peer
+    branches: list[Branch] = field(default_factory=list)
+    final_sent: bool = False
+    got_2xx: bool = False
+    cancelled: bool = False
+    from_caller: bool = True  # in-dialog: which side sent it
+    dialog_key: tuple[str, str, str] | None = None
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    h = host[1:-1] if host.startswith("[") else host
+    if h.lower() == "localhost":
+        h = "127.0.0.1"
+    try:
+        return ipaddress.ip_address(h)
+    except ValueError:
+        return None
+
+
+class Proxy:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        location: Location,
+        layer: TransactionLayer,
+        dialogs: Dialogs,
+        stats: Counter[str],
+    ) -> None:
+        self.config = config
+        self.location = location
+        self.layer = layer
+        self.dialogs = dialogs
+        self.stats = stats
+        self.listeners: list[Listener] = []
+        self._own: set[tuple[str, int]] = set()
+        self.branches: dict[Hashable, Branch] = {}
+
+    # --- our own addresses --------------------------------------------------------------
+
+    def set_listeners(self, listeners: list[Listener]) -> None:
+        self.listeners = list(listeners)
+        self._own = {(li.host.lower(), li.port) for li in listeners}
+
+    def is_own(self, uri: SipUri) -> bool:
+        host = uri.host_ip.lower()
+        port = uri.port
+        if port is None:
+            t = uri.transport
+            port = 5061 if uri.scheme == "sips" or t in ("tls",) else 5060
+        return (host, port) in self._own or (
+            host == "localhost" and ("127.0.0.1", port) in self._own
+        )
+
+    def _listener(self, transport: Transport, family_of: str) -> Listener | None:
+        v6 = ":" in family_of
+        fallback = None
+        for li in self.listeners:
+            if li.transport is transport:
+                if (":" in li.host) == v6:
+                    return li
+                fallback = fallback or li
+        return fallback
+
+    def is_local_domain(self, uri: SipUri) -> bool:
+        """Is this Request-URI ours to look up in the location service?
+
+        With ``domains`` configured only those are; without, our own addresses are,
+        and any domain we hold registrations for (when no other port is named).
+        """
+        host = uri.host_ip.lower()
+        if self.config.domains:
+            return host in self.config.domains
+        if self.is_own(uri):
+            return True
+        return uri.port is None and self.location.serves_domain(host)
+
+    def relay_allowed(self, host: str) -> bool:
+        ip = ip_of(host)
+        return ip is not None and any(ip in net for net in self.config.allowed_destinations)
+
+    # --- entry: a new request that is not for the server itself --------------------------
+
+    def handle_request(
+        self, txn: ServerTransaction, peer: Peer, now: float, wall: float
+    ) -> list[Action]:
+        req = txn.request
+        ctx = Context(txn=txn, request=req, peer=peer)
+        txn.context = ctx
+        out: list[Action] = []
+        if bad := [t for t in req.proxy_require if t.lower() not in SUPPORTED_PROXY_OPTIONS]:
+            return out + self._respond(
+                ctx, 420, "Bad Extension", now, headers=(("Unsupported", ", ".join(bad)),)
+            )
+        if not isinstance(req.uri, SipUri):
+            return out + self._respond(ctx, 416, f"Unsupported URI Scheme {req.uri.scheme}", now)
+        mf = req.max_forwards
+        if mf == 0:
+            return out + self._respond(ctx, 483, "Too Many Hops", now)
+        if self._is_loop(req):
+            return out + self._respond(ctx, 482, "Loop Detected", now)
+
+        req, last_own = self._preprocess_routes(req)
+        ctx.request = req
+        if req.to.tag is not None:
+            return out + self._in_dialog(ctx, last_own, now, wall)
+        if req.routes:
+            return out + self._to_next_hop(ctx, now, wall)
+        uri = req.uri
+        assert isinstance(uri, SipUri)
+        if self.is_local_domain(uri):
+            return out + self._to_bindings(ctx, now, wall)
+        if self.relay_allowed(uri.host):
+            dest = self._dest_for_uri(uri, peer)
+            if dest is None:
+                return out + self._respond(
+                    ctx, 503, "Service Unavailable (cannot reach the target)", now
+                )
+            return out + self._fork(ctx, [(req.uri_text, dest, None, ())], now, wall)
+        self.stats["relay_denied"] += 1
+        return out + self._respond(ctx, 403, "Relaying denied", now)
+
+    def _is_loop(self, req: Request) -> bool:
+        """RFC 3261 16.3 step 4: our Via with the branch this very request would get."""
+        mine = None
+        for via in req.vias[1:] if len(req.vias) > 1 else req.vias:
+            host = via.host[1:-1] if via.host.startswith("[") else via.host
+            if (host.lower(), via.port or 5060) in self._own and via.branch:
+                mine = mine or self._loop_hash(req)
+                if via.branch.startswith(_MAGIC + mine):
+                    return True
+        return False
+
+    @staticmethod
+    def _loop_hash(req: Request) -> str:
+        seed = "|".join(
+            (
+                req.uri_text,
+                req.to.tag or "",
+                req.from_.tag or "",
+                req.call_id,
+                str(req.cseq.number),
+                ",".join(req.proxy_require),
+            )
+        )
+        return hashlib.blake2s(seed.encode("utf-8", "surrogateescape"), digest_size=5).hexdigest()
+
+    def _preprocess_routes(self, req: Request) -> tuple[Request, SipUri | None]:
+        """RFC 3261 16.4: undo strict routing, then pop every Route of ours on top."""
+        last_own: SipUri | None = None
+        uri = req.uri
+        if isinstance(uri, SipUri) and self.is_own(uri) and req.routes:
+            # A strict router put our Record-Route in the Request-URI (16.4).
+            last = req.routes[-1]
+            rest = [r.text for r in req.routes[:-1]]
+            req = req.with_uri(last.uri)
+            req = req.set("route", *rest) if rest else req.remove("route")
+            last_own = uri
+        routes = req.routes
+        popped = 0
+        for r in routes:
+            if isinstance(r.uri, SipUri) and self.is_own(r.uri):
+                last_own = r.uri
+                popped += 1
+            else:
+                break
+        if popped:
+            rest = [r.text for r in routes[popped:]]
+            req = req.set("route", *rest) if rest else req.remove("route")
+        return req, last_own
+
+    # --- targets ----------------------------------------------------------------------
+
+    def _to_bindings(self, ctx: Context, now: float, wall: float) -> list[Action]:
+        req = ctx.request
+        uri = req.uri
+        assert isinstance(uri, SipUri)
+        aor = uri.aor()
+        bindings = self.location.lookup(aor, wall)
+        if not bindings:
+            if self.location.known(aor):
+                return self._respond(ctx, 480, "Temporarily Unavailable", now)
+            return self._respond(ctx, 404, "Not Found", now)
+        targets: list[tuple[str, Peer, Binding | None, tuple[str, ...]]] = []
+        for b in bindings:
+            dest = self._dest_for_binding(b)
+            if dest is None:
+                continue
+            if dest.flow_id is None and (dest.host.lower(), dest.port) in self._own:
+                self.stats["targets_skipped_self"] += 1
+                continue
+            targets.append((b.contact_uri, dest, b, b.path))
+        if not targets:
+            if any(b.reg_id is not None for b in bindings):
+                return self._respond(ctx, 430, "Flow Failed", now)
+            return self._respond(ctx, 480, "Temporarily Unavailable", now)
+        return self._fork(ctx, targets, now, wall)
+
+    def _dest_for_binding(self, b: Binding) -> Peer | None:
+        return Peer(
+            transport=b.transport,
+            host=b.source_host,
+            port=b.source_port,
+            local_host=b.local_host,
+            local_port=b.local_port,
+            flow_id=b.flow_id,
+        )
+
+    def _dest_for_uri(self, uri: SipUri, came_from: Peer) -> Peer | None:
+        """Where a URI points (no DNS: the host must be an IP address or localhost)."""
+        ip = ip_of(uri.host)
+        if ip is None:
+            return None
+        t = (uri.transport or ("tls" if uri.scheme == "sips" else "udp")).lower()
+        if t in ("ws", "wss"):
+            return None  # WebSocket peers are reached only over their own flow
+        try:
+            transport = Transport(t)
+        except ValueError:
+            return None
+        port = uri.port or (5061 if transport is Transport.TLS else 5060)
+        host = str(ip)
+        li = self._listener(transport if transport is not Transport.TLS else Transport.TLS, host)
+        if li is None:
+            li = self._listener(Transport.UDP, host)
+            if li is None:
+                return None
+        return Peer(
+            transport=transport, host=host, port=port, local_host=li.host, local_port=li.port
+        )
+
+    def _to_next_hop(self, ctx: Context, now: float, wall: float) -> list[Action]:
+        req = ctx.request
+        top = req.routes[0].uri
+        if not isinstance(top, SipUri):
+            return self._respond(ctx, 416, "Unsupported URI Scheme in Route", now)
+        if not self.relay_allowed(top.host):
+            self.stats["relay_denied"] += 1
+            return self._respond(ctx, 403, "Relaying denied", now)
+        dest = self._dest_for_uri(top, ctx.peer)
+        if dest is None:
+            return self._respond(ctx, 503, "Service Unavailable (cannot reach the next hop)", now)
+        return self._fork(ctx, [(req.uri_text, dest, None, ())], now, wall)
+
+    def _in_dialog(
+        self, ctx: Context, last_own: SipUri | None, now: float, wall: float
+    ) -> list[Action]:
+        req = ctx.request
+        if req.routes:
+            return self._to_next_hop(ctx, now, wall)
+        found = self.dialogs.find(req.call_id, req.from_.tag, req.to.tag)
+        if found is None:
+            uri = req.uri
+            if isinstance(uri, SipUri) and self.relay_allowed(uri.host) and last_own is None:
+                dest = self._dest_for_uri(uri, ctx.peer)
+                if dest is not None:
+                    return self._fork(ctx, [(req.uri_text, dest, None, ())], now, wall)
+            return self._respond(ctx, 481, "Call/Transaction Does Not Exist", now)
+        dialog, from_caller = found
+        ctx.from_caller = from_caller
+        ctx.dialog_key = dialog.key
+        if dialog.state is DialogState.TERMINATED:
+            if dialog.failed_flow is not None:
+                return self._respond(ctx, 430, "Flow Failed", now)
+            return self._respond(ctx, 481, "Call/Transaction Does Not Exist", now)
+        leg = dialog.callee if from_caller else dialog.caller
+        return self._fork(ctx, [(req.uri_text, leg.peer, None, ())], now, wall)
+
+    # --- forwarding -------------------------------------------------------------------------
+
+    def _fork(
+        self,
+        ctx: Context,
+        targets: list[tuple[str, Peer, Binding | None, tuple[str, ...]]],
+        now: float,
+        wall: float,
+    ) -> list[Action]:
+        out: list[Action] = []
+        if ctx.request.method == "INVITE" and not ctx.branches:
+            # 100 Trying only once the INVITE is really going somewhere: a request we
+            # refuse gets its final answer alone.
+            out += self._respond(ctx, 100, "Trying", now)
+        for target_uri, dest, binding, path in targets:
+            branch = f"{_MAGIC}{self._loop_hash(ctx.txn.request)}.{_SECRET[:6]}{next(_counter):x}"
+            fwd = self._forwarded(ctx, target_uri, dest, branch, path)
+            data = fwd.serialise()
+            txn = self.layer.new_client(
+                branch=branch,
+                method=fwd.method,
+                data=data,
+                dest=dest,
+                reliable=dest.transport.is_stream,
+            )
+            b = Branch(ctx=ctx, branch=branch, request=fwd, peer=dest, binding=binding, txn=txn)
+            txn.context = b
+            self.branches[txn.key] = b
+            ctx.branches.append(b)
+            self.stats[f"forwarded.{fwd.method}"] += 1
+            out += self.tx_actions(txn.start(now), now, wall)
+            if fwd.method == "INVITE":
+                self.layer.heap.start(now + self.config.timer_c, txn.key, "C")
+        return out
+
+    def _forwarded(
+        self, ctx: Context, target_uri: str, dest: Peer, branch: str, path: tuple[str, ...]
+    ) -> Request:
+        req = ctx.request
+        fwd: Request = req
+        if target_uri != req.uri_text:
+            from ..sip.uri import parse_uri_untrusted
+
+            fwd = fwd.with_uri(parse_uri_untrusted(target_uri))
+        mf = req.max_forwards
+        fwd = fwd.set("max-forwards", str((70 if mf is None else mf) - 1))
+        if path:
+            existing = [r.text for r in fwd.routes]
+            fwd = fwd.set("route", *path, *existing)
+        if self.config.record_route and req.method in DIALOG_CREATING and req.to.tag is None:
+            for rr in reversed(self._record_routes(ctx.peer, dest)):
+                fwd = fwd.prepend("record-route", rr)
+        if not fwd.has("content-length"):
+            fwd = fwd.append("content-length", str(len(fwd.body)))
+        via = self._via(dest, branch)
+        return fwd.prepend("via", via)
+
+    def _side_uri(self, peer: Peer) -> str:
+        """Our address as a Record-Route entry for the side where ``peer`` is."""
+        t = peer.transport
+        li = self._listener(t, peer.host) or Listener(
+            transport=t, host=peer.local_host, port=peer.local_port
+        )
+        if t is Transport.UDP:
+            li = Listener(transport=t, host=peer.local_host, port=peer.local_port)
+        hp = _hostport(li.host, li.port)
+        if t is Transport.UDP:
+            return f"<sip:{hp};lr>"
+        if t is Transport.TCP:
+            return f"<sip:{hp};transport=tcp;lr>"
+        if t is Transport.TLS:
+            return f"<sips:{hp};lr>"
+        if t is Transport.WS:
+            return f"<sip:{hp};transport=ws;lr>"
+        return f"<sips:{hp};transport=ws;lr>"
+
+    def _record_routes(self, inbound: Peer, outbound: Peer) -> list[str]:
+        """RFC 5658: one entry per side when the sides differ, top entry facing the callee."""
+        a = self._side_uri(inbound)
+        b = self._side_uri(outbound)
+        return [a] if a == b else [b, a]
+
+    def _via(self, dest: Peer, branch: str) -> str:
+        t = dest.transport
+        if t is Transport.UDP:
+            hp = _hostport(dest.local_host, dest.local_port)
+            return f"SIP/2.0/UDP {hp};branch={branch};rport"
+        li = self._listener(t, dest.host)
+        hp = _hostport(li.host, li.port) if li else _hostport(dest.local_host, dest.local_port)
+        return f"SIP/2.0/{t.via_name} {hp};branch={branch}"
+
+    # --- responses --------------------------------------------------------------------------
+
+    def on_response(self, resp: Response, peer: Peer, now: float, wall: float) -> list[Action]:
+        txn = self.layer.find_client(resp)
+        if txn is None:
+            self.stats["responses_stray"] += 1
+            return []
+        ack = None
+        if txn.is_invite and resp.status >= 300 and isinstance(txn.context, Branch):
+            ack = self._hop_ack(txn.context, resp)
+        return self.tx_actions(txn.on_response(resp, ack, now), now, wall)
+
+    def _hop_ack(self, b: Branch, resp: Response) -> bytes:
+        """RFC 3261 17.1.1.3: the ACK for a non-2xx answer, same branch as the INVITE."""
+        req = b.request
+        lines = [
+            f"ACK {req.uri_text} SIP/2.0",
+            f"Via: {req.vias[0]}",
+            "Max-Forwards: 70",
+            f"From: {req.from_.text}",
+            f"To: {resp.to.text}",
+            f"Call-ID: {req.call_id}",
+            f"CSeq: {req.cseq.number} ACK",
+        ]
+        lines += [f"Route: {r.text}" for r in req.routes]
+        lines.append("Content-Length: 0")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    def tx_actions(self, events: list[TxSend | TxEvent], now: float, wall: float) -> list[Action]:
+        """Turn transaction output into actions, and feed TU events to the branches."""
+        out: list[Action] = []
+        for ev in events:
+            if isinstance(ev, TxSend):
+                dest = ev.dest
+                assert isinstance(dest, Peer)
+                out.append(Send(data=ev.data, peer=dest, owner=ev.owner))
+                continue
+            if ev.kind is TxKind.TERMINATED:
+                b = self.branches.pop(ev.key, None)
+                if b is None:
+                    ctx = self.layer.servers.get(ev.key)
+                    if ctx is not None and isinstance(ctx.context, Context):
+                        ctx.context = None
+                self.layer.forget(ev.key)
+                continue
+            b = self.branches.get(ev.key)
+            if b is None:
+                continue
+            if ev.kind is TxKind.RESPONSE and ev.response is not None:
+                out += self._branch_response(b, ev.response, now, wall)
+            elif ev.kind is TxKind.TIMEOUT:
+                if b.txn.method == "CANCEL":
+                    continue
+                out += self._branch_failed(b, 408, "Request Timeout", now, wall)
+        return out
+
+    def timer_c(self, key: Hashable, now: float, wall: float) -> list[Action]:
+        """Timer C (16.6 step 11): an INVITE branch that never finishes is cancelled."""
+        b = self.branches.get(key)
+        if b is None or b.done:
+            return []
+        if b.provisional:
+            return self._cancel_branch(b, now, wall)
+        return self._branch_failed(b, 408, "Request Timeout", now, wall)
+
+    def send_failed(self, owner: Hashable, reason: str, now: float, wall: float) -> list[Action]:
+        b = self.branches.get(owner)
+        if b is None or b.done:
+            return []
+        self.stats["transport_errors"] += 1
+        status, text = (
+            (430, "Flow Failed") if b.peer.flow_id else (503, f"Service Unavailable ({reason})")
+        )
+        out = self._branch_failed(b, status, text, now, wall)
+        out += self.tx_actions(b.txn.transport_error(), now, wall)
+        return out
+
+    def _branch_failed(
+        self, b: Branch, status: int, reason: str, now: float, wall: float
+    ) -> list[Action]:
+        if b.done:
+            return []
+        b.local_failure = (status, reason)
+        return self._maybe_finish(b.ctx, now, wall)
+
+    def _branch_response(self, b: Branch, resp: Response, now: float, wall: float) -> list[Action]:
+        if b.txn.method == "CANCEL":
+            return []  # the answer to our own CANCEL: nothing to forward
+        ctx = b.ctx
+        status = resp.status
+        out: list[Action] = []
+        up = _without_top_via(resp)
+        if status < 200:
+            b.provisional = True
+            if b.cancel_pending and not b.cancel_sent:
+                out += self._cancel_branch(b, now, wall)
+            if status == 100:
+                return out
+            if b.txn.is_invite:
+                out += self._dialog_from_response(b, resp, confirmed=False, now=now, wall=wall)
+            if not ctx.final_sent:
+                out += self._respond_raw(ctx, up, now)
+            return out
+        if status < 300:
+            b.final = resp
+            if b.txn.is_invite:
+                self.layer.heap.cancel(b.txn.key, "C")
+                out += self._dialog_from_response(b, resp, confirmed=True, now=now, wall=wall)
+                for d in self.dialogs.early_of(ctx.txn.key):
+                    if d.callee.tag != resp.to.tag:
+                        ended = self.dialogs.end(
+                            d, by="callee", reason="answered elsewhere", now=now, wall=wall
+                        )
+                        out += self._publish(ended)
+                if not ctx.got_2xx:
+                    ctx.got_2xx = True
+                    for other in ctx.branches:
+                        if other is not b and not other.done:
+                            out += self._cancel_branch(other, now, wall)
+            else:
+                out += self._in_dialog_done(ctx, status, now, wall)
+            ctx.final_sent = True
+            out += self._respond_raw(ctx, up, now)  # every 2xx goes upstream
+            return out
+        b.final = resp
+        if b.txn.is_invite:
+            self.layer.heap.cancel(b.txn.key, "C")
+            if status >= 600 and not ctx.got_2xx:
+                for other in ctx.branches:
+                    if other is not b and not other.done:
+                        out += self._cancel_branch(other, now, wall)
+        out += self._maybe_finish(ctx, now, wall)
+        return out
+
+    def _maybe_finish(self, ctx: Context, now: float, wall: float) -> list[Action]:
+        if ctx.final_sent or not all(b.done for b in ctx.branches):
+            return []
+        best: Response | None = None
+        local: tuple[int, str] | None = None
+        for b in ctx.branches:
+            if b.final is not None and b.final.status >= 300:
+                if best is None or _rank(b.final.status) < _rank(best.status):
+                    best = b.final
+            elif b.local_failure is not None and (
+                local is None or _rank(b.local_failure[0]) < _rank(local[0])
+            ):
+                local = b.local_failure
+        ctx.final_sent = True
+        out: list[Action] = []
+        if best is not None and (local is None or _rank(best.status) <= _rank(local[0])):
+            up = _without_top_via(best)
+            if up.status == 503:
+                up = _restatus(up, 500, "Server Internal Error (downstream 503)")
+            status = up.status
+            out += self._respond_raw(ctx, up, now)
+        else:
+            status, reason = local or (480, "Temporarily Unavailable")
+            out += self._respond(ctx, status, reason, now)
+        if ctx.request.method == "INVITE" and ctx.request.to.tag is None:
+            for d in self.dialogs.early_of(ctx.txn.key):
+                by = "caller" if ctx.cancelled else "callee"
+                out += self._publish(
+                    self.dialogs.end(d, by=by, reason=f"{status}", now=now, wall=wall)
+                )
+        else:
+            out += self._in_dialog_done(ctx, status, now, wall)
+        return out
+
+    def _in_dialog_done(self, ctx: Context, status: int, now: float, wall: float) -> list[Action]:
+        """A BYE's final answer ends its dialog, whatever the answer was."""
+        if ctx.request.method != "BYE" or ctx.dialog_key is None:
+            return []
+        d = self.dialogs.get(ctx.dialog_key)
+        if d is None:
+            return []
+        by = "caller" if ctx.from_caller else "callee"
+        return self._publish(
+            self.dialogs.end(d, by=by, reason=f"BYE ({status})", now=now, wall=wall)
+        )
+
+    def _dialog_from_response(
+        self, b: Branch, resp: Response, *, confirmed: bool, now: float, wall: float
+    ) -> list[Action]:
+        ctx = b.ctx
+        req = ctx.request
+        to_tag = resp.to.tag
+        if to_tag is None or req.to.tag is not None or not self.config.record_route:
+            return []
+        caller = Leg(uri=str(req.from_.uri), tag=req.from_.tag or "", peer=ctx.peer)
+        callee = Leg(uri=str(req.to.uri), tag=to_tag, peer=b.peer)
+        return self._publish(
+            self.dialogs.upsert(
+                call_id=req.call_id,
+                caller=caller,
+                callee=callee,
+                confirmed=confirmed,
+                now=now,
+                wall=wall,
+                invite_key=ctx.txn.key,
+            )
+        )
+
+    @staticmethod
+    def _publish(events: list[DialogEvent]) -> list[Action]:
+        return [Publish(event=e) for e in events]
+
+    # --- CANCEL and ACK ------------------------------------------------------------------------
+
+    def handle_cancel(
+        self, txn: ServerTransaction, peer: Peer, now: float, wall: float
+    ) -> list[Action]:
+        """RFC 3261 16.10: 200 to the CANCEL, CANCEL to every pending branch."""
+        req = txn.request
+        key = txn.key
+        assert isinstance(key, tuple)
+        inv = self.layer.servers.get((*key[:-1], "INVITE"))
+        ok = make_response(req, 200, "OK", headers=(("Server", self.config.server_name),))
+        if (
+            inv is None
+            or not isinstance(inv.context, Context)
+            or inv.state is not TxState.PROCEEDING
+        ):
+            resp = make_response(
+                req,
+                481,
+                "Call/Transaction Does Not Exist",
+                headers=(("Server", self.config.server_name),),
+            )
+            return self.tx_actions(txn.respond(resp.serialise(), 481, now), now, wall)
+        out = self.tx_actions(txn.respond(ok.serialise(), 200, now), now, wall)
+        ctx = inv.context
+        ctx.cancelled = True
+        pending = [b for b in ctx.branches if not b.done]
+        if not pending and not ctx.final_sent:
+            ctx.final_sent = True
+            return out + self._respond(ctx, 487, "Request Terminated", now)
+        for b in pending:
+            out += self._cancel_branch(b, now, wall)
+        return out
+
+    def _cancel_branch(self, b: Branch, now: float, wall: float) -> list[Action]:
+        if b.cancel_sent or b.done or b.txn.method != "INVITE":
+            return []
+        if not b.provisional:
+            b.cancel_pending = True  # RFC 3261 9.1: wait for a provisional response
+            return []
+        b.cancel_sent = True
+        req = b.request
+        lines = [
+            f"CANCEL {req.uri_text} SIP/2.0",
+            f"Via: {req.vias[0]}",
+            "Max-Forwards: 70",
+            f"From: {req.from_.text}",
+            f"To: {req.to.text}",
+            f"Call-ID: {req.call_id}",
+            f"CSeq: {req.cseq.number} CANCEL",
+        ]
+        lines += [f"Route: {r.text}" for r in req.routes]
+        lines.append("Content-Length: 0")
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        txn = self.layer.new_client(
+            branch=b.branch,
+            method="CANCEL",
+            data=data,
+            dest=b.peer,
+            reliable=b.peer.transport.is_stream,
+        )
+        cb = Branch(ctx=b.ctx, branch=b.branch, request=req, peer=b.peer, binding=None, txn=txn)
+        txn.context = cb
+        self.branches[txn.key] = cb
+        self.stats["cancels_sent"] += 1
+        return self.tx_actions(txn.start(now), now, wall)
+
+    def handle_ack(self, req: Request, peer: Peer, now: float, wall: float) -> list[Action]:
+        """An ACK that matched no INVITE transaction: a 2xx ACK, routed statelessly."""
+        req, _ = self._preprocess_routes(req)
+        found = self.dialogs.find(req.call_id, req.from_.tag, req.to.tag)
+        if found is None:
+            self.stats["ack_unmatched"] += 1
+            return []
+        dialog, from_caller = found
+        leg = dialog.callee if from_caller else dialog.caller
+        # a stateless branch: the same for retransmissions of this ACK
+        seed = f"{req.top_via.branch}|{req.call_id}|{req.cseq.number}"
+        branch = _MAGIC + "a" + hashlib.blake2s(seed.encode(), digest_size=8).hexdigest()
+        mf = req.max_forwards
+        fwd = req.set("max-forwards", str((70 if mf is None else mf) - 1))
+        if mf == 0:
+            return []
+        fwd = fwd.prepend("via", self._via(leg.peer, branch))
+        self.stats["forwarded.ACK"] += 1
+        return [Send(data=fwd.serialise(), peer=leg.peer)]
+
+    # --- answering the caller ---------------------------------------------------------------------
+
+    def _respond(
+        self,
+        ctx: Context,
+        status: int,
+        reason: str,
+        now: float,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> list[Action]:
+        resp = make_response(
+            ctx.txn.request, status, reason, headers=(*headers, ("Server", self.config.server_name))
+        )
+        if status >= 200:
+            ctx.final_sent = True
+        self.stats[f"responses_out.{status // 100}xx"] += 1
+        return self.tx_actions(ctx.txn.respond(resp.serialise(), status, now), now, 0.0)
+
+    def _respond_raw(self, ctx: Context, resp: Response, now: float) -> list[Action]:
+        self.stats[f"responses_out.{resp.status // 100}xx"] += 1
+        return self.tx_actions(ctx.txn.respond(resp.serialise(), resp.status, now), now, 0.0)
+
+
+def _rank(status: int) -> int:
+    """RFC 3261 16.7 step 6: 6xx beats everything, then the lowest class."""
+    return 0 if status >= 600 else status
+
+
+def _without_top_via(resp: Response) -> Response:
+    headers = list(resp.headers)
+    for i, h in enumerate(headers):
+        if h.name == "via":
+            from ..sip.headers import split_list
+
+            rest = split_list(h.value.decode("utf-8"), "Via")[1:]
+            headers[i : i + 1] = [HeaderField.make("via", ", ".join(rest))] if rest else []
+            break
+    return Response(headers=tuple(headers), body=resp.body, status=resp.status, reason=resp.reason)
+
+
+def _restatus(resp: Response, status: int, reason: str) -> Response:
+    return Response(headers=resp.headers, body=resp.body, status=status, reason=reason)
