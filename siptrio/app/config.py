@@ -81,6 +81,7 @@ class SipConfig:
     t4: float = 5.0
     udp_enable: bool = True
     tcp_enable: bool = True
+    advertised_address: str | None = None  # host put in Via and Record-Route
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -280,6 +281,17 @@ def _is_host(host: str) -> bool:
     return True
 
 
+def _optional_host(text: str) -> str | None:
+    host = text.strip().removeprefix("[").removesuffix("]").lower()
+    if not host:
+        return None
+    if not _is_host(host):
+        raise _BadValue(
+            f"expected a host name or an IP address, e.g. sip.example.com; {text!r} is not one"
+        )
+    return host
+
+
 def _domains(text: str) -> tuple[str, ...]:
     items = [item.lower() for item in _split(text)]
     for item in items:
@@ -392,6 +404,7 @@ _SECTIONS: dict[str, _Section] = {
             "t4": _seconds,
             "udp_enable": _boolean,
             "tcp_enable": _boolean,
+            "advertised_address": _optional_host,
         },
     ),
     "sip_tls": _Section(

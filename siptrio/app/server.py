@@ -69,6 +69,7 @@ class Server:
                     allowed_destinations=config.proxy.allowed_destinations,
                     record_route=config.proxy.record_route,
                     max_dialog_duration=config.proxy.max_dialog_duration,
+                    advertised_address=config.sip.advertised_address,
                 ),
                 timers=Timers(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4),
             ),
@@ -131,6 +132,13 @@ class Server:
                 )
                 await self._start_listeners(nursery, intake)
                 self.dispatcher.set_listeners(self.listeners)
+                wildcard = [li for li in self.listeners if li.host in ("0.0.0.0", "::")]
+                if wildcard and not cfg.sip.advertised_address:
+                    log.warning(
+                        "listening on a wildcard address (%s) without [sip] advertised_address: "
+                        "Via and Record-Route over UDP will name the wildcard; set it",
+                        ", ".join(str(li) for li in wildcard),
+                    )
                 for listener in self.listeners:
                     log.info("listening on %s", listener)
                 task_status.started(list(self.listeners))

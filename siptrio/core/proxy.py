@@ -56,6 +56,7 @@ class ProxyConfig:
     max_dialog_duration: float = 43200.0
     timer_c: float = 180.0
     server_name: str = "siptrio"
+    advertised_address: str | None = None
 
 
 @dataclass(eq=False)
@@ -130,6 +131,8 @@ class Proxy:
     def set_listeners(self, listeners: list[Listener]) -> None:
         self.listeners = list(listeners)
         self._own = {(li.host.lower(), li.port) for li in listeners}
+        if self.config.advertised_address:
+            self._own |= {(self.config.advertised_address, li.port) for li in listeners}
 
     def is_own(self, uri: SipUri) -> bool:
         host = uri.host_ip.lower()
@@ -412,15 +415,24 @@ class Proxy:
         via = self._via(dest, branch)
         return fwd.prepend("via", via)
 
+    def _our_hostport(self, peer: Peer) -> str:
+        """How we name ourselves (Via sent-by, Record-Route) on the side of ``peer``."""
+        t = peer.transport
+        if t is Transport.UDP:
+            host, port = peer.local_host, peer.local_port
+        else:
+            li = self._listener(t, peer.host)
+            host, port = (li.host, li.port) if li else (peer.local_host, peer.local_port)
+        if self.config.advertised_address:
+            host = self.config.advertised_address
+        elif host in ("0.0.0.0", "::") and peer.local_host not in ("0.0.0.0", "::"):
+            host = peer.local_host  # an accepted connection knows its real local address
+        return _hostport(host, port)
+
     def _side_uri(self, peer: Peer) -> str:
         """Our address as a Record-Route entry for the side where ``peer`` is."""
+        hp = self._our_hostport(peer)
         t = peer.transport
-        li = self._listener(t, peer.host) or Listener(
-            transport=t, host=peer.local_host, port=peer.local_port
-        )
-        if t is Transport.UDP:
-            li = Listener(transport=t, host=peer.local_host, port=peer.local_port)
-        hp = _hostport(li.host, li.port)
         if t is Transport.UDP:
             return f"<sip:{hp};lr>"
         if t is Transport.TCP:
@@ -439,12 +451,8 @@ class Proxy:
 
     def _via(self, dest: Peer, branch: str) -> str:
         t = dest.transport
-        if t is Transport.UDP:
-            hp = _hostport(dest.local_host, dest.local_port)
-            return f"SIP/2.0/UDP {hp};branch={branch};rport"
-        li = self._listener(t, dest.host)
-        hp = _hostport(li.host, li.port) if li else _hostport(dest.local_host, dest.local_port)
-        return f"SIP/2.0/{t.via_name} {hp};branch={branch}"
+        rport = ";rport" if t is Transport.UDP else ""
+        return f"SIP/2.0/{t.via_name} {self._our_hostport(dest)};branch={branch}{rport}"
 
     # --- responses --------------------------------------------------------------------------
 

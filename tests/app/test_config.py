@@ -284,7 +284,7 @@ ERRORS = {
         ; another comment
         udp_prot = 5070
         """,
-        "{path}:6: [sip] udp_prot: unknown key; known keys in [sip]: domains, idle_timeout, "
+        "{path}:6: [sip] udp_prot: unknown key; known keys in [sip]: advertised_address, domains, idle_timeout, "
         "listen_addr, max_headers, max_message_size, t1, t2, t4, tcp_enable, tcp_port, "
         "udp_enable, udp_port; did you mean udp_port?",
     ),

@@ -292,3 +292,26 @@ async def test_relay_to_allowed_destination(tmp_path: Path, nursery: trio.Nurser
         got = await peer.expect_request("MESSAGE")
         await peer.reply(got, 202, "Accepted")
         assert (await sender.expect_response("MESSAGE")).status == 202
+
+
+async def test_advertised_address_names_the_proxy(tmp_path: Path, nursery: trio.Nursery) -> None:
+    async with running_server(
+        tmp_path, {"sip.domains": "example.com", "sip.advertised_address": "sip.example.com"}
+    ) as server:
+        caller = await make_ua(server, nursery, "udp", "alice")
+        callee = await make_ua(server, nursery, "tcp", "bob")
+        invite, call_id = caller.invite("bob")
+        await caller.client.send(invite)
+        got = await callee.expect_request("INVITE")
+        assert got.vias[0].host == "sip.example.com"
+        assert [r.uri.host for r in got.record_routes] == ["sip.example.com", "sip.example.com"]  # type: ignore[union-attr]
+        await callee.reply(got, 200, "OK", body=SDP)
+        ok = await caller.expect_response("INVITE")
+        d = caller.uac_dialog(invite, ok)
+        await caller.client.send(caller.ack(d))
+        await callee.expect_request("ACK")  # Routes naming sip.example.com were recognised as ours
+        await caller.client.send(caller.in_dialog(d, "BYE"))
+        bye = await callee.expect_request("BYE")
+        await callee.reply(bye, 200, "OK")
+        assert (await caller.expect_response("BYE")).status == 200
+        assert dialog_state(server, call_id) is DialogState.TERMINATED
