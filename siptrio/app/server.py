@@ -52,7 +52,7 @@ class StartupError(Exception):
 class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.hub = Hub(trace=config.logging.sip_trace)
+        self.hub = Hub(trace=config.logging.sip_trace, log_trace=config.logging.sip_trace)
         self.location = Location()
         reg = config.registrar
         self.dispatcher = Dispatcher(
@@ -344,6 +344,16 @@ class Server:
             elif isinstance(action, Publish):
                 self.events.publish(action.event)
         self._rearm_timers()
+
+    # --- operations (admin API, control socket) ------------------------------------------
+
+    async def kick(self, aor: str, contact: str | None = None) -> list[Binding]:
+        """Remove an AOR's bindings (or the one with this contact URI); returns them."""
+        before = list(self.location.bindings(aor).values())
+        actions = self.dispatcher.remove_bindings(aor, contact, trio.current_time())
+        await self.execute(actions)
+        after = self.location.bindings(aor)
+        return [b for b in before if b.key not in after]
 
     # --- the store --------------------------------------------------------------------------
 

@@ -138,6 +138,24 @@ class Dispatcher:
             ]
         return out
 
+    def remove_bindings(self, aor: str, contact: str | None, now: float) -> list[Action]:
+        """An operator kicks a client: its bindings go, its flow is told nothing."""
+        bindings = list(self.location.bindings(aor).values())
+        if contact is not None:
+            bindings = [b for b in bindings if b.contact_uri == contact or b.key == contact]
+        for b in bindings:
+            self.location.remove(b.aor, b.key)
+        if not bindings:
+            return []
+        self.stats["bindings_kicked"] += len(bindings)
+        return [
+            Persist(deletes=tuple((b.aor, b.key) for b in bindings)),
+            *(
+                Publish(event=BindingEvent(kind=BindingEventKind.REMOVED, binding=b))
+                for b in bindings
+            ),
+        ]
+
     def next_deadline(self) -> float:
         return self.layer.next_deadline()
 

@@ -123,7 +123,9 @@ class Flow:
 class Hub:
     """Registry of sending endpoints, shared by the transports and the core loop."""
 
-    trace: bool = False
+    trace: bool = False  # True while --sip-trace logs or any tap listens
+    log_trace: bool = False  # --sip-trace: write every message to the log
+    taps: list[Callable[[str, bytes, Peer], None]] = field(default_factory=list)
     flows: dict[str, Flow] = field(default_factory=dict)
     udp_sockets: dict[tuple[str, int], trio.socket.SocketType] = field(default_factory=dict)
     stats: Counter[str] = field(default_factory=Counter)
@@ -192,7 +194,25 @@ class Hub:
             return False
         return True
 
+    def add_tap(self, tap: Callable[[str, bytes, Peer], None]) -> None:
+        """Observe every message sent and received (the control socket's SIP trace)."""
+        self.taps.append(tap)
+        self.trace = True
+
+    def remove_tap(self, tap: Callable[[str, bytes, Peer], None]) -> None:
+        if tap in self.taps:
+            self.taps.remove(tap)
+        self.trace = self.log_trace or bool(self.taps)
+
     def trace_message(self, direction: str, data: bytes, peer: Peer) -> None:
+        for tap in list(self.taps):
+            try:
+                tap(direction, data, peer)
+            except Exception:
+                log.exception("SIP trace tap failed; removing it")
+                self.remove_tap(tap)
+        if not self.log_trace:
+            return
         arrow = "->" if direction == "send" else "<-"
         local = f"{peer.local_host}:{peer.local_port}"
         text = data.decode("utf-8", errors="backslashreplace")
