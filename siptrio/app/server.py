@@ -34,6 +34,7 @@ from ..transport.udp import bind_udp, serve_udp
 from ..transport.ws import WsOptions, WsPolicy, serve_ws
 from .config import Config
 from .events import EventBus
+from .simcall import Simulator
 
 __all__ = ["Listener", "Server", "StartupError"]
 
@@ -76,6 +77,7 @@ class Server:
             self.location,
         )
         self._timer_scope: trio.CancelScope | None = None
+        self.simulator = Simulator(self)
         self.events = EventBus()
         self.listeners: list[Listener] = []
         self.store: SqliteStore | None = None
@@ -139,6 +141,7 @@ class Server:
                         "Via and Record-Route over UDP will name the wildcard; set it",
                         ", ".join(str(li) for li in wildcard),
                     )
+                await nursery.start(self.simulator.run)
                 for listener in self.listeners:
                     log.info("listening on %s", listener)
                 task_status.started(list(self.listeners))

@@ -549,7 +549,9 @@ class Proxy:
         if status < 200:
             b.provisional = True
             if b.cancel_pending and not b.cancel_sent:
+                b.local_failure = None  # let _cancel_branch send it
                 out += self._cancel_branch(b, now, wall)
+                b.local_failure = b.local_failure or (487, "Request Terminated")
             if status == 100:
                 return out
             if b.txn.is_invite:
@@ -603,6 +605,8 @@ class Proxy:
                 local = b.local_failure
         ctx.final_sent = True
         out: list[Action] = []
+        if ctx.cancelled and (best is None or best.status < 600):
+            best, local = None, (487, "Request Terminated")  # the caller cancelled
         if best is not None and (local is None or _rank(best.status) <= _rank(local[0])):
             up = _without_top_via(best)
             if up.status == 503:
@@ -691,7 +695,14 @@ class Proxy:
             ctx.final_sent = True
             return out + self._respond(ctx, 487, "Request Terminated", now)
         for b in pending:
-            out += self._cancel_branch(b, now, wall)
+            if not b.provisional:
+                # RFC 3261 9.1: no CANCEL before a provisional response; one goes out if
+                # a provisional still arrives. The caller need not wait for Timer B.
+                b.cancel_pending = True
+                b.local_failure = (487, "Request Terminated")
+            else:
+                out += self._cancel_branch(b, now, wall)
+        out += self._maybe_finish(ctx, now, wall)
         return out
 
     def _cancel_branch(self, b: Branch, now: float, wall: float) -> list[Action]:
