@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     certs.add_argument(
         "--hosts", default="localhost,127.0.0.1,::1", help="comma-separated names and addresses"
     )
+    from .cli_ops import add_subcommands
+
+    add_subcommands(sub)
     return p
 
 
@@ -82,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.file)
     if args.command == "certs":
         return _certs(args.dir, args.hosts)
+    from .cli_ops import COMMANDS
+
+    if args.command in COMMANDS:
+        from .cli_ops import run
+
+        return run(args)
     _parser().print_help()
     return 2
 
@@ -110,21 +119,30 @@ def _serve(args: argparse.Namespace) -> int:
     _setup_logging(config.logging.level)
     if config.logging.sip_trace:
         logging.getLogger("siptrio.trace").setLevel(logging.INFO)
+    from ..store.sqlite import StoreError
     from .server import Server, StartupError
 
     try:
         trio.run(_serve_until_signal, Server(config))
-    except StartupError as e:
-        log.error("%s", e)
+    except BaseException as e:
+        # Trio's nurseries wrap errors in exception groups: find ours inside.
+        found = _find(e, (StartupError, StoreError))
+        if found is None:
+            raise
+        log.error("%s", found)
         return 1
-    except Exception as e:  # start-up failures the server did not classify
-        from ..store.sqlite import StoreError
-
-        if isinstance(e, StoreError):
-            log.error("%s", e)
-            return 1
-        raise
     return 0
+
+
+def _find(e: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    if isinstance(e, kinds):
+        return e
+    if isinstance(e, BaseExceptionGroup):
+        for inner in e.exceptions:
+            hit = _find(inner, kinds)
+            if hit is not None:
+                return hit
+    return None
 
 
 async def _serve_until_signal(server: object) -> None:

@@ -13,6 +13,7 @@ import math
 import ssl
 import time
 from collections import Counter
+from typing import Any
 
 import trio
 
@@ -78,6 +79,7 @@ class Server:
         )
         self._timer_scope: trio.CancelScope | None = None
         self.simulator = Simulator(self)
+        self.ops: Any = None  # where the admin API and the control socket listen
         self.events = EventBus()
         self.listeners: list[Listener] = []
         self.store: SqliteStore | None = None
@@ -142,6 +144,9 @@ class Server:
                         ", ".join(str(li) for li in wildcard),
                     )
                 await nursery.start(self.simulator.run)
+                from .admin import start_ops  # FastAPI and hypercorn load only when serving
+
+                self.ops = await start_ops(self, nursery)
                 for listener in self.listeners:
                     log.info("listening on %s", listener)
                 task_status.started(list(self.listeners))

@@ -96,6 +96,7 @@ def test_port_in_use_exits_1(tmp_path: Path) -> None:
             f"registrar.database={tmp_path / 'db'}",
         )
     assert result.returncode == 1 and f"cannot listen on udp 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_certs_command_writes_files(tmp_path: Path) -> None:
