@@ -1,21 +1,608 @@
-"""Entry point of ``siptrio-tui``.
+"""``siptrio-tui``: a live Textual monitor of a running siptrio, over its control socket.
 
-The monitor attaches to the server's control socket, which arrives with the admin
-API; until then this command says so plainly instead of pretending to work.
+The app is a pure consumer of the control socket (docs/control-protocol.md): a
+snapshot on connect, then events, folded into ``MonitorState`` and drawn into tables
+whose rows are updated in place (no flicker, the selection stays). When the server
+goes away the screen says so and the app keeps retrying; it never shows a traceback.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import asyncio
+import time
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import (
+    Button,
+    DataTable,
+    Footer,
+    Input,
+    Label,
+    ListItem,
+    ListView,
+    Static,
+    TabbedContent,
+    TabPane,
+)
+
+from .client import ControlClient, Disconnected
+from .ladder import build_ladder
+from .state import MonitorState, parse_time
+
+__all__ = ["MonitorApp", "main"]
+
+TRANSPORT_STYLE = {
+    "udp": "bold cyan",
+    "tcp": "bold green",
+    "tls": "bold bright_green",
+    "ws": "bold magenta",
+    "wss": "bold bright_magenta",
+}
+STATE_STYLE = {"early": "bold yellow", "confirmed": "bold green", "terminated": "dim red"}
+RETRY_SECONDS = 1.0
 
 
-def main() -> int:
-    print(
-        "siptrio-tui: the live monitor needs the server's control socket, "
-        "which this version of siptrio does not provide yet.",
-        file=sys.stderr,
+def _transport(t: str | None) -> Text:
+    return Text((t or "?").upper(), style=TRANSPORT_STYLE.get(t or "", ""))
+
+
+def _state(s: str | None) -> Text:
+    return Text(s or "?", style=STATE_STYLE.get(s or "", ""))
+
+
+def _seconds(v: float | None) -> str:
+    if v is None:
+        return "-"
+    v = max(0, int(v))
+    h, rest = divmod(v, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def default_socket(config: str | None) -> str:
+    """The socket path exactly as the server finds it."""
+    from siptrio.app.config import load_config
+
+    return load_config(config).control.socket
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    BINDINGS: ClassVar = [Binding("y", "yes", "Yes"), Binding("n,escape", "no", "No")]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(self.question, id="question")
+            with Horizontal(id="buttons"):
+                yield Button("Yes (y)", variant="error", id="yes")
+                yield Button("No (n)", variant="primary", id="no")
+
+    @on(Button.Pressed, "#yes")
+    def action_yes(self) -> None:
+        self.dismiss(True)
+
+    @on(Button.Pressed, "#no")
+    def action_no(self) -> None:
+        self.dismiss(False)
+
+
+class CallScreen(ModalScreen[dict[str, Any] | None]):
+    BINDINGS: ClassVar = [Binding("escape", "cancel", "Cancel")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("Simulate a call")
+            yield Input(placeholder="to: bob, bob@example.com or sip:bob@example.com", id="to")
+            yield Input(value="5", placeholder="duration (seconds)", id="duration")
+            yield Input(value="30", placeholder="answer timeout (seconds)", id="answer_timeout")
+            yield Label("", id="error")
+            with Horizontal(id="buttons"):
+                yield Button("Call", variant="success", id="call")
+                yield Button("Cancel", id="cancel")
+
+    @on(Button.Pressed, "#call")
+    @on(Input.Submitted)
+    def submit(self) -> None:
+        to = self.query_one("#to", Input).value.strip()
+        try:
+            duration = float(self.query_one("#duration", Input).value)
+            answer_timeout = float(self.query_one("#answer_timeout", Input).value)
+        except ValueError:
+            self.query_one("#error", Label).update("duration and answer timeout are seconds")
+            return
+        if not to:
+            self.query_one("#error", Label).update("who should be called?")
+            return
+        self.dismiss({"to": to, "duration": duration, "answer_timeout": answer_timeout})
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+HELP = """\
+[b]siptrio-tui[/b]: a live view of a running siptrio
+
+  [b]1[/b]..[b]5[/b]   bindings, dialogs, history, flows, ladder
+  [b]/[/b]       filter the rows of the table shown (Escape clears)
+  [b]k[/b]       kick the selected binding (asks first)
+  [b]c[/b]       simulate a call
+  [b]l[/b]/Enter on a dialog: show its SIP ladder
+  [b]?[/b]       this help
+  [b]q[/b]       quit
+
+Press any key to close."""
+
+
+class HelpScreen(ModalScreen[None]):
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(HELP)
+
+    def on_key(self) -> None:
+        self.dismiss(None)
+
+
+class MonitorApp(App[None]):
+    TITLE = "siptrio"
+    CSS = """
+    #status { height: 1; background: $boost; }
+    #status.down { background: $error; color: $text; }
+    #summary { height: 2; }
+    #filter { display: none; }
+    #filter.shown { display: block; }
+    #ladder-box { height: 1fr; }
+    #ladder { width: auto; }
+    #message { height: 1fr; border-top: solid $primary; }
+    #messages { height: 8; }
+    ModalScreen { align: center middle; }
+    #dialog { width: 64; height: auto; padding: 1 2; border: thick $primary; background: $surface; }
+    #buttons { height: auto; margin-top: 1; }
+    #buttons Button { margin-right: 2; }
+    """
+    BINDINGS: ClassVar = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help"),
+        Binding("slash", "filter", "Filter"),
+        Binding("k", "kick", "Kick"),
+        Binding("c", "call", "Call"),
+        Binding("l", "ladder", "Ladder"),
+        Binding("1", "tab('bindings')", "Bindings", show=False),
+        Binding("2", "tab('dialogs')", "Dialogs", show=False),
+        Binding("3", "tab('history')", "History", show=False),
+        Binding("4", "tab('flows')", "Flows", show=False),
+        Binding("5", "tab('ladder')", "Ladder", show=False),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    def __init__(
+        self, socket_path: str, *, retry: float = RETRY_SECONDS, clock: Any = time.time
+    ) -> None:
+        super().__init__()
+        self.socket_path = socket_path
+        self.retry = retry
+        self.clock = clock
+        self.state = MonitorState()
+        self.connected = False
+        self.client: ControlClient | None = None
+        self.filter_text = ""
+        self.ladder_call: str | None = None
+        self.status_text = "connecting"
+        self.last_error: str | None = None
+
+    # --- layout -----------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="status")
+        yield Static("", id="summary")
+        yield Input(placeholder="filter rows (Escape to clear)", id="filter")
+        with TabbedContent(initial="bindings", id="tabs"):
+            with TabPane("Bindings", id="bindings"):
+                yield DataTable(id="bindings-table", cursor_type="row", zebra_stripes=True)
+            with TabPane("Dialogs", id="dialogs"):
+                yield DataTable(id="dialogs-table", cursor_type="row", zebra_stripes=True)
+            with TabPane("History", id="history"):
+                yield DataTable(id="history-table", cursor_type="row", zebra_stripes=True)
+            with TabPane("Flows", id="flows"):
+                yield DataTable(id="flows-table", cursor_type="row", zebra_stripes=True)
+            with TabPane("Ladder", id="ladder"):
+                with VerticalScroll(id="ladder-box"):
+                    yield Static("Select a dialog and press l.", id="ladder-view")
+                yield ListView(id="messages")
+                with VerticalScroll(id="message"):
+                    yield Static("", id="message-text")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for table_id, columns in (
+            ("#bindings-table", _BINDING_COLUMNS),
+            ("#dialogs-table", _DIALOG_COLUMNS),
+            ("#history-table", _DIALOG_COLUMNS),
+            ("#flows-table", _FLOW_COLUMNS),
+        ):
+            table = self.query_one(table_id, DataTable)
+            for label, key in columns:
+                table.add_column(label, key=key)
+        self.query_one("#filter", Input).disabled = True  # hidden until / is pressed
+        self.query_one("#bindings-table", DataTable).focus()
+        self.show_status()
+        self.set_interval(1.0, self.tick)
+        self.connect_loop()
+
+    # --- the connection -----------------------------------------------------------------
+
+    @work(exclusive=True, exit_on_error=False, group="connection")
+    async def connect_loop(self) -> None:
+        while True:
+            client = ControlClient(self.socket_path)
+            try:
+                await client.connect()
+                self.client = client
+                await client.send("subscribe_trace", full=True)
+                async for msg in client.messages():
+                    if not self.connected and msg.get("type") == "snapshot":
+                        self.connected = True
+                        self.last_error = None
+                    self.receive(msg)
+            except Disconnected as e:
+                self.last_error = str(e)
+            except Exception as e:  # never let a surprise kill the monitor
+                self.last_error = f"{type(e).__name__}: {e}"
+            finally:
+                self.client = None
+                await client.close()
+            self.connected = False
+            self.show_status()
+            await asyncio.sleep(self.retry)
+
+    def receive(self, msg: dict[str, Any]) -> None:
+        changed = self.state.apply(msg, self.clock())
+        if changed == "snapshot":
+            self.redraw_all()
+        elif changed == "bindings":
+            self.draw_bindings()
+            self.draw_summary()
+        elif changed == "dialogs":
+            self.draw_dialogs()
+            self.draw_summary()
+        elif changed == "flows":
+            self.draw_flows()
+            self.draw_summary()
+        elif changed == "counters":
+            self.draw_summary()
+        elif changed == "trace" and self.ladder_call and msg.get("call_id") == self.ladder_call:
+            self.draw_ladder()
+        elif msg.get("type") == "reply" and not msg.get("ok"):
+            self.notify(str(msg.get("error") or "command failed"), severity="error")
+        elif msg.get("type") == "reply" and msg.get("cmd") == "call":
+            call = msg.get("call") or {}
+            self.notify(f"calling {call.get('to')} ({call.get('call_id')})")
+
+    # --- drawing ------------------------------------------------------------------------------
+
+    def show_status(self) -> None:
+        status = self.query_one("#status", Static)
+        if self.connected:
+            server = self.state.server
+            status.update(
+                f" connected to siptrio {server.get('version', '?')} on {self.socket_path}"
+                + (f"  config {server['config']}" if server.get("config") else "")
+            )
+            status.remove_class("down")
+        else:
+            why = f" ({self.last_error})" if self.last_error else ""
+            status.update(f" disconnected, retrying every {self.retry:g} s{why}")
+            status.add_class("down")
+
+    def redraw_all(self) -> None:
+        self.show_status()
+        self.draw_summary()
+        self.draw_bindings()
+        self.draw_dialogs()
+        self.draw_history()
+        self.draw_flows()
+
+    def draw_summary(self) -> None:
+        state = self.state
+        server = state.server
+        started = parse_time(server.get("started_at"))
+        uptime = _seconds(self.clock() - started) if started else "-"
+        listeners = ", ".join(
+            f"{li['transport']} {li['host']}:{li['port']}" for li in server.get("listeners", [])
+        )
+        g = state.gauges
+        rates = state.rates
+        self.query_one("#summary", Static).update(
+            f" up {uptime}   listening: {listeners or '-'}\n"
+            f" in {rates.get('in', 0):.0f}/s  out {rates.get('out', 0):.0f}/s   "
+            f"bindings {g.get('bindings', len(state.bindings))}  "
+            f"dialogs {g.get('dialogs', len(state.dialogs))}  "
+            f"flows {g.get('flows', len(state.flows))}"
+        )
+
+    def _matches(self, *values: Any) -> bool:
+        if not self.filter_text:
+            return True
+        needle = self.filter_text.lower()
+        return any(needle in str(v).lower() for v in values if v is not None)
+
+    def _sync(self, table: DataTable, rows: dict[str, list[Any]]) -> None:
+        """Update rows in place, add new ones, remove gone ones: selection stays put."""
+        current = {str(k.value) for k in table.rows}
+        for key in current - rows.keys():
+            table.remove_row(key)
+        columns = [c.key for c in table.columns.values()]
+        for key, cells in rows.items():
+            if key in current:
+                for column, value in zip(columns, cells, strict=True):
+                    table.update_cell(key, column, value)
+            else:
+                table.add_row(*cells, key=key)
+
+    def draw_bindings(self) -> None:
+        now = self.clock()
+        rows = {}
+        for key, b in sorted(self.state.bindings.items()):
+            if not self._matches(
+                b.get("aor"), b.get("contact"), b.get("source"), b.get("user_agent")
+            ):
+                continue
+            expires_at = parse_time(b.get("expires_at"))
+            left = expires_at - now if expires_at else b.get("expires_in")
+            rows[key] = [
+                b.get("aor", ""),
+                b.get("contact", ""),
+                _transport(b.get("transport")),
+                b.get("source", ""),
+                _seconds(left),
+                b.get("user_agent") or "",
+            ]
+        self._sync(self.query_one("#bindings-table", DataTable), rows)
+
+    def _dialog_cells(self, d: dict[str, Any], now: float) -> list[Any]:
+        answered = parse_time(d.get("answered_at"))
+        ended = parse_time(d.get("ended_at"))
+        duration = None if answered is None else (ended or now) - answered
+        return [
+            d.get("caller", ""),
+            d.get("callee", ""),
+            Text.assemble(
+                _transport(d.get("caller_transport")), " > ", _transport(d.get("callee_transport"))
+            ),
+            _state(d.get("state")),
+            _seconds(duration),
+            d.get("ended_by") or "",
+            d.get("call_id", ""),
+        ]
+
+    def draw_dialogs(self) -> None:
+        now = self.clock()
+        rows = {
+            key: self._dialog_cells(d, now)
+            for key, d in self.state.dialogs.items()
+            if self._matches(d.get("caller"), d.get("callee"), d.get("call_id"), d.get("state"))
+        }
+        self._sync(self.query_one("#dialogs-table", DataTable), rows)
+
+    def draw_history(self) -> None:
+        now = self.clock()
+        rows = {
+            d["id"]: self._dialog_cells(d, now)
+            for d in self.state.history
+            if self._matches(d.get("caller"), d.get("callee"), d.get("call_id"))
+        }
+        self._sync(self.query_one("#history-table", DataTable), rows)
+
+    def draw_flows(self) -> None:
+        now = self.clock()
+        rows = {}
+        for key, f in self.state.flows.items():
+            if not self._matches(f.get("peer"), f.get("transport"), f.get("id")):
+                continue
+            opened = parse_time(f.get("opened_at"))
+            ka = f.get("last_keepalive_age")
+            rows[key] = [
+                _transport(f.get("transport")),
+                f.get("peer", ""),
+                _seconds(now - opened if opened else f.get("age")),
+                "-" if ka is None else f"{ka:.0f} s ago",
+                str(len(f.get("bindings") or [])),
+                key,
+            ]
+        self._sync(self.query_one("#flows-table", DataTable), rows)
+
+    def draw_ladder(self) -> None:
+        view = self.query_one("#ladder-view", Static)
+        messages_view = self.query_one("#messages", ListView)
+        if not self.ladder_call:
+            view.update("Select a dialog and press l.")
+            return
+        messages = self.state.messages_for(self.ladder_call)
+        if not messages:
+            view.update(f"No SIP messages seen for {self.ladder_call} since the monitor connected.")
+            return
+        ladder = build_ladder(messages)
+        view.update("\n".join(ladder.render(self.size.width)))
+        if len(messages_view) != len(messages):
+            messages_view.clear()
+            for m in messages:
+                messages_view.append(
+                    ListItem(Label(f"{m.direction:4} {m.transport} {m.peer}  {m.first_line}"))
+                )
+
+    @on(ListView.Highlighted, "#messages")
+    def show_message(self, event: ListView.Highlighted) -> None:
+        if not self.ladder_call or event.list_view.index is None:
+            return
+        messages = self.state.messages_for(self.ladder_call)
+        index = event.list_view.index
+        if 0 <= index < len(messages):
+            self.query_one("#message-text", Static).update(
+                Text(messages[index].text or messages[index].first_line)
+            )
+
+    def tick(self) -> None:
+        if self.state.retire_dialogs(self.clock()):
+            self.draw_history()
+        self.draw_summary()
+        self.draw_bindings()  # expires counting down
+        self.draw_dialogs()  # durations ticking
+
+    # --- actions ----------------------------------------------------------------------------
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one("#tabs", TabbedContent).active = tab
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.disabled = False
+        box.add_class("shown")
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.remove_class("shown")
+        box.disabled = True
+        self.filter_text = ""
+        self.redraw_all()
+        self._focus_active_table()
+
+    @on(Input.Changed, "#filter")
+    def filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value
+        self.redraw_all()
+
+    @on(Input.Submitted, "#filter")
+    def filter_done(self) -> None:
+        self._focus_active_table()
+
+    def _focus_active_table(self) -> None:
+        active = self.query_one("#tabs", TabbedContent).active
+        table = _TABLES.get(active)
+        if table:
+            self.query_one(table, DataTable).focus()
+
+    @on(TabbedContent.TabActivated)
+    def tab_changed(self) -> None:
+        self._focus_active_table()
+
+    def _selected(self, table_id: str) -> str | None:
+        table = self.query_one(table_id, DataTable)
+        if not table.row_count:
+            return None
+        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        return str(row_key.value) if row_key.value is not None else None
+
+    def action_kick(self) -> None:
+        key = self._selected("#bindings-table")
+        binding = self.state.bindings.get(key or "")
+        if binding is None:
+            self.notify("select a binding in the Bindings tab first", severity="warning")
+            return
+
+        async def decided(yes: bool | None) -> None:
+            if yes and self.client is not None:
+                try:
+                    await self.client.send("kick", aor=binding["aor"], contact=binding["contact"])
+                except Disconnected as e:
+                    self.notify(str(e), severity="error")
+
+        self.push_screen(ConfirmScreen(f"Kick {binding['contact']}\nof {binding['aor']}?"), decided)
+
+    def action_call(self) -> None:
+        async def chosen(form: dict[str, Any] | None) -> None:
+            if form and self.client is not None:
+                try:
+                    await self.client.send("call", **form)
+                except Disconnected as e:
+                    self.notify(str(e), severity="error")
+
+        self.push_screen(CallScreen(), chosen)
+
+    @on(DataTable.RowSelected, "#dialogs-table")
+    @on(DataTable.RowSelected, "#history-table")
+    def dialog_chosen(self) -> None:
+        self.action_ladder()
+
+    def action_ladder(self) -> None:
+        active = self.query_one("#tabs", TabbedContent).active
+        table = "#history-table" if active == "history" else "#dialogs-table"
+        key = self._selected(table)
+        if key is None:
+            self.notify("select a dialog first", severity="warning")
+            return
+        dialog = self.state.dialogs.get(key) or next(
+            (d for d in self.state.history if d["id"] == key), None
+        )
+        if dialog is None:
+            return
+        self.ladder_call = dialog.get("call_id")
+        self.query_one("#messages", ListView).clear()
+        self.draw_ladder()
+        self.action_tab("ladder")
+
+
+_TABLES = {
+    "bindings": "#bindings-table",
+    "dialogs": "#dialogs-table",
+    "history": "#history-table",
+    "flows": "#flows-table",
+}
+_BINDING_COLUMNS = [
+    ("AOR", "aor"),
+    ("Contact", "contact"),
+    ("Transport", "transport"),
+    ("Source", "source"),
+    ("Expires", "expires"),
+    ("User agent", "user_agent"),
+]
+_DIALOG_COLUMNS = [
+    ("Caller", "caller"),
+    ("Callee", "callee"),
+    ("Legs", "legs"),
+    ("State", "state"),
+    ("Duration", "duration"),
+    ("Ended by", "ended_by"),
+    ("Call-ID", "call_id"),
+]
+_FLOW_COLUMNS = [
+    ("Transport", "transport"),
+    ("Peer", "peer"),
+    ("Age", "age"),
+    ("Last keep-alive", "keepalive"),
+    ("Bindings", "bindings"),
+    ("Flow", "flow"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="siptrio-tui", description="Live monitor of a running siptrio"
     )
-    return 1
+    parser.add_argument("--socket", metavar="PATH", help="the server's control socket")
+    parser.add_argument("--config", metavar="FILE", help="find the socket the way this config says")
+    args = parser.parse_args(argv)
+    try:
+        path = args.socket or default_socket(args.config)
+    except Exception as e:
+        print(f"siptrio-tui: {e}")
+        return 2
+    MonitorApp(path).run()
+    return 0
 
 
 if __name__ == "__main__":
