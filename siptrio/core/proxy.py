@@ -343,7 +343,9 @@ class Proxy:
         found = self.dialogs.find(req.call_id, req.from_.tag, req.to.tag)
         if found is None:
             uri = req.uri
-            if isinstance(uri, SipUri) and self.relay_allowed(uri.host) and last_own is None:
+            # Outside any dialog we know, only an allowed destination is reachable: a
+            # forged Route of ours does not open a relay.
+            if isinstance(uri, SipUri) and self.relay_allowed(uri.host):
                 dest = self._dest_for_uri(uri, ctx.peer)
                 if dest is not None:
                     return self._fork(ctx, [(req.uri_text, dest, None, ())], now, wall)

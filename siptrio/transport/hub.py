@@ -63,7 +63,7 @@ class Flow:
         transport: Transport,
         remote: tuple[str, int],
         local: tuple[str, int],
-        queue_limit: int = FLOW_QUEUE_LIMIT,
+        queue_limit: int | None = None,
     ) -> None:
         self.id = flow_id
         self.transport = transport
@@ -77,7 +77,8 @@ class Flow:
         self.crlf_answer = trio.Event()
         self.cancel_scope = trio.CancelScope()
         self.close_reason: str | None = None
-        send, receive = trio.open_memory_channel[bytes | None](queue_limit)
+        limit = FLOW_QUEUE_LIMIT if queue_limit is None else queue_limit
+        send, receive = trio.open_memory_channel[bytes | None](limit)
         self._send = send
         self.outgoing = receive
         self.writer_done = trio.Event()

@@ -315,3 +315,34 @@ async def test_advertised_address_names_the_proxy(tmp_path: Path, nursery: trio.
         await callee.reply(bye, 200, "OK")
         assert (await caller.expect_response("BYE")).status == 200
         assert dialog_state(server, call_id) is DialogState.TERMINATED
+
+
+async def test_slow_reader_is_disconnected_not_waited_for(
+    server: RunningServer, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that stops reading fills its flow's queue and is dropped; others go on."""
+    import siptrio.transport.hub as hub
+
+    monkeypatch.setattr(hub, "FLOW_QUEUE_LIMIT", 8)
+    sleeper = await make_ua(server, nursery, "tcp", "bob")  # registers, then never reads again
+    sleeper.client.stream.socket.setsockopt(  # type: ignore[union-attr]
+        trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096
+    )
+    sender = await make_ua(server, nursery, "udp", "alice")
+    other = await make_ua(server, nursery, "ws", "carol")
+    payload = b"x" * 4000
+    with trio.fail_after(20):
+        while server.server.location.lookup("sip:bob@example.com", 0):
+            msg = sender.client.build(
+                "MESSAGE", "sip:bob@example.com", to="<sip:bob@example.com>", body=payload
+            )
+            await sender.client.send(msg)
+            await trio.sleep(0.001)
+    assert server.server.stats["flows_closed.tcp"] >= 1
+    # everyone else is still served
+    msg = sender.client.build(
+        "MESSAGE", "sip:carol@example.com", to="<sip:carol@example.com>", body=b"hi"
+    )
+    await sender.client.send(msg)
+    got = await other.expect_request("MESSAGE")
+    await other.reply(got, 200, "OK")
