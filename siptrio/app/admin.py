@@ -152,7 +152,10 @@ class BearerAuth:
         self.token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._allowed(scope):
+        # The webphone is static files a browser must load without a token; it holds
+        # nothing secret and can do nothing the WebSocket listener does not allow.
+        public = str(scope.get("path", "")).startswith("/phone")
+        if scope["type"] == "http" and not public and not self._allowed(scope):
             response = error_response(401, "missing or wrong bearer token", field="Authorization")
             response.headers["WWW-Authenticate"] = 'Bearer realm="siptrio"'
             await response(scope, receive, send)

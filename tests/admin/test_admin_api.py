@@ -220,6 +220,8 @@ async def test_token_is_enforced(tmp_path: Path) -> None:
         async with ops.http() as http:
             r = await http.get("/health", headers={"Authorization": "Basic czNjcmV0"})
             assert r.status_code == 401
+            # the webphone's static files stay public: a browser cannot send the token
+            assert (await http.get("/phone/")).status_code != 401
 
 
 async def test_refuses_non_loopback_without_token(tmp_path: Path) -> None:
