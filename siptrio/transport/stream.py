@@ -217,6 +217,7 @@ async def _reader(
             return
         flow.last_received = trio.current_time()
         framer.receive_data(data)
+        del data  # an idle flow keeps no bytes alive while it waits
         while True:
             try:
                 event = framer.next_event()
@@ -243,3 +244,4 @@ async def _reader(
                     return
                 continue
             await intake.deliver(result)
+            del event, result  # nor the last parsed message
