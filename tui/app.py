@@ -380,6 +380,10 @@ class MonitorApp(App[None]):
                 _transport(d.get("caller_transport")), " > ", _transport(d.get("callee_transport"))
             ),
             _state(d.get("state")),
+            Text(
+                d.get("media") or "direct",
+                style="bold cyan" if d.get("media") == "bridged" else "dim",
+            ),
             _seconds(duration),
             d.get("ended_by") or "",
             d.get("call_id", ""),
@@ -575,6 +579,7 @@ _DIALOG_COLUMNS = [
     ("Callee", "callee"),
     ("Legs", "legs"),
     ("State", "state"),
+    ("Media", "media"),
     ("Duration", "duration"),
     ("Ended by", "ended_by"),
     ("Call-ID", "call_id"),

@@ -46,7 +46,9 @@ from starlette.requests import Request as HttpRequest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
+from ..core.media import query_command, summarize_query
 from ..core.types import Transport
+from ..transport.rtpengine import MediaError
 from .config import Config
 from .simcall import SimCallError
 from .views import (
@@ -331,6 +333,29 @@ def create_app(
     @app.get("/dialogs", summary="Every dialog the proxy record-routed (ended ones linger)")
     async def dialogs() -> list[dict[str, Any]]:
         return dialogs_view(server, time.time())
+
+    @app.get(
+        "/dialogs/{dialog_id}/media",
+        summary="Whether a dialog's media is bridged, and packets per direction (rtpengine query)",
+        responses={404: {"description": "no such dialog"}},
+    )
+    async def dialog_media(dialog_id: str) -> Any:
+        d = server.dispatcher.dialogs.get_by_id(dialog_id)
+        if d is None:
+            return error_response(404, f"no dialog {dialog_id}", field="dialog_id")
+        if not d.bridged:
+            return {"id": d.id, "call_id": d.call_id, "media": "direct"}
+        if server.media is None:
+            return {"id": d.id, "call_id": d.call_id, "media": "bridged", "error": "no rtpengine"}
+        try:
+            reply = await server.media.request(query_command(d.call_id))
+        except MediaError as e:
+            return {"id": d.id, "call_id": d.call_id, "media": "bridged", "error": str(e)}
+        if reply.get("result") != "ok":
+            error = str(reply.get("error-reason") or reply.get("result"))
+            return {"id": d.id, "call_id": d.call_id, "media": "bridged", "error": error}
+        counts = summarize_query(reply, d.caller.tag, d.callee.tag)
+        return {"id": d.id, "call_id": d.call_id, "media": "bridged", **counts}
 
     @app.get("/connections", summary="Open flows (TCP, TLS, WS, WSS) and the bindings on them")
     async def connections() -> list[dict[str, Any]]:

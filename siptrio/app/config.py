@@ -29,6 +29,7 @@ __all__ = [
     "ConfigError",
     "ControlConfig",
     "LoggingConfig",
+    "MediaSection",
     "ProxyConfig",
     "RegistrarSection",
     "SipConfig",
@@ -140,6 +141,14 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MediaSection:
+    rtpengine: tuple[str, ...] = ()  # "udp:127.0.0.1:2223", several for failover
+    mode: str = "auto"  # auto | always | never
+    timeout: float = 3.0  # seconds for one engine to answer
+    on_failure: str = "reject"  # reject (503) | passthrough (SDP untouched)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ControlConfig:
     enable: bool = True
     socket: str = field(default_factory=default_control_socket)
@@ -160,6 +169,7 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    media: MediaSection = field(default_factory=MediaSection)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str | None = None  # the config file, None when running on defaults
 
@@ -233,6 +243,23 @@ def _choice(*allowed: str, upper: bool = False) -> Parse:
         raise _BadValue(f"expected one of {', '.join(shown)}")
 
     return parse
+
+
+def _engines(text: str) -> tuple[str, ...]:
+    items = _split(text)
+    for item in items:
+        scheme, _, rest = item.partition(":")
+        host, _, port = rest.rpartition(":")
+        try:
+            ok = scheme.lower() == "udp" and bool(_ip(host.strip("[]"))) and 0 < int(port) < 65536
+        except (ValueError, _BadValue):
+            ok = False
+        if not ok:
+            raise _BadValue(
+                f"expected a comma-separated list of udp:HOST:PORT, e.g. udp:127.0.0.1:2223; "
+                f"{item!r} is not one"
+            )
+    return tuple(items)
 
 
 def _split(text: str) -> list[str]:
@@ -480,6 +507,16 @@ _SECTIONS: dict[str, _Section] = {
         cls=ControlConfig,
         keys={"enable": _boolean, "socket": _path},
         paths=frozenset({"socket"}),
+    ),
+    "media": _Section(
+        attribute="media",
+        cls=MediaSection,
+        keys={
+            "rtpengine": _engines,
+            "mode": _choice("auto", "always", "never"),
+            "timeout": _seconds,
+            "on_failure": _choice("reject", "passthrough"),
+        },
     ),
     "logging": _Section(
         attribute="logging",

@@ -18,8 +18,9 @@ from typing import Any
 import trio
 
 from ..core.dispatcher import Dispatcher, DispatcherConfig
-from ..core.events import Action, Persist, Publish, Send
+from ..core.events import Action, MediaRequest, Persist, Publish, Send
 from ..core.location import Binding, Location
+from ..core.media import MediaConfig, MediaMode
 from ..core.proxy import ProxyConfig
 from ..core.registrar import RegistrarConfig
 from ..core.types import Listener, Transport
@@ -29,6 +30,7 @@ from ..store.sqlite import SqliteStore
 from ..transport.hub import FlowClosed, Hub, Inbound, SendFailed
 from ..transport.intake import Intake
 from ..transport.outbound import Connector
+from ..transport.rtpengine import MediaError, NgClient, parse_engine
 from ..transport.stream import StreamOptions, serve_stream_listener
 from ..transport.tls import TlsSetupError, client_context, server_context
 from ..transport.udp import bind_udp, serve_udp
@@ -72,13 +74,24 @@ class Server:
                     record_route=config.proxy.record_route,
                     max_dialog_duration=config.proxy.max_dialog_duration,
                     advertised_address=config.sip.advertised_address,
+                    media=MediaConfig(
+                        enabled=bool(config.media.rtpengine),
+                        mode=MediaMode(config.media.mode),
+                        fail_open=config.media.on_failure == "passthrough",
+                    ),
                 ),
                 timers=Timers(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4),
             ),
             self.location,
         )
         self._timer_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
         self.simulator = Simulator(self)
+        self.media: NgClient | None = None
+        if config.media.rtpengine:
+            self.media = NgClient(
+                [parse_engine(e) for e in config.media.rtpengine], timeout=config.media.timeout
+            )
         self.ops: Any = None  # where the admin API and the control socket listen
         self.events = EventBus()
         self.listeners: list[Listener] = []
@@ -127,6 +140,9 @@ class Server:
                 nursery.start_soon(self._flow_closed_loop, closed_recv)
                 nursery.start_soon(self._housekeeping)
                 nursery.start_soon(self._timer_loop)
+                self._nursery = nursery
+                if self.media is not None:
+                    await nursery.start(self.media.run)
                 self.hub.connector = Connector(
                     intake=intake,
                     nursery=nursery,
@@ -351,7 +367,37 @@ class Server:
                 await self._store_send.send(action)
             elif isinstance(action, Publish):
                 self.events.publish(action.event)
+            elif isinstance(action, MediaRequest):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._media_request, action)
         self._rearm_timers()
+
+    async def _media_request(self, action: MediaRequest) -> None:
+        """Ask rtpengine (off the core loop) and hand the answer back to the core."""
+        reply: dict[str, Any] | None = None
+        error: str | None = None
+        if self.media is None:
+            error = "no rtpengine configured"
+        else:
+            try:
+                reply = await self.media.request(action.command)
+            except MediaError as e:
+                error = str(e)
+        if error is not None or (reply or {}).get("result") != "ok":
+            log.warning(
+                "rtpengine %s for %s failed: %s",
+                action.command.get("command"),
+                action.command.get("call-id"),
+                error or (reply or {}).get("error-reason") or reply,
+            )
+        try:
+            actions = self.dispatcher.media_result(action.op, reply, error, trio.current_time())
+        except Exception:
+            self.stats["internal_errors"] += 1
+            log.exception("internal error handling an rtpengine answer")
+            return
+        if actions:
+            await self.execute(actions)
 
     # --- operations (admin API, control socket) ------------------------------------------
 

@@ -107,6 +107,7 @@ def dialog_view(d: DialogInfo, now: float) -> dict[str, Any]:
         "ended_by": d.ended_by,
         "end_reason": d.end_reason,
         "duration": duration,
+        "media": d.media,
     }
 
 

@@ -64,6 +64,7 @@ class DialogInfo:
     ended_at: float | None
     ended_by: str | None
     end_reason: str | None
+    media: str = "direct"  # or "bridged" (through rtpengine)
 
 
 class DialogEventKind(enum.Enum):
@@ -96,6 +97,8 @@ class Dialog:
     end_reason: str | None = None
     failed_flow: str | None = None  # set when a leg's flow closed under it
     invite_key: object = None  # the INVITE server transaction that created it
+    bridged: bool = False  # its media goes through rtpengine
+    late_offer_pending: bool = False  # the 2xx carried the offer: the ACK's SDP is the answer
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -117,6 +120,7 @@ class Dialog:
             ended_at=self.ended_at,
             ended_by=self.ended_by,
             end_reason=self.end_reason,
+            media="bridged" if self.bridged else "direct",
         )
 
 
@@ -147,6 +151,9 @@ class Dialogs:
 
     def get(self, key: tuple[str, str, str]) -> Dialog | None:
         return self._by_key.get(key)
+
+    def get_by_id(self, dialog_id: str) -> Dialog | None:
+        return next((d for d in self._by_key.values() if d.id == dialog_id), None)
 
     def upsert(
         self,

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import __version__
 from ..sip.errors import SipParseError
@@ -22,7 +23,7 @@ from ..sip.headers import split_list
 from ..sip.message import HeaderField, Request, Response, make_response
 from ..sip.transaction import ServerTransaction, Timers, TransactionLayer, TxEvent, TxSend
 from ..sip.uri import SipUri
-from .dialogs import Dialogs
+from .dialogs import DialogEvent, DialogEventKind, Dialogs
 from .events import Action, BindingEvent, BindingEventKind, Persist, Publish
 from .location import Location
 from .proxy import Proxy, ProxyConfig
@@ -121,14 +122,20 @@ class Dispatcher:
         resp = pending[0] if ok else pending[1]
         return self._tx(txn.respond(resp.serialise(), resp.status, now))
 
+    def media_result(
+        self, op: int, reply: dict[str, Any] | None, error: str | None, now: float
+    ) -> list[Action]:
+        """rtpengine answered (or failed to) the MediaRequest ``op``."""
+        return self.proxy.media_result(op, reply, error, now, self.wall(now))
+
     def send_failed(self, owner: Hashable, reason: str, now: float) -> list[Action]:
         return self.proxy.send_failed(owner, reason, now, self.wall(now))
 
     def flow_closed(self, flow_id: str, now: float) -> list[Action]:
         wall = self.wall(now)
-        out: list[Action] = [
-            Publish(event=e) for e in self.dialogs.on_flow_closed(flow_id, now, wall)
-        ]
+        ended = self.dialogs.on_flow_closed(flow_id, now, wall)
+        out: list[Action] = [Publish(event=e) for e in ended]
+        out += self._release_media(ended)
         removed = self.location.remove_flow(flow_id)
         if removed:
             out.insert(0, Persist(deletes=tuple((b.aor, b.key) for b in removed)))
@@ -175,7 +182,9 @@ class Dispatcher:
     def tick(self, now: float) -> list[Action]:
         """Once a second: expired bindings and dialogs."""
         wall = self.wall(now)
-        out: list[Action] = [Publish(event=e) for e in self.dialogs.expire(now, wall)]
+        ended = self.dialogs.expire(now, wall)
+        out: list[Action] = [Publish(event=e) for e in ended]
+        out += self._release_media(ended)
         expired = self.location.purge_expired(wall)
         if expired:
             self.stats["bindings_expired"] += len(expired)
@@ -184,6 +193,15 @@ class Dispatcher:
                 Publish(event=BindingEvent(kind=BindingEventKind.EXPIRED, binding=b))
                 for b in expired
             ]
+        return out
+
+    def _release_media(self, events: list[DialogEvent]) -> list[Action]:
+        out: list[Action] = []
+        for e in events:
+            if e.kind is DialogEventKind.ENDED and e.dialog.media == "bridged":
+                d = self.dialogs.get_by_id(e.dialog.id)
+                if d is not None:
+                    out += self.proxy.media_delete_dialog(d)
         return out
 
     # --- the server's own answers ----------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..sip.message import Message
 from .dialogs import DialogEvent
@@ -21,6 +22,7 @@ __all__ = [
     "BindingEvent",
     "BindingEventKind",
     "Event",
+    "MediaRequest",
     "Persist",
     "Publish",
     "Send",
@@ -77,4 +79,12 @@ class Persist:
     txn_key: Hashable = None
 
 
-Action = Send | Publish | Persist
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MediaRequest:
+    """Ask rtpengine ``command``; the shell answers with ``Dispatcher.media_result(op, ...)``."""
+
+    op: int
+    command: dict[str, Any] = field(compare=False)
+
+
+Action = Send | Publish | Persist | MediaRequest

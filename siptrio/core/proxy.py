@@ -19,8 +19,10 @@ import ipaddress
 import itertools
 import os
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from ..sip.message import HeaderField, Request, Response, make_response
 from ..sip.transaction import (
@@ -33,9 +35,17 @@ from ..sip.transaction import (
     TxState,
 )
 from ..sip.uri import SipUri
-from .dialogs import DialogEvent, Dialogs, DialogState, Leg
-from .events import Action, Publish, Send
+from .dialogs import Dialog, DialogEvent, Dialogs, DialogState, Leg
+from .events import Action, MediaRequest, Publish, Send
 from .location import Binding, Location
+from .media import (
+    MediaConfig,
+    answer_command,
+    delete_command,
+    has_sdp,
+    offer_command,
+    should_bridge,
+)
 from .types import Listener, Peer, Transport
 
 __all__ = ["Proxy", "ProxyConfig"]
@@ -57,6 +67,7 @@ class ProxyConfig:
     timer_c: float = 180.0
     server_name: str = "siptrio"
     advertised_address: str | None = None
+    media: MediaConfig = field(default_factory=MediaConfig)
 
 
 @dataclass(eq=False)
@@ -66,12 +77,15 @@ class Branch:
     request: Request  # as sent
     peer: Peer
     binding: Binding | None
-    txn: ClientTransaction
+    txn: ClientTransaction | None  # None while rtpengine rewrites its offer
     provisional: bool = False
     final: Response | None = None
     local_failure: tuple[int, str] | None = None
     cancel_pending: bool = False
     cancel_sent: bool = False
+    bridged: bool = False  # its SDP goes through rtpengine
+    late_offer: bool = False  # bridged INVITE without SDP: the 2xx will carry the offer
+    rewritten: dict[bytes, bytes] = field(default_factory=dict)  # SDP seen -> SDP sent on
 
     @property
     def done(self) -> bool:
@@ -91,6 +105,7 @@ class Context:
     cancelled: bool = False
     from_caller: bool = True  # in-dialog: which side sent it
     dialog_key: tuple[str, str, str] | None = None
+    bridged_dialog: bool = False  # in-dialog request of a bridged dialog
 
 
 def _hostport(host: str, port: int) -> str:
@@ -125,6 +140,8 @@ class Proxy:
         self.listeners: list[Listener] = []
         self._own: set[tuple[str, int]] = set()
         self.branches: dict[Hashable, Branch] = {}
+        self._media_ops: dict[int, MediaResume] = {}
+        self._op_ids = itertools.count(1)
 
     # --- our own addresses --------------------------------------------------------------
 
@@ -353,6 +370,7 @@ class Proxy:
         dialog, from_caller = found
         ctx.from_caller = from_caller
         ctx.dialog_key = dialog.key
+        ctx.bridged_dialog = dialog.bridged
         if dialog.state is DialogState.TERMINATED:
             if dialog.failed_flow is not None:
                 return self._respond(ctx, 430, "Flow Failed", now)
@@ -377,23 +395,157 @@ class Proxy:
         for target_uri, dest, binding, path in targets:
             branch = f"{_MAGIC}{self._loop_hash(ctx.txn.request)}.{_SECRET[:6]}{next(_counter):x}"
             fwd = self._forwarded(ctx, target_uri, dest, branch, path)
-            data = fwd.serialise()
-            txn = self.layer.new_client(
-                branch=branch,
-                method=fwd.method,
-                data=data,
-                dest=dest,
-                reliable=dest.transport.is_stream,
-            )
-            b = Branch(ctx=ctx, branch=branch, request=fwd, peer=dest, binding=binding, txn=txn)
-            txn.context = b
-            self.branches[txn.key] = b
+            b = Branch(ctx=ctx, branch=branch, request=fwd, peer=dest, binding=binding, txn=None)
             ctx.branches.append(b)
-            self.stats[f"forwarded.{fwd.method}"] += 1
-            out += self.tx_actions(txn.start(now), now, wall)
-            if fwd.method == "INVITE":
-                self.layer.heap.start(now + self.config.timer_c, txn.key, "C")
+            if not self._bridges(ctx, dest):
+                out += self._start_branch(b, fwd, now, wall)
+                continue
+            b.bridged = True
+            if not has_sdp(fwd.content_type, fwd.body):
+                b.late_offer = fwd.method == "INVITE"  # the offer will come in the 2xx
+                out += self._start_branch(b, fwd, now, wall)
+                continue
+            req = ctx.request
+            cmd = offer_command(
+                call_id=req.call_id,
+                from_tag=req.from_.tag or "",
+                via_branch=branch,
+                sdp=fwd.body,
+                towards=dest,
+            )
+            out += self._media(cmd, partial(self._offer_done, b, fwd))
         return out
+
+    def _bridges(self, ctx: Context, dest: Peer) -> bool:
+        req = ctx.request
+        if req.to.tag is not None:
+            return ctx.bridged_dialog  # in-dialog: the dialog decided when it began
+        return req.method == "INVITE" and should_bridge(self.config.media, ctx.peer, dest)
+
+    def _start_branch(self, b: Branch, fwd: Request, now: float, wall: float) -> list[Action]:
+        """Create the branch's client transaction and send the request."""
+        b.request = fwd
+        txn = self.layer.new_client(
+            branch=b.branch,
+            method=fwd.method,
+            data=fwd.serialise(),
+            dest=b.peer,
+            reliable=b.peer.transport.is_stream,
+        )
+        b.txn = txn
+        txn.context = b
+        self.branches[txn.key] = b
+        self.stats[f"forwarded.{fwd.method}"] += 1
+        out = self.tx_actions(txn.start(now), now, wall)
+        if fwd.method == "INVITE":
+            self.layer.heap.start(now + self.config.timer_c, txn.key, "C")
+        return out
+
+    # --- media (rtpengine) ------------------------------------------------------------------
+
+    def _media(self, command: dict[str, Any], resume: MediaResume) -> list[Action]:
+        op = next(self._op_ids)
+        self._media_ops[op] = resume
+        self.stats[f"media.{command['command']}"] += 1
+        return [MediaRequest(op=op, command=command)]
+
+    def media_result(
+        self, op: int, reply: dict[str, Any] | None, error: str | None, now: float, wall: float
+    ) -> list[Action]:
+        resume = self._media_ops.pop(op, None)
+        if resume is None:
+            return []
+        if error is None and (reply or {}).get("result") != "ok":
+            reply = reply or {}
+            error = str(reply.get("error-reason") or f"rtpengine answered {reply.get('result')!r}")
+        if error is not None:
+            self.stats["media.failures"] += 1
+        return resume(reply or {}, error, now, wall)
+
+    def _forget_media(self, command: dict[str, Any]) -> list[Action]:
+        """A delete nobody waits for."""
+        return self._media(command, lambda reply, error, now, wall: [])
+
+    def media_delete_dialog(self, d: Dialog) -> list[Action]:
+        if not d.bridged:
+            return []
+        return self._forget_media(delete_command(call_id=d.call_id, from_tag=d.caller.tag))
+
+    def _offer_done(
+        self,
+        b: Branch,
+        fwd: Request,
+        reply: dict[str, Any],
+        error: str | None,
+        now: float,
+        wall: float,
+    ) -> list[Action]:
+        ctx = b.ctx
+        req = ctx.request
+        if b.done or (ctx.final_sent and not ctx.got_2xx) or ctx.cancelled:
+            # The call ended (or was cancelled) while rtpengine was busy: nothing to send.
+            b.local_failure = b.local_failure or (487, "Request Terminated")
+            cleanup = self._forget_media(
+                delete_command(
+                    call_id=req.call_id, from_tag=req.from_.tag or "", via_branch=b.branch
+                )
+            )
+            return cleanup + self._maybe_finish(ctx, now, wall)
+        if error is not None:
+            if self.config.media.fail_open:
+                b.bridged = False
+                return self._start_branch(b, fwd, now, wall)
+            b.local_failure = (503, f"Service Unavailable (media relay: {error})"[:200])
+            return self._maybe_finish(ctx, now, wall)
+        sdp = _sdp_bytes(reply.get("sdp"))
+        return self._start_branch(b, fwd.with_body(sdp, "application/sdp"), now, wall)
+
+    def _rewrite_response_sdp(
+        self, b: Branch, resp: Response, now: float, wall: float
+    ) -> list[Action] | None:
+        """Bridged branch, SDP in a 1xx/2xx: ask rtpengine first, then carry on."""
+        if not b.bridged or resp.status == 100 or resp.status >= 300:
+            return None
+        if not has_sdp(resp.content_type, resp.body):
+            return None
+        if resp.body in b.rewritten:  # a retransmitted 2xx: same answer again
+            return self._branch_response(
+                b, _with_sdp(resp, b.rewritten[resp.body]), now, wall, media_done=True
+            )
+        ctx = b.ctx
+        req = ctx.request
+        offerer = req.from_.tag or ""
+        if b.late_offer and 200 <= resp.status < 300:
+            # Late offer: the callee's 2xx carries the offer; the caller's ACK answers it.
+            cmd = offer_command(
+                call_id=req.call_id,
+                from_tag=resp.to.tag or "",
+                via_branch=b.branch,
+                sdp=resp.body,
+                towards=ctx.peer,
+            )
+        else:
+            cmd = answer_command(
+                call_id=req.call_id,
+                from_tag=offerer,
+                to_tag=resp.to.tag or "",
+                via_branch=b.branch,
+                sdp=resp.body,
+                towards=ctx.peer,
+            )
+        original = resp.body
+
+        def resume(
+            reply: dict[str, Any], error: str | None, now: float, wall: float
+        ) -> list[Action]:
+            if error is not None:
+                # The callee has answered: refusing now helps nobody. Pass it on as it is.
+                return self._branch_response(b, resp, now, wall, media_done=True)
+            sdp = _sdp_bytes(reply.get("sdp"))
+            b.rewritten[original] = sdp
+            return self._branch_response(b, _with_sdp(resp, sdp), now, wall, media_done=True)
+
+        return self._media(cmd, resume)
 
     def _forwarded(
         self, ctx: Context, target_uri: str, dest: Peer, branch: str, path: tuple[str, ...]
@@ -507,7 +659,7 @@ class Proxy:
             if ev.kind is TxKind.RESPONSE and ev.response is not None:
                 out += self._branch_response(b, ev.response, now, wall)
             elif ev.kind is TxKind.TIMEOUT:
-                if b.txn.method == "CANCEL":
+                if b.txn is not None and b.txn.method == "CANCEL":
                     continue
                 out += self._branch_failed(b, 408, "Request Timeout", now, wall)
         return out
@@ -530,7 +682,8 @@ class Proxy:
             (430, "Flow Failed") if b.peer.flow_id else (503, f"Service Unavailable ({reason})")
         )
         out = self._branch_failed(b, status, text, now, wall)
-        out += self.tx_actions(b.txn.transport_error(), now, wall)
+        if b.txn is not None:
+            out += self.tx_actions(b.txn.transport_error(), now, wall)
         return out
 
     def _branch_failed(
@@ -541,9 +694,17 @@ class Proxy:
         b.local_failure = (status, reason)
         return self._maybe_finish(b.ctx, now, wall)
 
-    def _branch_response(self, b: Branch, resp: Response, now: float, wall: float) -> list[Action]:
-        if b.txn.method == "CANCEL":
+    def _branch_response(
+        self, b: Branch, resp: Response, now: float, wall: float, *, media_done: bool = False
+    ) -> list[Action]:
+        txn = b.txn
+        assert txn is not None
+        if txn.method == "CANCEL":
             return []  # the answer to our own CANCEL: nothing to forward
+        if not media_done:
+            pending = self._rewrite_response_sdp(b, resp, now, wall)
+            if pending is not None:
+                return pending
         ctx = b.ctx
         status = resp.status
         out: list[Action] = []
@@ -556,15 +717,15 @@ class Proxy:
                 b.local_failure = b.local_failure or (487, "Request Terminated")
             if status == 100:
                 return out
-            if b.txn.is_invite:
+            if txn.is_invite:
                 out += self._dialog_from_response(b, resp, confirmed=False, now=now, wall=wall)
             if not ctx.final_sent:
                 out += self._respond_raw(ctx, up, now)
             return out
         if status < 300:
             b.final = resp
-            if b.txn.is_invite:
-                self.layer.heap.cancel(b.txn.key, "C")
+            if txn.is_invite:
+                self.layer.heap.cancel(txn.key, "C")
                 out += self._dialog_from_response(b, resp, confirmed=True, now=now, wall=wall)
                 for d in self.dialogs.early_of(ctx.txn.key):
                     if d.callee.tag != resp.to.tag:
@@ -577,14 +738,23 @@ class Proxy:
                     for other in ctx.branches:
                         if other is not b and not other.done:
                             out += self._cancel_branch(other, now, wall)
+                        if other is not b and other.bridged:
+                            req = ctx.request
+                            out += self._forget_media(  # the losers' media branches
+                                delete_command(
+                                    call_id=req.call_id,
+                                    from_tag=req.from_.tag or "",
+                                    via_branch=other.branch,
+                                )
+                            )
             else:
                 out += self._in_dialog_done(ctx, status, now, wall)
             ctx.final_sent = True
             out += self._respond_raw(ctx, up, now)  # every 2xx goes upstream
             return out
         b.final = resp
-        if b.txn.is_invite:
-            self.layer.heap.cancel(b.txn.key, "C")
+        if txn.is_invite:
+            self.layer.heap.cancel(txn.key, "C")
             if status >= 600 and not ctx.got_2xx:
                 for other in ctx.branches:
                     if other is not b and not other.done:
@@ -619,6 +789,11 @@ class Proxy:
             status, reason = local or (480, "Temporarily Unavailable")
             out += self._respond(ctx, status, reason, now)
         if ctx.request.method == "INVITE" and ctx.request.to.tag is None:
+            if any(b.bridged for b in ctx.branches) and status >= 300:
+                req = ctx.request
+                out += self._forget_media(
+                    delete_command(call_id=req.call_id, from_tag=req.from_.tag or "")
+                )
             for d in self.dialogs.early_of(ctx.txn.key):
                 by = "caller" if ctx.cancelled else "callee"
                 out += self._publish(
@@ -636,9 +811,8 @@ class Proxy:
         if d is None:
             return []
         by = "caller" if ctx.from_caller else "callee"
-        return self._publish(
-            self.dialogs.end(d, by=by, reason=f"BYE ({status})", now=now, wall=wall)
-        )
+        ended = self.dialogs.end(d, by=by, reason=f"BYE ({status})", now=now, wall=wall)
+        return self._publish(ended) + self.media_delete_dialog(d)
 
     def _dialog_from_response(
         self, b: Branch, resp: Response, *, confirmed: bool, now: float, wall: float
@@ -650,17 +824,21 @@ class Proxy:
             return []
         caller = Leg(uri=str(req.from_.uri), tag=req.from_.tag or "", peer=ctx.peer)
         callee = Leg(uri=str(req.to.uri), tag=to_tag, peer=b.peer)
-        return self._publish(
-            self.dialogs.upsert(
-                call_id=req.call_id,
-                caller=caller,
-                callee=callee,
-                confirmed=confirmed,
-                now=now,
-                wall=wall,
-                invite_key=ctx.txn.key,
-            )
+        events = self.dialogs.upsert(
+            call_id=req.call_id,
+            caller=caller,
+            callee=callee,
+            confirmed=confirmed,
+            now=now,
+            wall=wall,
+            invite_key=ctx.txn.key,
         )
+        d = self.dialogs.get((req.call_id, caller.tag, to_tag))
+        if d is not None and b.bridged:
+            d.bridged = True
+            if confirmed and b.late_offer:
+                d.late_offer_pending = True
+        return self._publish(events)
 
     @staticmethod
     def _publish(events: list[DialogEvent]) -> list[Action]:
@@ -708,6 +886,9 @@ class Proxy:
         return out
 
     def _cancel_branch(self, b: Branch, now: float, wall: float) -> list[Action]:
+        if b.txn is None:  # still waiting for rtpengine: it will not be sent
+            b.local_failure = b.local_failure or (487, "Request Terminated")
+            return []
         if b.cancel_sent or b.done or b.txn.method != "INVITE":
             return []
         if not b.provisional:
@@ -758,6 +939,29 @@ class Proxy:
             return []
         fwd = fwd.prepend("via", self._via(leg.peer, branch))
         self.stats["forwarded.ACK"] += 1
+        if dialog.bridged and dialog.late_offer_pending and has_sdp(req.content_type, req.body):
+            # Late offer: this ACK's SDP answers the offer the callee put in its 2xx.
+            dialog.late_offer_pending = False
+            cmd = answer_command(
+                call_id=req.call_id,
+                from_tag=dialog.callee.tag,
+                to_tag=dialog.caller.tag,
+                via_branch=None,
+                sdp=req.body,
+                towards=dialog.callee.peer,
+            )
+
+            def resume(
+                reply: dict[str, Any], error: str | None, now: float, wall: float
+            ) -> list[Action]:
+                body = (
+                    fwd
+                    if error is not None
+                    else fwd.with_body(_sdp_bytes(reply.get("sdp")), "application/sdp")
+                )
+                return [Send(data=body.serialise(), peer=leg.peer)]
+
+            return self._media(cmd, resume)
         return [Send(data=fwd.serialise(), peer=leg.peer)]
 
     # --- answering the caller ---------------------------------------------------------------------
@@ -782,6 +986,19 @@ class Proxy:
     def _respond_raw(self, ctx: Context, resp: Response, now: float) -> list[Action]:
         self.stats[f"responses_out.{resp.status // 100}xx"] += 1
         return self.tx_actions(ctx.txn.respond(resp.serialise(), resp.status, now), now, 0.0)
+
+
+MediaResume = Callable[[dict[str, Any], str | None, float, float], list[Action]]
+
+
+def _sdp_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value or "").encode("utf-8")
+
+
+def _with_sdp(resp: Response, sdp: bytes) -> Response:
+    return resp.with_body(sdp, "application/sdp")
 
 
 def _rank(status: int) -> int:
