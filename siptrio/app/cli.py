@@ -62,8 +62,10 @@ def _parser() -> argparse.ArgumentParser:
         "--hosts", default="localhost,127.0.0.1,::1", help="comma-separated names and addresses"
     )
     from .cli_ops import add_subcommands
+    from .cli_users import add_subcommand as add_users
 
     add_subcommands(sub)
+    add_users(sub)
     return p
 
 
@@ -85,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.file)
     if args.command == "certs":
         return _certs(args.dir, args.hosts)
+    if args.command == "users":
+        from .cli_users import run as run_users
+
+        return run_users(args)
     from .cli_ops import COMMANDS
 
     if args.command in COMMANDS:

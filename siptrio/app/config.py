@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "AdminConfig",
+    "AuthSection",
     "Config",
     "ConfigError",
     "ControlConfig",
@@ -32,6 +33,7 @@ __all__ = [
     "MediaSection",
     "ProxyConfig",
     "RegistrarSection",
+    "SecuritySection",
     "SipConfig",
     "TlsConfig",
     "WebSocketConfig",
@@ -105,6 +107,8 @@ class WebSocketConfig:
     wss_listen_port: int = 8443
     wss_cert_file: str = "certs/server.pem"
     wss_key_file: str = "certs/server.key"
+    wss_ca_file: str | None = None  # client certificates are checked against it
+    wss_verify_client: str = "none"  # none | optional | required
     allowed_origins: tuple[str, ...] = ("http://localhost:8088", "http://127.0.0.1:8088")
     allow_missing_origin: bool = True
     keepalive_interval: float = 15.0
@@ -141,6 +145,29 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AuthSection:
+    enable: bool = False
+    realm: str | None = None  # None: the first [sip] domain, else "siptrio"
+    nonce_ttl: float = 300.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecuritySection:
+    rate_limit: float = 100.0  # requests per second per source address ...
+    rate_burst: int = 200  # ... with this much burst
+    rate_limit_exempt: tuple[IPNetwork, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    ban_after: int = 10  # failed authentications ...
+    ban_window: float = 60.0  # ... within this many seconds ban the address ...
+    ban_time: float = 600.0  # ... for this long
+    max_connections: int = 10000  # TCP and TLS together
+    max_connections_per_ip: int = 100
+    first_message_timeout: float = 10.0  # a connection must send a valid SIP message by then
+
+
+@dataclass(frozen=True, kw_only=True)
 class MediaSection:
     rtpengine: tuple[str, ...] = ()  # "udp:127.0.0.1:2223", several for failover
     mode: str = "auto"  # auto | always | never
@@ -170,6 +197,8 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     media: MediaSection = field(default_factory=MediaSection)
+    auth: AuthSection = field(default_factory=AuthSection)
+    security: SecuritySection = field(default_factory=SecuritySection)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str | None = None  # the config file, None when running on defaults
 
@@ -243,6 +272,18 @@ def _choice(*allowed: str, upper: bool = False) -> Parse:
         raise _BadValue(f"expected one of {', '.join(shown)}")
 
     return parse
+
+
+def _optional_realm(text: str) -> str | None:
+    realm = text.strip()
+    if not realm:
+        return None
+    if '"' in realm or "\\" in realm or any(ord(c) < 32 for c in realm):
+        raise _BadValue(
+            f"expected a realm without quotes or control characters, e.g. example.com; "
+            f"got {realm!r}"
+        )
+    return realm
 
 
 def _engines(text: str) -> tuple[str, ...]:
@@ -459,6 +500,8 @@ _SECTIONS: dict[str, _Section] = {
             "wss_listen_port": _port,
             "wss_cert_file": _path,
             "wss_key_file": _path,
+            "wss_ca_file": _optional_path,
+            "wss_verify_client": _choice("none", "optional", "required"),
             "allowed_origins": _origins,
             "allow_missing_origin": _boolean,
             "keepalive_interval": _seconds,
@@ -469,7 +512,7 @@ _SECTIONS: dict[str, _Section] = {
             "max_connections_per_ip": _integer(1, 1_000_000),
             "max_message_size": _integer(1024, 1048576),
         },
-        paths=frozenset({"wss_cert_file", "wss_key_file"}),
+        paths=frozenset({"wss_cert_file", "wss_key_file", "wss_ca_file"}),
     ),
     "registrar": _Section(
         attribute="registrar",
@@ -507,6 +550,26 @@ _SECTIONS: dict[str, _Section] = {
         cls=ControlConfig,
         keys={"enable": _boolean, "socket": _path},
         paths=frozenset({"socket"}),
+    ),
+    "auth": _Section(
+        attribute="auth",
+        cls=AuthSection,
+        keys={"enable": _boolean, "realm": _optional_realm, "nonce_ttl": _seconds},
+    ),
+    "security": _Section(
+        attribute="security",
+        cls=SecuritySection,
+        keys={
+            "rate_limit": _seconds,
+            "rate_burst": _integer(1, 1_000_000),
+            "rate_limit_exempt": _networks,
+            "ban_after": _integer(1, 1_000_000),
+            "ban_window": _seconds,
+            "ban_time": _seconds,
+            "max_connections": _integer(1, 1_000_000),
+            "max_connections_per_ip": _integer(1, 1_000_000),
+            "first_message_timeout": _seconds,
+        },
     ),
     "media": _Section(
         attribute="media",

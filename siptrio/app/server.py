@@ -8,8 +8,10 @@ nursery; the store writer then commits what is still queued before the file clos
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
+import os
 import ssl
 import time
 from collections import Counter
@@ -17,6 +19,8 @@ from typing import Any
 
 import trio
 
+from ..core.abuse import RateLimiter
+from ..core.auth import AuthConfig
 from ..core.dispatcher import Dispatcher, DispatcherConfig
 from ..core.events import Action, MediaRequest, Persist, Publish, Send
 from ..core.location import Binding, Location
@@ -31,7 +35,7 @@ from ..transport.hub import FlowClosed, Hub, Inbound, SendFailed
 from ..transport.intake import Intake
 from ..transport.outbound import Connector
 from ..transport.rtpengine import MediaError, NgClient, parse_engine
-from ..transport.stream import StreamOptions, serve_stream_listener
+from ..transport.stream import ConnectionLimits, StreamOptions, serve_stream_listener
 from ..transport.tls import TlsSetupError, client_context, server_context
 from ..transport.udp import bind_udp, serve_udp
 from ..transport.ws import WsOptions, WsPolicy, serve_ws
@@ -53,9 +57,22 @@ class StartupError(Exception):
     """A problem the operator must fix before the server can run (exit status 1)."""
 
 
+def realm_of(config: Config) -> str:
+    """[auth] realm, else the first domain, else "siptrio": the CLI and server agree."""
+    return config.auth.realm or (config.sip.domains[0] if config.sip.domains else "siptrio")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.realm = realm_of(config)
         self.hub = Hub(trace=config.logging.sip_trace, log_trace=config.logging.sip_trace)
         self.location = Location()
         reg = config.registrar
@@ -81,10 +98,20 @@ class Server:
                     ),
                 ),
                 timers=Timers(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4),
+                auth=AuthConfig(
+                    enabled=config.auth.enable,
+                    realm=self.realm,
+                    nonce_ttl=config.auth.nonce_ttl,
+                    ban_after=config.security.ban_after,
+                    ban_window=config.security.ban_window,
+                    ban_time=config.security.ban_time,
+                ),
+                auth_secret=os.urandom(32),
             ),
             self.location,
         )
         self._timer_scope: trio.CancelScope | None = None
+        self._users_version = -1
         self._nursery: trio.Nursery | None = None
         self.simulator = Simulator(self)
         self.media: NgClient | None = None
@@ -118,6 +145,7 @@ class Server:
                 loaded.expired,
                 loaded.stale_flows,
             )
+            await self._load_users()
             self._sync_clock()
             inbound_send, inbound_recv = trio.open_memory_channel[Inbound](INBOUND_QUEUE)
             closed_send, closed_recv = trio.open_memory_channel[FlowClosed | SendFailed](math.inf)
@@ -134,6 +162,11 @@ class Server:
                 max_headers=cfg.sip.max_headers,
                 server_name=self.dispatcher.config.server_name,
             )
+            sec = cfg.security
+            intake.limiter = RateLimiter(sec.rate_limit, sec.rate_burst)
+            intake.exempt = sec.rate_limit_exempt
+            auth = self.dispatcher.auth
+            intake.is_banned = lambda address: auth.is_banned(address, trio.current_time())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._store_writer, store_recv)
                 nursery.start_soon(self._core_loop, inbound_recv)
@@ -160,6 +193,9 @@ class Server:
                         ", ".join(str(li) for li in wildcard),
                     )
                 await nursery.start(self.simulator.run)
+                if self.simulator.local is not None:
+                    self.dispatcher.trusted.add(self.simulator.local)  # it never authenticates
+                self._warn_if_open()
                 from .admin import start_ops  # FastAPI and hypercorn load only when serving
 
                 self.ops = await start_ops(self, nursery)
@@ -176,12 +212,15 @@ class Server:
     async def _start_listeners(self, nursery: trio.Nursery, intake: Intake) -> None:
         cfg = self.config
         ws = cfg.websocket
+        limits = ConnectionLimits(cfg.security.max_connections, cfg.security.max_connections_per_ip)
         stream_opts = self._stream_options = StreamOptions(
             transport=Transport.TCP,
             idle_timeout=cfg.sip.idle_timeout,
             has_bindings=lambda flow_id: bool(self.location.on_flow(flow_id)),
             keepalive_interval=ws.keepalive_interval,
             keepalive_timeout=ws.keepalive_timeout,
+            first_message_timeout=cfg.security.first_message_timeout,
+            limits=limits,
         )
         for host in cfg.sip.listen_addr:
             if cfg.sip.udp_enable:
@@ -211,6 +250,8 @@ class Server:
                 has_bindings=stream_opts.has_bindings,
                 keepalive_interval=ws.keepalive_interval,
                 keepalive_timeout=ws.keepalive_timeout,
+                first_message_timeout=cfg.security.first_message_timeout,
+                limits=limits,
             )
             for host in cfg.tls.listen_addr or cfg.sip.listen_addr:
                 await self._start_stream(nursery, intake, tls_opts, host, cfg.tls.listen_port)
@@ -235,7 +276,11 @@ class Server:
         if ws.wss_enable:
             try:
                 wss_ctx = server_context(
-                    ws.wss_cert_file, ws.wss_key_file, what="[sip_websocket] wss_enable"
+                    ws.wss_cert_file,
+                    ws.wss_key_file,
+                    ca_file=ws.wss_ca_file,
+                    verify_client=ws.wss_verify_client,
+                    what="[sip_websocket] wss_enable",
                 )
             except TlsSetupError as e:
                 raise StartupError(str(e)) from e
@@ -252,6 +297,7 @@ class Server:
                 max_connections=ws.max_connections,
                 max_connections_per_ip=ws.max_connections_per_ip,
                 max_message_size=ws.max_message_size,
+                first_message_timeout=self.config.security.first_message_timeout,
             )
             for host in ws.listen_addr or self.config.sip.listen_addr:
                 bound = await self._bind(
@@ -355,8 +401,46 @@ class Server:
             await trio.sleep(TICK_SECONDS)
             self._sync_clock()
             actions = self.dispatcher.tick(trio.current_time())
+            for address in self.dispatcher.newly_banned:
+                log.warning(
+                    "banned %s for %g s after %d failed authentications",
+                    address,
+                    self.config.security.ban_time,
+                    self.config.security.ban_after,
+                )
+            self.dispatcher.newly_banned.clear()
             if actions:
                 await self.execute(actions)
+            await self._reload_users_if_changed()
+
+    async def _load_users(self) -> None:
+        assert self.store is not None
+        users = await trio.to_thread.run_sync(self.store.users, self.realm)
+        self._users_version = await trio.to_thread.run_sync(self.store.data_version)
+        self.dispatcher.auth.users = users
+        if self.config.auth.enable:
+            log.info("digest authentication on: %d users in realm %r", len(users), self.realm)
+
+    async def _reload_users_if_changed(self) -> None:
+        """`siptrio users ...` writes the same file from another process: pick it up."""
+        store = self.store
+        if store is None or not self.config.auth.enable:
+            return
+        version = await trio.to_thread.run_sync(store.data_version)
+        if version != self._users_version:
+            await self._load_users()
+
+    def _warn_if_open(self) -> None:
+        if self.config.auth.enable:
+            return
+        exposed = [li for li in self.listeners if not _loopback(li.host)]
+        if exposed:
+            log.warning(
+                "!!! SIP is open beyond loopback (%s) WITHOUT authentication: anyone can "
+                "register any address and call through this server. Set [auth] enable = true "
+                "and add users with `siptrio users add NAME`.",
+                ", ".join(str(li) for li in exposed),
+            )
 
     async def execute(self, actions: list[Action]) -> None:
         for action in actions:

@@ -154,6 +154,7 @@ class Simulator:
         self._sock: trio.socket.SocketType | None = None
         self._target: tuple[str, int] | None = None
         self._local = ("127.0.0.1", 0)
+        self.local: tuple[str, int] | None = None  # its socket, once bound
         self._nursery: trio.Nursery | None = None
         self._ready = trio.Event()
 
@@ -175,6 +176,7 @@ class Simulator:
         self._sock = sock
         self._target = (host, li.port)
         self._local = (host, sock.getsockname()[1])
+        self.local = self._local
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

@@ -23,6 +23,7 @@ from ..sip.headers import split_list
 from ..sip.message import HeaderField, Request, Response, make_response
 from ..sip.transaction import ServerTransaction, Timers, TransactionLayer, TxEvent, TxSend
 from ..sip.uri import SipUri
+from .auth import AuthConfig, Authenticator
 from .dialogs import DialogEvent, DialogEventKind, Dialogs
 from .events import Action, BindingEvent, BindingEventKind, Persist, Publish
 from .location import Location
@@ -48,6 +49,8 @@ class DispatcherConfig:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     timers: Timers = field(default_factory=Timers)
     server_name: str = SERVER
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    auth_secret: bytes = b""  # the shell passes random bytes: nonces are HMACs under it
 
 
 class Dispatcher:
@@ -71,6 +74,10 @@ class Dispatcher:
             stats=self.stats,
         )
         self.wall_offset = 0.0
+        self.auth = Authenticator(config.auth, config.auth_secret or b"siptrio-test-secret")
+        # peers that never authenticate: the built-in simulated client's socket
+        self.trusted: set[tuple[str, int]] = set()
+        self.newly_banned: list[str] = []  # for the shell to log
         self._awaiting_store: dict[Hashable, tuple[Response, Response]] = {}
 
     def wall(self, now: float) -> float:
@@ -99,6 +106,10 @@ class Dispatcher:
         try:
             if request.method == "CANCEL":
                 return self.proxy.handle_cancel(txn, peer, now, wall)
+            if self.auth.config.enabled and (peer.host, peer.port) not in self.trusted:
+                refused = self._authorize(txn, peer, now, wall)
+                if refused is not None:
+                    return refused
             if request.method == "REGISTER":
                 return self._register(txn, peer, now, wall)
             uri = request.uri
@@ -223,6 +234,46 @@ class Dispatcher:
         )
         self.stats[f"responses_out.{status // 100}xx"] += 1
         return self._tx(txn.respond(response.serialise(), status, now))
+
+    def _authorize(
+        self, txn: ServerTransaction, peer: Peer, now: float, wall: float
+    ) -> list[Action] | None:
+        """Challenge, refuse, or let through (None); RFC 3261 section 22."""
+        req = txn.request
+        if req.method == "REGISTER":
+            proxy = False
+        elif req.method in ("ACK", "CANCEL") or req.to.tag is not None:
+            return None  # never challenged; in-dialog requests ride on the dialog
+        elif req.method == "OPTIONS" and isinstance(req.uri, SipUri) and req.uri.user is None:
+            return None  # a ping of the server itself
+        else:
+            from_uri = req.from_.uri
+            if not (isinstance(from_uri, SipUri) and self.proxy.is_local_domain(from_uri)):
+                return None  # a call from outside to one of ours
+            proxy = True
+        result = self.auth.verify(req, proxy=proxy, now=wall)
+        if result.user is None:
+            if result.failed:
+                self.stats["auth_failures"] += 1
+                if self.auth.failed(peer.host, now):
+                    self.stats["auth_bans"] += 1
+                    self.newly_banned.append(peer.host)
+            status, reason = (
+                (407, "Proxy Authentication Required") if proxy else (401, "Unauthorized")
+            )
+            challenge = self.auth.challenge(proxy=proxy, now=wall, stale=result.stale)
+            return self._answer(txn, status, reason, now, headers=tuple(challenge))
+        claimed = req.to.uri if req.method == "REGISTER" else req.from_.uri
+        if not isinstance(claimed, SipUri) or claimed.user != result.user:
+            self.stats["auth_identity_refused"] += 1
+            what = (
+                "register only its own address"
+                if req.method == "REGISTER"
+                else "send only as itself"
+            )
+            return self._answer(txn, 403, f"Forbidden: {result.user} may {what}", now)
+        self.stats["auth_ok"] += 1
+        return None
 
     def _options(self, txn: ServerTransaction, now: float) -> list[Action]:
         bad = [t for t in txn.request.require if t.lower() not in SUPPORTED_OPTIONS]

@@ -60,6 +60,20 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX bindings_expires_at ON bindings (expires_at)",
         "CREATE INDEX bindings_flow_id ON bindings (flow_id)",
     ),
+    (
+        # Digest users: HA1 per algorithm (RFC 8760), never the password itself.
+        """
+        CREATE TABLE users (
+            username    TEXT NOT NULL,
+            realm       TEXT NOT NULL,
+            ha1_md5     TEXT NOT NULL,
+            ha1_sha256  TEXT NOT NULL,
+            created_at  REAL NOT NULL,
+            updated_at  REAL NOT NULL,
+            PRIMARY KEY (username, realm)
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -226,6 +240,85 @@ class SqliteStore:
                     f"batch of {len(upserts)} upserts and {len(deletes)} deletes rolled back",
                     exc,
                 ) from exc
+
+    # -- users (digest authentication) --------------------------------------------
+
+    def set_user(
+        self, username: str, realm: str, ha1_md5: str, ha1_sha256: str, now: float
+    ) -> bool:
+        """Add or replace a user's HA1s; True when the user is new."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                with _write_transaction(conn):
+                    old = conn.execute(
+                        "SELECT 1 FROM users WHERE username = ? AND realm = ?", (username, realm)
+                    ).fetchone()
+                    conn.execute(
+                        "INSERT INTO users"
+                        " (username, realm, ha1_md5, ha1_sha256, created_at, updated_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (username, realm) DO UPDATE SET"
+                        " ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256,"
+                        " updated_at = excluded.updated_at",
+                        (username, realm, ha1_md5, ha1_sha256, now, now),
+                    )
+            except sqlite3.Error as exc:
+                raise self._error(f"storing user {username}", exc) from exc
+        return old is None
+
+    def remove_user(self, username: str, realm: str) -> bool:
+        with self._lock:
+            conn = self._connection()
+            try:
+                with _write_transaction(conn):
+                    n = conn.execute(
+                        "DELETE FROM users WHERE username = ? AND realm = ?", (username, realm)
+                    ).rowcount
+            except sqlite3.Error as exc:
+                raise self._error(f"removing user {username}", exc) from exc
+        return n > 0
+
+    def users(self, realm: str) -> dict[str, dict[str, str]]:
+        """username -> {"MD5": HA1, "SHA-256": HA1} for one realm."""
+        with self._lock:
+            try:
+                rows = (
+                    self._connection()
+                    .execute(
+                        "SELECT username, ha1_md5, ha1_sha256 FROM users"
+                        " WHERE realm = ? ORDER BY username",
+                        (realm,),
+                    )
+                    .fetchall()
+                )
+            except sqlite3.Error as exc:
+                raise self._error("reading users", exc) from exc
+        return {u: {"MD5": md5, "SHA-256": sha} for u, md5, sha in rows}
+
+    def user_rows(self) -> list[tuple[str, str, float, float]]:
+        """(username, realm, created_at, updated_at) of every user: for listing."""
+        with self._lock:
+            try:
+                rows = (
+                    self._connection()
+                    .execute(
+                        "SELECT username, realm, created_at, updated_at FROM users"
+                        " ORDER BY realm, username"
+                    )
+                    .fetchall()
+                )
+            except sqlite3.Error as exc:
+                raise self._error("reading users", exc) from exc
+        return [(str(a), str(b), float(c), float(d)) for a, b, c, d in rows]
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (``siptrio users``) commits to the file."""
+        with self._lock:
+            try:
+                return int(self._connection().execute("PRAGMA data_version").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise self._error("reading data_version", exc) from exc
 
     def count(self) -> int:
         with self._lock:

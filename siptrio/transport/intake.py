@@ -8,13 +8,22 @@ sender deserves (or drop it silently when it cannot be addressed).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 import trio
 
+from ..core.abuse import RateLimiter
 from ..core.types import Peer
-from ..sip import SipParseError, error_response_untrusted, parse_message_untrusted
+from ..sip import (
+    Request,
+    SipParseError,
+    error_response_untrusted,
+    make_response,
+    parse_message_untrusted,
+)
 from .hub import FlowClosed, Hub, Inbound, SendFailed
 
 __all__ = ["Intake"]
@@ -40,6 +49,50 @@ class Intake:
         self.max_headers = max_headers
         self.server_name = server_name
         self.stats: Counter[str] = hub.stats
+        self.limiter: RateLimiter | None = None
+        self.exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+        self.is_banned: Callable[[str], bool] = lambda address: False
+
+    def banned(self, address: str) -> bool:
+        """Traffic from a banned address is dropped before it costs a parse."""
+        if self.is_banned(address):
+            self.stats["dropped.banned"] += 1
+            return True
+        return False
+
+    async def admit(self, item: Inbound) -> bool:
+        """The per-address rate limit; a 503 with Retry-After once a second when over."""
+        limiter = self.limiter
+        if limiter is None:
+            return True
+        host = item.peer.host
+        now = trio.current_time()
+        if limiter.allow(host, now) or self._exempt(host):
+            return True
+        self.stats["dropped.rate_limited"] += 1
+        message = item.message
+        if (
+            isinstance(message, Request)
+            and message.method != "ACK"
+            and limiter.should_tell(host, now)
+        ):
+            reply = make_response(
+                message,
+                503,
+                "Service Unavailable (rate limit)",
+                headers=(("Retry-After", "1"), ("Server", self.server_name)),
+            )
+            await self.hub.send(reply.serialise(), item.peer)
+        return False
+
+    def _exempt(self, host: str) -> bool:
+        if not self.exempt:
+            return False
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.exempt)
 
     def parse(self, data: bytes, peer: Peer) -> Inbound | SipParseError:
         if self.hub.trace:

@@ -18,7 +18,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from .hub import Flow
 
-__all__ = ["crlf_keepalive", "ws_ping_keepalive"]
+__all__ = ["crlf_keepalive", "first_message_guard", "ws_ping_keepalive"]
 
 log = logging.getLogger("siptrio.transport")
 
@@ -59,3 +59,11 @@ async def ws_ping_keepalive(
             flow.close("keep-alive timeout (ping)")
             return
         flow.last_keepalive = trio.current_time()
+
+
+async def first_message_guard(flow: Flow, timeout: float, stats: Counter[str]) -> None:
+    """Close a connection that sends nothing valid (slowloris, port scanners)."""
+    await trio.sleep(timeout)
+    if not flow.valid_seen:
+        stats["flows_closed.no_valid_message"] += 1
+        flow.close(f"no valid SIP message within {timeout:g} s")

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import logging
 import ssl
+from collections import Counter
 from collections.abc import Callable
 
 import trio
@@ -20,7 +21,7 @@ from ..core.types import Transport
 from ..sip import KeepAlive, SipParseError, StreamFramer
 from .hub import Flow
 from .intake import Intake
-from .keepalive import crlf_keepalive
+from .keepalive import crlf_keepalive, first_message_guard
 
 __all__ = ["StreamOptions", "open_stream_listeners", "run_flow", "serve_stream_listener"]
 
@@ -41,6 +42,8 @@ class StreamOptions:
         has_bindings: Callable[[str], bool] = lambda flow_id: False,
         keepalive_interval: float = 0.0,
         keepalive_timeout: float = 10.0,
+        first_message_timeout: float = 0.0,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.transport = transport
         self.idle_timeout = idle_timeout
@@ -49,6 +52,34 @@ class StreamOptions:
         self.has_bindings = has_bindings
         self.keepalive_interval = keepalive_interval  # 0: no server keep-alives
         self.keepalive_timeout = keepalive_timeout
+        self.first_message_timeout = first_message_timeout  # 0: no guard
+        self.limits = limits
+
+
+class ConnectionLimits:
+    """Caps on concurrent connections, in total and per source address (shared by listeners)."""
+
+    def __init__(self, total: int, per_ip: int) -> None:
+        self.max_total = total
+        self.max_per_ip = per_ip
+        self.total = 0
+        self.per_ip: Counter[str] = Counter()
+
+    def take(self, ip: str) -> str | None:
+        """None when the connection may stay; otherwise why it may not."""
+        if self.total >= self.max_total:
+            return "capacity"
+        if self.per_ip[ip] >= self.max_per_ip:
+            return "per_ip"
+        self.total += 1
+        self.per_ip[ip] += 1
+        return None
+
+    def give_back(self, ip: str) -> None:
+        self.total -= 1
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
 
 
 async def open_stream_listeners(host: str, port: int) -> list[trio.SocketListener]:
@@ -93,6 +124,26 @@ async def _handle_connection(
     stream: trio.SocketStream, intake: Intake, options: StreamOptions
 ) -> None:
     remote = _addr(stream.socket, True)
+    if intake.banned(remote[0]):
+        await trio.aclose_forcefully(stream)
+        return
+    limits = options.limits
+    if limits is not None:
+        refused = limits.take(remote[0])
+        if refused is not None:
+            intake.stats[f"connections_refused.{refused}"] += 1
+            await trio.aclose_forcefully(stream)
+            return
+    try:
+        await _serve_connection(stream, remote, intake, options)
+    finally:
+        if limits is not None:
+            limits.give_back(remote[0])
+
+
+async def _serve_connection(
+    stream: trio.SocketStream, remote: tuple[str, int], intake: Intake, options: StreamOptions
+) -> None:
     local = _addr(stream.socket, False)
     transport = options.transport
     with contextlib.suppress(OSError):
@@ -132,6 +183,10 @@ async def run_flow(
         with flow.cancel_scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_writer, flow, stream)
+                if options.first_message_timeout > 0:
+                    nursery.start_soon(
+                        first_message_guard, flow, options.first_message_timeout, intake.stats
+                    )
                 if options.keepalive_interval > 0:
                     nursery.start_soon(
                         crlf_keepalive,
@@ -229,6 +284,7 @@ async def _reader(
             if event is None:
                 break
             if event is KeepAlive.PING:
+                flow.valid_seen = True
                 stats[f"keepalives_in.{flow.transport.value}"] += 1
                 flow.send_nowait(b"\r\n")
                 continue
@@ -243,5 +299,7 @@ async def _reader(
                     await _close_after_flush(flow, stream, f"framing lost: {result.reason}")
                     return
                 continue
-            await intake.deliver(result)
+            flow.valid_seen = True
+            if await intake.admit(result):
+                await intake.deliver(result)
             del event, result  # nor the last parsed message

@@ -62,6 +62,8 @@ async def serve_udp(
                 log.debug("UDP receive error on %s:%s: %s", local_host, local_port, e)
                 continue
             stats["udp_datagrams_in"] += 1
+            if intake.banned(addr[0]):
+                continue
             if not data.strip(b"\r\n\x00 \t"):
                 stats["keepalives_in.udp"] += 1  # CRLF / NUL keep-alives some phones send
                 continue
@@ -76,7 +78,8 @@ async def serve_udp(
             if isinstance(result, Exception):
                 await intake.reject(data, result, peer)
                 continue
-            intake.deliver_nowait(result)
+            if await intake.admit(result):
+                intake.deliver_nowait(result)
     finally:
         hub.udp_sockets.pop((local_host, local_port), None)
         sock.close()

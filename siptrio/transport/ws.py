@@ -29,7 +29,7 @@ from trio_websocket import (
 from ..core.types import Transport
 from .hub import Flow
 from .intake import Intake
-from .keepalive import crlf_keepalive, ws_ping_keepalive
+from .keepalive import crlf_keepalive, first_message_guard, ws_ping_keepalive
 
 __all__ = ["WsOptions", "WsPolicy", "serve_ws"]
 
@@ -50,6 +50,7 @@ class WsOptions:
     max_connections: int
     max_connections_per_ip: int
     max_message_size: int
+    first_message_timeout: float = 0.0  # 0: no guard
 
 
 class WsPolicy:
@@ -124,6 +125,9 @@ async def _handle(
     if isinstance(remote, str) or isinstance(local, str):
         return
     ip = str(remote.address)
+    if intake.banned(ip):
+        await _reject(request, 403, "Forbidden", stats, "banned")
+        return
     if policy.total >= options.max_connections:
         await _reject(
             request, 503, "Too many WebSocket connections; try again later", stats, "capacity"
@@ -178,6 +182,10 @@ async def _run_ws_flow(
         with flow.cancel_scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_writer, flow, ws)
+                if options.first_message_timeout > 0:
+                    nursery.start_soon(
+                        first_message_guard, flow, options.first_message_timeout, intake.stats
+                    )
                 if options.keepalive_interval > 0:
                     if options.keepalive_mechanism in ("ping", "both"):
                         nursery.start_soon(
@@ -255,6 +263,7 @@ async def _reader(flow: Flow, ws: WebSocketConnection, intake: Intake) -> None:
             if data == b"\r\n":
                 flow.crlf_answered()  # the answer to our CRLFCRLF
             else:
+                flow.valid_seen = True
                 stats[f"keepalives_in.{flow.transport.value}"] += 1
                 flow.send_nowait(b"\r\n")  # RFC 5626 4.4.1: answer a CRLFCRLF ping at once
             continue
@@ -263,6 +272,8 @@ async def _reader(flow: Flow, ws: WebSocketConnection, intake: Intake) -> None:
         if isinstance(result, Exception):
             await intake.reject(data, result, peer)  # the connection stays up
         else:
-            await intake.deliver(result)
+            flow.valid_seen = True
+            if await intake.admit(result):
+                await intake.deliver(result)
         # While waiting for the next message, hold no reference to this one.
         del data, result

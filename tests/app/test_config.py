@@ -268,8 +268,8 @@ ERRORS = {
         [sipp]
         tcp_port = 5060
         """,
-        "{path}:3: unknown section [sipp]; known sections: admin, control, logging, media, proxy, "
-        "registrar, sip, sip_tls, sip_websocket",
+        "{path}:3: unknown section [sipp]; known sections: admin, auth, control, logging, media, proxy, "
+        "registrar, security, sip, sip_tls, sip_websocket",
     ),
     "DEFAULT is not special": (
         "[DEFAULT]\nudp_port = 1\n",

@@ -53,6 +53,7 @@ class SipClient:
         nursery: trio.Nursery | None = None,
         origin: str | None = "http://localhost:8088",
         subprotocols: tuple[str, ...] = ("sip",),
+        local_host: str | None = None,
     ) -> SipClient:
         """Connect; WS and WSS need a ``nursery`` for the WebSocket reader task."""
         self = cls(transport)
@@ -75,7 +76,7 @@ class SipClient:
             return self
         if transport == "udp":
             sock = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
-            await sock.bind((host, 0))
+            await sock.bind((local_host or host, 0))
             await sock.connect((host, port))
             self.sock = sock
             self.local = sock.getsockname()[:2]

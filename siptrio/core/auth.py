@@ -1,0 +1,171 @@
+"""Who may do what: digest authentication decisions and bans of guessing addresses.
+
+REGISTER is challenged with 401, other requests from our own domains with 407
+(RFC 3261 section 22). Answers never tell an unknown user from a wrong password:
+both are computed the same way and get the same challenge. An address that fails
+``ban_after`` times within ``ban_window`` is banned for ``ban_time``; the I/O layer
+drops its traffic. Sans-IO: time is ``now``, users come from the store via the
+shell, and nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+from ..sip.digest import (
+    ALGORITHMS,
+    Credentials,
+    challenge_value,
+    check_nonce,
+    digest_response,
+    ha1,
+    make_nonce,
+    parse_credentials,
+)
+from ..sip.errors import SipParseError
+from ..sip.message import Request
+
+__all__ = ["AuthConfig", "AuthResult", "Authenticator"]
+
+MAX_NONCES = 100_000  # nonce-counts remembered for replay protection
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthConfig:
+    enabled: bool = False
+    realm: str = "siptrio"
+    nonce_ttl: float = 300.0
+    ban_after: int = 10  # failed authentications ...
+    ban_window: float = 60.0  # ... within this many seconds ...
+    ban_time: float = 600.0  # ... ban the address this long
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthResult:
+    user: str | None  # the authenticated user, or None: challenge (again)
+    stale: bool = False
+    failed: bool = False  # counts towards a ban
+    reason: str = ""
+
+
+class Authenticator:
+    def __init__(self, config: AuthConfig, secret: bytes) -> None:
+        self.config = config
+        self._secret = secret
+        self.users: dict[str, dict[str, str]] = {}  # username -> {algorithm: HA1}
+        self._nc: OrderedDict[str, int] = OrderedDict()
+        self._failures: dict[str, deque[float]] = {}
+        self._banned: dict[str, float] = {}
+        # an HA1 to check unknown users against, so they take as long as known ones
+        self._dummy = {a: ha1("\x00nobody", config.realm, "\x00", a) for a in ALGORITHMS}
+
+    # --- challenges -------------------------------------------------------------------
+
+    def challenge(self, *, proxy: bool, now: float, stale: bool = False) -> list[tuple[str, str]]:
+        """One challenge per algorithm, SHA-256 first (clients take the first they know)."""
+        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+        nonce = make_nonce(self._secret, now)
+        return [
+            (name, challenge_value(self.config.realm, nonce, a, stale=stale)) for a in ALGORITHMS
+        ]
+
+    # --- verification -----------------------------------------------------------------
+
+    def verify(self, request: Request, *, proxy: bool, now: float) -> AuthResult:
+        creds = self._credentials(request, proxy)
+        if creds is None:
+            return AuthResult(user=None, reason="no credentials")
+        if creds.algorithm not in ALGORITHMS:
+            return AuthResult(user=None, failed=True, reason=f"algorithm {creds.algorithm}")
+        if creds.qop not in (None, "auth"):
+            return AuthResult(user=None, failed=True, reason=f"qop {creds.qop}")
+        nonce_state = check_nonce(self._secret, creds.nonce, now, self.config.nonce_ttl)
+        if nonce_state == "bad":
+            return AuthResult(user=None, failed=True, reason="not our nonce")
+        known = self.users.get(creds.username)
+        secret = (known or {}).get(creds.algorithm) or self._dummy[creds.algorithm]
+        expected = digest_response(
+            ha1_value=secret,
+            algorithm=creds.algorithm,
+            method=request.method,
+            uri=creds.uri,
+            nonce=creds.nonce,
+            nc=creds.nc,
+            cnonce=creds.cnonce,
+            qop=creds.qop,
+        )
+        right = hmac.compare_digest(expected, creds.response) and known is not None
+        if not right:
+            return AuthResult(user=None, failed=True, reason="wrong credentials")
+        if nonce_state == "stale":
+            return AuthResult(user=None, stale=True, reason="stale nonce")
+        if not self._fresh_count(creds):
+            return AuthResult(user=None, failed=True, reason="replayed nonce-count")
+        return AuthResult(user=creds.username)
+
+    def _credentials(self, request: Request, proxy: bool) -> Credentials | None:
+        name = "proxy-authorization" if proxy else "authorization"
+        for value in request.values(name):
+            try:
+                creds = parse_credentials(value)
+            except SipParseError:
+                continue
+            if creds is not None and creds.realm == self.config.realm:
+                return creds
+        return None
+
+    def _fresh_count(self, creds: Credentials) -> bool:
+        """RFC 2617 nonce-count: each use of a nonce must count higher than the last."""
+        if creds.qop is None:
+            key, count = creds.nonce, 0
+            if key in self._nc:
+                return False  # without qop a nonce is good for one request
+        else:
+            try:
+                count = int(creds.nc or "", 16)
+            except ValueError:
+                return False
+            key = f"{creds.nonce}|{creds.cnonce}"
+            if count <= self._nc.get(key, 0):
+                return False
+        self._nc[key] = count
+        self._nc.move_to_end(key)
+        while len(self._nc) > MAX_NONCES:
+            self._nc.popitem(last=False)
+        return True
+
+    # --- bans -----------------------------------------------------------------------------
+
+    def failed(self, address: str, now: float) -> bool:
+        """Count a failure; True when it just got the address banned."""
+        times = self._failures.setdefault(address, deque())
+        times.append(now)
+        while times and times[0] < now - self.config.ban_window:
+            times.popleft()
+        if len(times) >= self.config.ban_after:
+            self._banned[address] = now + self.config.ban_time
+            del self._failures[address]
+            return True
+        return False
+
+    def is_banned(self, address: str, now: float) -> bool:
+        until = self._banned.get(address)
+        if until is None:
+            return False
+        if until <= now:
+            del self._banned[address]
+            return False
+        return True
+
+    def banned(self, now: float) -> dict[str, float]:
+        return {a: until - now for a, until in self._banned.items() if until > now}
+
+    def purge(self, now: float) -> None:
+        for address in [a for a, until in self._banned.items() if until <= now]:
+            del self._banned[address]
+        for address in [
+            a for a, t in self._failures.items() if not t or t[-1] < now - self.config.ban_window
+        ]:
+            del self._failures[address]
