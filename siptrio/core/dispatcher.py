@@ -78,7 +78,7 @@ class Dispatcher:
         # peers that never authenticate: the built-in simulated client's socket
         self.trusted: set[tuple[str, int]] = set()
         self.newly_banned: list[str] = []  # for the shell to log
-        self._awaiting_store: dict[Hashable, tuple[Response, Response]] = {}
+        self._awaiting_store: dict[Hashable, Response] = {}
 
     def wall(self, now: float) -> float:
         return now + self.wall_offset
@@ -126,11 +126,17 @@ class Dispatcher:
 
     def committed(self, txn_key: Hashable, ok: bool, now: float) -> list[Action]:
         """The store finished (or failed) a REGISTER's write: now it may be answered."""
-        pending = self._awaiting_store.pop(txn_key, None)
+        resp = self._awaiting_store.pop(txn_key, None)
         txn = self.layer.servers.get(txn_key)
-        if pending is None or txn is None:
+        if resp is None or txn is None:
             return []
-        resp = pending[0] if ok else pending[1]
+        if not ok:
+            resp = make_response(
+                txn.request,
+                500,
+                "Server Internal Error (binding store write failed)",
+                headers=(("Retry-After", "5"), ("Server", self.config.server_name)),
+            )
         return self._tx(txn.respond(resp.serialise(), resp.status, now))
 
     def media_result(
@@ -308,13 +314,7 @@ class Dispatcher:
         if not outcome.upserts and not outcome.deletes:
             self.stats[f"responses_out.{status // 100}xx"] += 1
             return self._tx(txn.respond(outcome.response.serialise(), status, now))
-        failed = make_response(
-            request,
-            500,
-            "Server Internal Error (binding store write failed)",
-            headers=(("Retry-After", "5"), ("Server", self.config.server_name)),
-        )
-        self._awaiting_store[txn.key] = (outcome.response, failed)
+        self._awaiting_store[txn.key] = outcome.response
         self.stats[f"responses_out.{status // 100}xx"] += 1
         return [
             Persist(
@@ -332,14 +332,13 @@ def stamp_via(request: Request, peer: Peer) -> Request:
     always added, as RFC 3581 requires).
     """
     via = request.top_via
-    new = via
     host = via.host[1:-1] if via.host.startswith("[") else via.host
     rport = via.rport
     if rport == "":
-        new = new.with_param("rport", str(peer.port)).with_param("received", peer.host)
+        new = via.with_params({"rport": str(peer.port), "received": peer.host})
     elif host != peer.host:
-        new = new.with_param("received", peer.host)
-    if new is via:
+        new = via.with_params({"received": peer.host})
+    else:
         return request
     # Rewrite the first Via line: the stamped value first, the line's other values after.
     headers = list(request.headers)

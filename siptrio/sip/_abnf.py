@@ -42,8 +42,14 @@ DIGITS = re.compile(r"^[0-9]+$")
 QVALUE = re.compile(r"^(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)$")
 
 
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_PARAMS_FAST = re.compile(
+    r"(?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=(?:[A-Za-z0-9\-.!%*_+`'~:]+|\[[0-9A-Fa-f:.]+\]))?)+"
+)
+
+
 def is_token(text: str) -> bool:
-    return bool(text) and all(c in TOKEN_CHARS for c in text)
+    return _TOKEN_RE.fullmatch(text) is not None
 
 
 def check_escapes(text: str, allowed: frozenset[str], what: str) -> None:
@@ -121,6 +127,8 @@ def split_top_level(text: str, sep: str, what: str) -> list[str]:
     where it ends is how proxies end up forwarding a different message than they
     received (RFC 4475 quotbal).
     """
+    if sep not in text:
+        return [text]  # nothing to split; the parser of the element checks the quoting
     if '"' not in text and "<" not in text:
         return text.split(sep)
     parts: list[str] = []
@@ -189,6 +197,12 @@ def parse_params(text: str, what: str) -> Params:
     text = text.strip(LWS)
     if not text:
         return ()
+    if _PARAMS_FAST.fullmatch(text):
+        # the common form: token names and values, no quotes, no LWS
+        return tuple(
+            (name, value if eq else None)
+            for name, eq, value in (p.partition("=") for p in text[1:].split(";"))
+        )
     if text[0] != ";":
         raise SipParseError(f"Unexpected text {text[:20]!r} in {what}")
     out: list[tuple[str, str | None]] = []

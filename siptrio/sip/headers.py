@@ -8,6 +8,7 @@ so that forwarding and echoing do not rewrite what a client sent.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field, replace
 
@@ -119,6 +120,7 @@ def canonical_name(raw_name: bytes) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=1024)
 def display_name(name: str) -> str:
     """The spelling siptrio sends for a (lower-case) header name."""
     special = _DISPLAY.get(name)
@@ -170,23 +172,60 @@ class Via:
 
     def with_param(self, name: str, value: str | None) -> Via:
         """Set (or add) a parameter in place, keeping the others' order."""
-        lname = name.lower()
-        params = list(self.params)
-        for i, (k, _) in enumerate(params):
-            if k.lower() == lname:
-                params[i] = (k, value)
-                break
-        else:
-            params.append((name, value))
-        new = replace(self, params=tuple(params), text="")
-        return replace(new, text=new.serialise())
+        return self.with_params({name: value})
+
+    def with_params(self, changes: dict[str, str | None]) -> Via:
+        """Set (or add) parameters in place, keeping the others' order; one rebuild."""
+        wanted = {k.lower(): (k, v) for k, v in changes.items()}
+        params: list[tuple[str, str | None]] = []
+        for k, v in self.params:
+            hit = wanted.pop(k.lower(), None)
+            params.append((k, hit[1]) if hit is not None else (k, v))
+        params.extend(wanted.values())
+        text = f"{self.protocol}/{self.transport} {self.sent_by}{format_params(tuple(params))}"
+        return Via(
+            protocol=self.protocol,
+            transport=self.transport,
+            host=self.host,
+            port=self.port,
+            params=tuple(params),
+            text=text,
+        )
 
 
 _SWS_COLON = re.compile(r"[ \t]*:[ \t]*")
 
 
+_VIA_FAST = re.compile(
+    r"SIP/(2\.0)/([A-Za-z]+) ([A-Za-z0-9\-_.]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?(;[^\s\"]*)?"
+)
+
+
 def parse_via(text: str) -> Via:
     """One Via list element. LWS is allowed around the '/' of sent-protocol."""
+    m = _VIA_FAST.fullmatch(text)
+    if (
+        m is not None
+        and m.group(3)[0] not in "-."
+        and (m.group(4) is None or int(m.group(4)) <= 65535)
+    ):
+        # the common, tidy form: no LWS inside, no quoted parameters
+        params = parse_params(m.group(5), "Via") if m.group(5) else ()
+        for k, v in params:
+            if v is None and k.lower() in ("branch", "received", "maddr", "ttl"):
+                raise SipParseError(f"Via parameter {k} needs a value")
+        return Via(
+            protocol="SIP/2.0",
+            transport=m.group(2).upper(),
+            host=m.group(3),
+            port=int(m.group(4)) if m.group(4) else None,
+            params=params,
+            text=text,
+        )
+    return _parse_via_slow(text)
+
+
+def _parse_via_slow(text: str) -> Via:
     src = text
     text = text.strip(LWS)
     parts = text.split("/", 2)
@@ -302,7 +341,45 @@ def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
+_NAME_ADDR_FAST = re.compile(
+    r"(?:\"((?:[^\"\\\x00-\x08\x0a-\x1f]|\\[^\x0a\x0d])*)\"[ \t]*"  # "quoted display"
+    r"|([A-Za-z0-9\-.!%*_+`'~]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`'~]+)*)[ \t]*)?"  # or tokens
+    r"<([^<>\s\"]+)>"  # <uri>
+    r"((?:[ \t]*;[^\"]*)?)"  # ;params without quotes
+)
+
+
 def parse_name_addr(text: str, what: str) -> NameAddr:
+    m = _NAME_ADDR_FAST.fullmatch(text)
+    if m is not None:
+        quoted, plain, uri_text, ptext = m.groups()
+        display: str | None = None
+        if quoted is not None:
+            display = _unescape_quoted(quoted)
+        elif plain:
+            display = " ".join(plain.split())
+        uri = parse_uri_untrusted(uri_text)
+        params = parse_params(ptext, what) if ptext else ()
+        return NameAddr(display=display, uri=uri, uri_text=uri_text, params=params, text=text)
+    return _parse_name_addr_slow(text, what)
+
+
+def _unescape_quoted(text: str) -> str:
+    if "\\" not in text:
+        return text
+    out = []
+    i = 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text):
+            out.append(text[i + 1])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _parse_name_addr_slow(text: str, what: str) -> NameAddr:
     """( name-addr / addr-spec ) *( SEMI param ).
 
     In the addr-spec form everything after the first ';' is a header parameter and a

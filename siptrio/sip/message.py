@@ -87,15 +87,30 @@ class Message:
 
     __hash__ = None  # type: ignore[assignment]
 
+    @cached_property
+    def _index(self) -> dict[str, list[bytes]]:
+        """Header values by name, built once: the typed views each look up several."""
+        index: dict[str, list[bytes]] = {}
+        for h in self.headers:
+            found = index.get(h.name)
+            if found is None:
+                index[h.name] = [h.value]
+            else:
+                found.append(h.value)
+        return index
+
     def has(self, name: str) -> bool:
-        return any(h.name == name for h in self.headers)
+        return name in self._index
 
     def raw_values(self, name: str) -> list[bytes]:
-        return [h.value for h in self.headers if h.name == name]
+        return list(self._index.get(name, ()))
 
     def values(self, name: str) -> list[str]:
         """Every value of a header, decoded; list headers not split."""
-        return [_text(h.value, name) for h in self.headers if h.name == name]
+        found = self._index.get(name)
+        if not found:
+            return []
+        return [_text(v, name) for v in found]
 
     def elements(self, name: str) -> list[str]:
         """Every element of a comma-list header, across all its lines, in order."""
@@ -105,10 +120,8 @@ class Message:
         return out
 
     def first(self, name: str) -> str | None:
-        for h in self.headers:
-            if h.name == name:
-                return _text(h.value, name)
-        return None
+        found = self._index.get(name)
+        return _text(found[0], name) if found else None
 
     def single(self, name: str) -> str | None:
         """The value of a header that may appear at most once (RFC 4475 multi01)."""

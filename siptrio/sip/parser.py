@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ._abnf import REQUEST_LINE, STATUS_LINE, TOKEN_CHARS
+from ._abnf import REQUEST_LINE, STATUS_LINE
 from .errors import SipParseError
 from .headers import canonical_name
 from .message import HeaderField, Request, Response, _text
@@ -20,7 +20,7 @@ __all__ = ["DEFAULT_MAX_HEADERS", "error_response_untrusted", "parse_message_unt
 
 DEFAULT_MAX_HEADERS = 256
 _VIA_START = re.compile(rb"^SIP/[0-9]+\.[0-9]+/[A-Za-z]", re.IGNORECASE)
-_TOKEN_BYTES = frozenset(c.encode()[0] for c in TOKEN_CHARS)
+_TOKEN_NAME = re.compile(rb"[A-Za-z0-9\-.!%*_+`'~]+")
 
 
 def _split_head(data: bytes) -> tuple[bytes, int]:
@@ -38,7 +38,39 @@ def _split_head(data: bytes) -> tuple[bytes, int]:
     raise SipParseError("Incomplete message: no empty line after the header section")
 
 
+_valid_names: dict[bytes, str] = {}  # raw header name -> canonical, for names seen valid
+
+
+def _name(raw_name: bytes) -> str:
+    """Canonical name of a raw header name; validated once per spelling, then cached."""
+    name = _valid_names.get(raw_name)
+    if name is not None:
+        return name
+    if not _TOKEN_NAME.fullmatch(raw_name):
+        raise SipParseError("Malformed header name")
+    name = canonical_name(raw_name)
+    if len(_valid_names) < 4096:
+        _valid_names[raw_name] = name
+    return name
+
+
 def _header_lines(lines: list[bytes], max_headers: int) -> list[HeaderField]:
+    if len(lines) > max_headers:
+        raise SipParseError(f"Too many header fields (limit {max_headers})")
+    headers: list[HeaderField] = []
+    append = headers.append
+    for line in lines:
+        # The common case, no folding: one line, one header, no joins.
+        if not line or line[0] in (0x20, 0x09):
+            return _header_lines_folded(lines, max_headers)
+        name, colon, value = line.partition(b":")
+        if not colon or not name:
+            raise SipParseError("Header line without a colon")
+        append(HeaderField(_name(name.rstrip(b" \t")), line, value.strip(b" \t")))
+    return headers
+
+
+def _header_lines_folded(lines: list[bytes], max_headers: int) -> list[HeaderField]:
     headers: list[HeaderField] = []
     name: str | None = None
     raw_parts: list[bytes] = []
@@ -62,10 +94,7 @@ def _header_lines(lines: list[bytes], max_headers: int) -> list[HeaderField]:
         colon = line.find(b":")
         if colon <= 0:
             raise SipParseError("Header line without a colon")
-        raw_name = line[:colon].rstrip(b" \t")
-        if not raw_name or any(b not in _TOKEN_BYTES for b in raw_name):
-            raise SipParseError("Malformed header name")
-        name = canonical_name(raw_name)
+        name = _name(line[:colon].rstrip(b" \t"))
         raw_parts = [line]
         value_parts = [line[colon + 1 :].strip(b" \t")]
         if len(headers) >= max_headers:

@@ -7,6 +7,7 @@ change escapes and parameter spelling that clients compare byte for byte.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 from ._abnf import (
@@ -133,8 +134,41 @@ Uri = SipUri | TelUri | AbsoluteUri
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
 
 
+_ESC = r"%[0-9A-Fa-f]{2}"
+_USER_RE = rf"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|{_ESC})+"
+_PASSWORD_RE = rf"(?:[A-Za-z0-9\-_.!~*'()&=+$,]|{_ESC})*"
+_PARAM_RE = rf"(?:[A-Za-z0-9\-_.!~*'()\[\]/:&+$]|{_ESC})+"
+# The common SIP URI, checked in one regex pass; anything it does not match (URI
+# headers, odd hosts, errors) takes the careful path below, which names the fault.
+_SIP_FAST = re.compile(
+    rf"(sips?):(?:({_USER_RE})(?::({_PASSWORD_RE}))?@)?"
+    r"([A-Za-z0-9_][A-Za-z0-9\-_.]*|\[[0-9A-Fa-f:.]+\])"
+    rf"(?::([0-9]{{1,5}}))?((?:;{_PARAM_RE}(?:={_PARAM_RE})?)*)",
+    re.IGNORECASE,
+)
+
+
 def parse_uri_untrusted(text: str) -> Uri:
     """Parse one URI with no surrounding LWS or brackets."""
+    m = _SIP_FAST.fullmatch(text)
+    if m is not None:
+        scheme, user, password, host, port, ptext = m.groups()
+        if (port is None or int(port) <= 65535) and (not host.startswith("[") or ":" in host):
+            params: Params = ()
+            if ptext:
+                params = tuple(
+                    (name, value if eq else None)
+                    for name, eq, value in (p.partition("=") for p in ptext[1:].split(";"))
+                )
+            return SipUri(
+                scheme=scheme.lower(),
+                user=user,
+                password=password,
+                host=host,
+                port=int(port) if port is not None else None,
+                params=params,
+                text=text,
+            )
     if not text:
         raise SipParseError("Empty URI")
     if any(c in ' \t\r\n<>"' for c in text):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable
@@ -129,7 +130,7 @@ class Hub:
     log_trace: bool = False  # --sip-trace: write every message to the log
     taps: list[Callable[[str, bytes, Peer], None]] = field(default_factory=list)
     flows: dict[str, Flow] = field(default_factory=dict)
-    udp_sockets: dict[tuple[str, int], trio.socket.SocketType] = field(default_factory=dict)
+    udp_sockets: dict[tuple[str, int], socket.socket] = field(default_factory=dict)
     stats: Counter[str] = field(default_factory=Counter)
     on_flow_change: Callable[[str, Flow], None] | None = None
     _counter: int = 0
@@ -188,7 +189,11 @@ class Hub:
         if self.trace:
             self.trace_message("send", data, peer)
         try:
-            await sock.sendto(data, (peer.host, peer.port))
+            try:
+                sock.sendto(data, (peer.host, peer.port))  # no wait, no checkpoint: the hot path
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                sock.sendto(data, (peer.host, peer.port))
         except OSError as e:
             self.stats["dropped.send_error"] += 1
             log.debug("UDP send to %s failed: %s", peer.address, e)

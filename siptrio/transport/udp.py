@@ -21,65 +21,79 @@ __all__ = ["bind_udp", "serve_udp"]
 
 log = logging.getLogger("siptrio.transport")
 RECV_SIZE = 65536
+BATCH = 64  # datagrams handled per wake-up before others get a turn
 SOCKET_BUFFER = 4 * 1024 * 1024
 
 
-async def bind_udp(host: str, port: int) -> trio.socket.SocketType:
+async def bind_udp(host: str, port: int) -> stdsocket.socket:
+    """A plain non-blocking socket: the receive loop drains it without a trio wrapper."""
     family = stdsocket.AF_INET6 if ipaddress.ip_address(host).version == 6 else stdsocket.AF_INET
-    sock = trio.socket.socket(family, stdsocket.SOCK_DGRAM)
+    sock = stdsocket.socket(family, stdsocket.SOCK_DGRAM)
     try:
+        sock.setblocking(False)
         if family == stdsocket.AF_INET6:
             sock.setsockopt(stdsocket.IPPROTO_IPV6, stdsocket.IPV6_V6ONLY, 1)
         for opt in (stdsocket.SO_RCVBUF, stdsocket.SO_SNDBUF):
             with contextlib.suppress(OSError):
                 sock.setsockopt(stdsocket.SOL_SOCKET, opt, SOCKET_BUFFER)
-        await sock.bind((host, port))
+        sock.bind((host, port))
     except BaseException:
         sock.close()
         raise
+    await trio.lowlevel.checkpoint()
     return sock
 
 
 async def serve_udp(
-    sock: trio.socket.SocketType,
+    sock: stdsocket.socket,
     intake: Intake,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Wait until readable, then drain up to BATCH datagrams before yielding again.
+
+    One wake-up per burst instead of one per datagram: under load this is most of
+    the difference between a receive loop and a fast one.
+    """
     local = sock.getsockname()
     local_host, local_port = local[0], local[1]
     hub = intake.hub
     hub.udp_sockets[(local_host, local_port)] = sock
     stats = intake.stats
+    recvfrom = sock.recvfrom
     task_status.started()
     try:
         while True:
-            try:
-                data, addr = await sock.recvfrom(RECV_SIZE)
-            except OSError as e:
-                # ICMP port-unreachable from an earlier send surfaces here on Linux.
-                stats["udp_recv_errors"] += 1
-                log.debug("UDP receive error on %s:%s: %s", local_host, local_port, e)
-                continue
-            stats["udp_datagrams_in"] += 1
-            if intake.banned(addr[0]):
-                continue
-            if not data.strip(b"\r\n\x00 \t"):
-                stats["keepalives_in.udp"] += 1  # CRLF / NUL keep-alives some phones send
-                continue
-            peer = Peer(
-                transport=Transport.UDP,
-                host=addr[0],
-                port=addr[1],
-                local_host=local_host,
-                local_port=local_port,
-            )
-            result = intake.parse(data, peer)
-            if isinstance(result, Exception):
-                await intake.reject(data, result, peer)
-                continue
-            if await intake.admit(result):
-                intake.deliver_nowait(result)
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(BATCH):
+                try:
+                    data, addr = recvfrom(RECV_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    # ICMP port-unreachable from an earlier send surfaces here on Linux.
+                    stats["udp_recv_errors"] += 1
+                    log.debug("UDP receive error on %s:%s: %s", local_host, local_port, e)
+                    continue
+                stats["udp_datagrams_in"] += 1
+                if intake.banned(addr[0]):
+                    continue
+                if not data.strip(b"\r\n\x00 \t"):
+                    stats["keepalives_in.udp"] += 1  # CRLF / NUL keep-alives some phones send
+                    continue
+                peer = Peer(
+                    transport=Transport.UDP,
+                    host=addr[0],
+                    port=addr[1],
+                    local_host=local_host,
+                    local_port=local_port,
+                )
+                result = intake.parse(data, peer)
+                if isinstance(result, Exception):
+                    await intake.reject(data, result, peer)
+                    continue
+                if await intake.admit(result):
+                    intake.deliver_nowait(result)
     finally:
         hub.udp_sockets.pop((local_host, local_port), None)
         sock.close()

@@ -1,0 +1,83 @@
+"""Micro-benchmark of the hot path pieces: parse, stamp, route, serialise (no sockets).
+
+Reports CPU microseconds (process time, steadier than wall time on a shared machine) per operation for a SIPp-shaped REGISTER and INVITE, and the
+same for a reference measured in the same run: ``bytes.split`` of the message into
+lines, the least any parser must do. `.venv/bin/python bench/parse_micro.py`
+"""
+
+from __future__ import annotations
+
+import time
+
+from siptrio.core.dispatcher import Dispatcher, DispatcherConfig
+from siptrio.core.types import Peer, Transport
+from siptrio.sip import Request, parse_message_untrusted
+
+REGISTER = (
+    b"REGISTER sip:127.0.0.1:5060 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:5097;branch=z9hG4bK-1234-1-0;rport\r\n"
+    b"From: <sip:udpuser1@127.0.0.1>;tag=1234SIPpTag001\r\n"
+    b"To: <sip:udpuser1@127.0.0.1>\r\n"
+    b"Call-ID: 1-1234@127.0.0.1\r\n"
+    b"CSeq: 1 REGISTER\r\n"
+    b"Contact: <sip:udpuser1@127.0.0.1:5097;transport=udp>\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"Expires: 3600\r\n"
+    b"User-Agent: SIPp\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+INVITE = (
+    b"INVITE sip:bob@example.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-524287-1---8f8ba6e3e6a6a2a1;rport\r\n"
+    b"Max-Forwards: 70\r\n"
+    b'From: "Alice" <sip:alice@example.com>;tag=9fxced76sl\r\n'
+    b"To: <sip:bob@example.com>\r\n"
+    b"Call-ID: 3848276298220188511@atlanta.example.com\r\n"
+    b"CSeq: 1 INVITE\r\n"
+    b"Contact: <sip:alice@127.0.0.1:5070;transport=udp>\r\n"
+    b"Content-Type: application/sdp\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+def timeit(fn, n: int) -> float:  # type: ignore[no-untyped-def]
+    fn()
+    start = time.process_time()
+    for _ in range(n):
+        fn()
+    return (time.process_time() - start) / n * 1e6
+
+
+def main() -> None:
+    n = 20000
+    peer = Peer(
+        transport=Transport.UDP,
+        host="127.0.0.1",
+        port=5097,
+        local_host="127.0.0.1",
+        local_port=5060,
+    )
+    rows = []
+    for name, data in (("REGISTER", REGISTER), ("INVITE", INVITE)):
+        ref = timeit(lambda data=data: data.split(b"\r\n"), n)
+        parse = timeit(lambda data=data: parse_message_untrusted(data), n)
+        rows.append((f"parse {name}", parse, ref))
+    d = Dispatcher(DispatcherConfig())
+    counter = iter(range(10**9))
+
+    def register_once() -> None:
+        i = next(counter)
+        data = REGISTER.replace(b"udpuser1", b"u%d" % i).replace(b"-1-0;", b"-%d-0;" % i)
+        msg = parse_message_untrusted(data)
+        assert isinstance(msg, Request)
+        d.receive_request(msg, peer, 1000.0)
+
+    rows.append(("parse + registrar (new AOR)", timeit(register_once, n), rows[0][2]))
+    print("| operation | siptrio us | reference us (bytes.split) | ratio |")
+    print("|---|---|---|---|")
+    for op, us, ref in rows:
+        print(f"| {op} | {us:.1f} | {ref:.2f} | {us / ref:.0f}x |")
+
+
+if __name__ == "__main__":
+    main()
