@@ -55,6 +55,8 @@ class Location:
         # with no live binding is 480, to an unknown one 404.
         self._known: set[str] = set()
         self._domains: set[str] = set()
+        # AORs whose last bindings went with an outbound (RFC 5626) flow: 430, not 480
+        self._flow_failed: set[str] = set()
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._by_aor.values())
@@ -79,10 +81,15 @@ class Location:
     def known(self, aor: str) -> bool:
         return aor in self._known
 
+    def flow_failed(self, aor: str) -> bool:
+        """The AOR's outbound flow closed and nothing registered since (RFC 5626: 430)."""
+        return aor in self._flow_failed
+
     def serves_domain(self, host: str) -> bool:
         return host in self._domains
 
     def put(self, binding: Binding) -> Binding | None:
+        self._flow_failed.discard(binding.aor)
         if binding.aor not in self._known:
             self._known.add(binding.aor)
             self._domains.add(
@@ -130,6 +137,8 @@ class Location:
             b = self.remove(aor, key)
             if b is not None:
                 removed.append(b)
+                if b.reg_id is not None and b.instance is not None and not self._by_aor.get(aor):
+                    self._flow_failed.add(aor)
         self._by_flow.pop(flow_id, None)
         return removed
 

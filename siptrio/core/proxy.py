@@ -287,6 +287,8 @@ class Proxy:
         aor = uri.aor()
         bindings = self.location.lookup(aor, wall)
         if not bindings:
+            if self.location.flow_failed(aor):
+                return self._respond(ctx, 430, "Flow Failed", now)
             if self.location.known(aor):
                 return self._respond(ctx, 480, "Temporarily Unavailable", now)
             return self._respond(ctx, 404, "Not Found", now)

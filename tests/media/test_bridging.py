@@ -251,3 +251,34 @@ async def test_api_shows_media_and_packet_counts(
         assert media["media"] == "bridged"
         assert media["from_callee"]["packets"] >= 20 and media["from_callee"]["bytes"] >= 20 * 172
         assert (await http.get("/dialogs/nope/media")).status_code == 404
+
+
+async def test_reinvite_in_a_bridged_dialog_is_rewritten_too(
+    server: RunningServer, rtpengine: Rtpengine, nursery: trio.Nursery
+) -> None:
+    browser = await ua(server, nursery, "ws", "alice")
+    phone = await ua(server, nursery, "udp", "bob")
+    invite, call_id = browser.invite("bob", body=WEBRTC_SDP)
+    await browser.client.send(invite)
+    got = await phone.expect_request("INVITE")
+    await phone.reply(got, 200, "OK", body=PHONE_ANSWER)
+    ok = await browser.expect_response("INVITE")
+    d = browser.uac_dialog(invite, ok)
+    await browser.client.send(browser.ack(d))
+    await phone.expect_request("ACK")
+    # the phone puts the call on hold: a re-INVITE with plain SDP towards the browser
+    pd = phone.uas_dialog(got)
+    reinvite = phone.in_dialog(pd, "INVITE").replace(b"Content-Length: 0\r\n\r\n", b"")
+    hold = PHONE_ANSWER.replace("a=sendrecv", "a=sendonly")
+    reinvite += f"Contact: {phone.contact}\r\nContent-Type: application/sdp\r\nContent-Length: {len(hold)}\r\n\r\n{hold}".encode()
+    await phone.client.send(reinvite)
+    re_got = await browser.expect_request("INVITE")
+    assert "UDP/TLS/RTP/SAVPF" in re_got.body.decode() and "a=fingerprint" in re_got.body.decode()
+    await browser.reply(re_got, 200, "OK", body=WEBRTC_SDP.replace("a=sendrecv", "a=recvonly"))
+    re_ok = await phone.expect_response("INVITE")
+    assert (
+        re_ok.status == 200
+        and "RTP/AVP" in re_ok.body.decode()
+        and "a=fingerprint" not in re_ok.body.decode()
+    )
+    assert call_id in rtpengine.calls()

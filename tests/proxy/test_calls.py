@@ -346,3 +346,21 @@ async def test_slow_reader_is_disconnected_not_waited_for(
     await sender.client.send(msg)
     got = await other.expect_request("MESSAGE")
     await other.reply(got, 200, "OK")
+
+
+async def test_outbound_client_whose_flow_closed_gets_430(
+    server: RunningServer, nursery: trio.Nursery
+) -> None:
+    """RFC 5626: a client that registered with reg-id and +sip.instance: 430 Flow Failed."""
+    browser = UA(await SipClient.connect("ws", *server.addr("ws"), nursery=nursery), "dora")
+    contact = f'<sip:dora@{browser.client.invalid_host};transport=ws>;reg-id=1;+sip.instance="<urn:uuid:0f0e>"'
+    r = await browser.client.request(browser.client.register("dora", contact=contact))
+    assert r.status == 200
+    await browser.client.aclose()
+    with trio.fail_after(3):
+        while server.server.location.lookup("sip:dora@example.com", 0):
+            await trio.sleep(0.01)
+    caller = await make_ua(server, nursery, "udp", "alice")
+    invite, _ = caller.invite("dora")
+    await caller.client.send(invite)
+    assert (await caller.expect_response("INVITE")).status == 430
