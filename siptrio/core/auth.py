@@ -96,7 +96,8 @@ class Authenticator:
             cnonce=creds.cnonce,
             qop=creds.qop,
         )
-        right = hmac.compare_digest(expected, creds.response) and known is not None
+        given = creds.response.encode("utf-8", "surrogateescape")
+        right = hmac.compare_digest(expected.encode(), given) and known is not None
         if not right:
             return AuthResult(user=None, failed=True, reason="wrong credentials")
         if nonce_state == "stale":

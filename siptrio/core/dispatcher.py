@@ -246,16 +246,24 @@ class Dispatcher:
     ) -> list[Action] | None:
         """Challenge, refuse, or let through (None); RFC 3261 section 22."""
         req = txn.request
+        uri = req.uri
         if req.method == "REGISTER":
             proxy = False
-        elif req.method in ("ACK", "CANCEL") or req.to.tag is not None:
-            return None  # never challenged; in-dialog requests ride on the dialog
-        elif req.method == "OPTIONS" and isinstance(req.uri, SipUri) and req.uri.user is None:
+        elif req.method in ("ACK", "CANCEL"):
+            return None  # never challenged (RFC 3261 section 22.1)
+        elif req.to.tag is not None:
+            if self.dialogs.find(req.call_id, req.from_.tag, req.to.tag) is not None:
+                return None  # in-dialog requests ride on a dialog the proxy knows
+            proxy = True  # outside any dialog it could only be relayed: prove who you are
+        elif req.method == "OPTIONS" and isinstance(uri, SipUri) and uri.user is None:
             return None  # a ping of the server itself
         else:
             from_uri = req.from_.uri
-            if not (isinstance(from_uri, SipUri) and self.proxy.is_local_domain(from_uri)):
+            from_ours = isinstance(from_uri, SipUri) and self.proxy.is_local_domain(from_uri)
+            to_ours = isinstance(uri, SipUri) and self.proxy.is_local_domain(uri)
+            if not from_ours and to_ours:
                 return None  # a call from outside to one of ours
+            # our users, and anyone who wants to leave through us (toll fraud), authenticate
             proxy = True
         result = self.auth.verify(req, proxy=proxy, now=wall)
         if result.user is None:

@@ -71,9 +71,10 @@ def check_nonce(secret: bytes, nonce: str, now: float, ttl: float) -> str:
     stamp, dot, mac = nonce.partition(".")
     if not dot or not stamp or len(stamp) > 16:
         return "bad"
-    expected = hmac.new(secret, stamp.encode(), hashlib.sha256).digest()[:12]
-    given = base64.urlsafe_b64encode(expected).decode().rstrip("=")
-    if not hmac.compare_digest(given, mac):
+    expected = hmac.new(secret, stamp.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
+    ours = base64.urlsafe_b64encode(expected[:12]).rstrip(b"=")
+    # bytes, not str: compare_digest refuses non-ASCII str (a 500 for anyone who tried)
+    if not hmac.compare_digest(ours, mac.encode("utf-8", "surrogateescape")):
         return "bad"
     try:
         issued = int(stamp, 16) / 1000

@@ -75,7 +75,7 @@ class Flow:
         self.last_received = self.opened_at
         self.last_keepalive: float | None = None  # last answer to our keep-alive
         self.crlf_answers_seen = False  # the peer has answered a CRLFCRLF with CRLF
-        self.valid_seen = False  # a valid SIP message or keep-alive arrived
+        self.valid_seen = False  # a valid SIP message arrived (keep-alives do not count)
         self.crlf_answer = trio.Event()
         self.cancel_scope = trio.CancelScope()
         self.close_reason: str | None = None

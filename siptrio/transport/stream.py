@@ -284,7 +284,6 @@ async def _reader(
             if event is None:
                 break
             if event is KeepAlive.PING:
-                flow.valid_seen = True
                 stats[f"keepalives_in.{flow.transport.value}"] += 1
                 flow.send_nowait(b"\r\n")
                 continue

@@ -263,7 +263,6 @@ async def _reader(flow: Flow, ws: WebSocketConnection, intake: Intake) -> None:
             if data == b"\r\n":
                 flow.crlf_answered()  # the answer to our CRLFCRLF
             else:
-                flow.valid_seen = True
                 stats[f"keepalives_in.{flow.transport.value}"] += 1
                 flow.send_nowait(b"\r\n")  # RFC 5626 4.4.1: answer a CRLFCRLF ping at once
             continue
