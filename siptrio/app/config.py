@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 __all__ = [
     "AdminConfig",
     "AuthSection",
+    "ClusterSection",
     "Config",
     "ConfigError",
     "ControlConfig",
@@ -127,6 +128,8 @@ class RegistrarSection:
     max_expires: int = 7200
     max_contacts: int = 10  # per AOR
     database: str = field(default_factory=default_database_path)  # or ":memory:"
+    backend: str = "sqlite"  # sqlite | redis
+    redis_url: str = "redis://127.0.0.1:6379/0"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +145,16 @@ class AdminConfig:
     listen_addr: str = "127.0.0.1"
     listen_port: int = 8088
     token: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterSection:
+    """With [registrar] backend = redis, every siptrio sharing the Redis is a node."""
+
+    node_id: str | None = None  # None: host name and process id
+    internal_addr: str = "127.0.0.1"  # where other nodes send this node's traffic
+    internal_port: int = 0  # 0: a free port, advertised in the heartbeat
+    heartbeat_ttl: float = 5.0  # a node silent this long is dead: its flows' bindings go
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,6 +211,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     media: MediaSection = field(default_factory=MediaSection)
     auth: AuthSection = field(default_factory=AuthSection)
+    cluster: ClusterSection = field(default_factory=ClusterSection)
     security: SecuritySection = field(default_factory=SecuritySection)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str | None = None  # the config file, None when running on defaults
@@ -272,6 +286,22 @@ def _choice(*allowed: str, upper: bool = False) -> Parse:
         raise _BadValue(f"expected one of {', '.join(shown)}")
 
     return parse
+
+
+def _redis_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise _BadValue(f"expected a Redis URL, e.g. redis://127.0.0.1:6379/0; got {text!r}")
+    return text.strip()
+
+
+def _node_id(text: str) -> str | None:
+    node = text.strip()
+    if not node:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", node):
+        raise _BadValue(f"expected letters, digits, '.', '_' or '-' (up to 63); got {node!r}")
+    return node
 
 
 def _optional_realm(text: str) -> str | None:
@@ -523,8 +553,20 @@ _SECTIONS: dict[str, _Section] = {
             "max_expires": _integer(1, 2**32 - 1, "an integer number of seconds"),
             "max_contacts": _integer(1, 1000),
             "database": _path,
+            "backend": _choice("sqlite", "redis"),
+            "redis_url": _redis_url,
         },
         paths=frozenset({"database"}),
+    ),
+    "cluster": _Section(
+        attribute="cluster",
+        cls=ClusterSection,
+        keys={
+            "node_id": _node_id,
+            "internal_addr": _address,
+            "internal_port": _port,
+            "heartbeat_ttl": _seconds,
+        },
     ),
     "proxy": _Section(
         attribute="proxy",

@@ -13,9 +13,11 @@ import ipaddress
 import logging
 import math
 import os
+import socket
 import ssl
 import time
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import trio
@@ -31,15 +33,22 @@ from ..core.registrar import RegistrarConfig
 from ..core.types import Listener, Transport
 from ..sip import Request, Response, make_response
 from ..sip.transaction import Timers
+from ..store.redis_store import RedisStore
 from ..store.sqlite import SqliteStore
 from ..transport.hub import FlowClosed, Hub, Inbound, SendFailed
 from ..transport.intake import Intake
 from ..transport.outbound import Connector
 from ..transport.rtpengine import MediaError, NgClient, parse_engine
-from ..transport.stream import ConnectionLimits, StreamOptions, serve_stream_listener
+from ..transport.stream import (
+    ConnectionLimits,
+    StreamOptions,
+    open_tcp_listeners,
+    serve_stream_listener,
+)
 from ..transport.tls import TlsSetupError, client_context, server_context
 from ..transport.udp import bind_udp, serve_udp
 from ..transport.ws import WsOptions, WsPolicy, serve_ws
+from .cluster import Cluster
 from .config import Config
 from .events import EventBus
 from .simcall import Simulator
@@ -74,9 +83,19 @@ def _loopback(host: str) -> bool:
 
 
 class Server:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, worker: int | None = None) -> None:
+        self.worker = worker  # index under `siptrio serve --workers N`
+        self.reuse_port = worker is not None
         self.config = config
         self.realm = realm_of(config)
+        self.clustered = config.registrar.backend == "redis"
+        base = config.cluster.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.node = (
+            base
+            if worker is None
+            else f"{config.cluster.node_id or socket.gethostname()}-w{worker}"
+        )
+        self.cluster: Cluster | None = None
         self.hub = Hub(trace=config.logging.sip_trace, log_trace=config.logging.sip_trace)
         self.location = Location()
         reg = config.registrar
@@ -88,6 +107,7 @@ class Server:
                     max_expires=reg.max_expires,
                     max_contacts=reg.max_contacts,
                     domains=config.sip.domains,
+                    node=self.node if self.clustered else None,
                 ),
                 proxy=ProxyConfig(
                     domains=config.sip.domains,
@@ -95,6 +115,7 @@ class Server:
                     record_route=config.proxy.record_route,
                     max_dialog_duration=config.proxy.max_dialog_duration,
                     advertised_address=config.sip.advertised_address,
+                    node_id=self.node if self.clustered else None,
                     media=MediaConfig(
                         enabled=bool(config.media.rtpengine),
                         mode=MediaMode(config.media.mode),
@@ -126,7 +147,7 @@ class Server:
         self.ops: Any = None  # where the admin API and the control socket listen
         self.events = EventBus()
         self.listeners: list[Listener] = []
-        self.store: SqliteStore | None = None
+        self.store: Any = None  # SqliteStore, or RedisStore in a cluster
         self.stats: Counter[str] = self.hub.stats
         self.started_at = time.time()
         self._store_send: trio.MemorySendChannel[Persist] | None = None
@@ -137,14 +158,22 @@ class Server:
         self, *, task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         cfg = self.config
-        self.store = await trio.to_thread.run_sync(SqliteStore, cfg.registrar.database)
+        if self.clustered:
+            self.store = await trio.to_thread.run_sync(
+                RedisStore, cfg.registrar.redis_url, self.node
+            )
+            secret = await trio.to_thread.run_sync(self.store.cluster_secret)
+            self.dispatcher.auth._secret = secret  # nonces and flow tokens valid cluster-wide
+            self.dispatcher.proxy.cluster_secret = secret
+        else:
+            self.store = await trio.to_thread.run_sync(SqliteStore, cfg.registrar.database)
         try:
             loaded = await trio.to_thread.run_sync(self.store.load, time.time())
             for b in loaded.bindings:
                 self.location.put(b)
             log.info(
                 "location store %s: %d bindings loaded, %d expired and %d flow-bound removed",
-                cfg.registrar.database,
+                cfg.registrar.redis_url if self.clustered else cfg.registrar.database,
                 len(loaded.bindings),
                 loaded.expired,
                 loaded.stale_flows,
@@ -188,7 +217,15 @@ class Server:
                     report_failure=self.hub.failed,
                 )
                 await self._start_listeners(nursery, intake)
-                self.dispatcher.set_listeners(self.listeners)
+                internal = await self._start_internal(nursery, intake)
+                self.dispatcher.set_listeners(self.listeners + ([internal] if internal else []))
+                if internal is not None:
+                    self.dispatcher.proxy.internal = internal
+                    self.cluster = Cluster(
+                        self, self.store, node=self.node, ttl=cfg.cluster.heartbeat_ttl
+                    )
+                    await nursery.start(self.cluster.run)
+                    log.info("cluster node %s, internal address %s", self.node, internal)
                 wildcard = [li for li in self.listeners if li.host in ("0.0.0.0", "::")]
                 if wildcard and not cfg.sip.advertised_address:
                     log.warning(
@@ -234,7 +271,10 @@ class Server:
         for host in cfg.sip.listen_addr:
             if cfg.sip.udp_enable:
                 sock = await self._bind(
-                    Transport.UDP, host, cfg.sip.udp_port, bind_udp(host, cfg.sip.udp_port)
+                    Transport.UDP,
+                    host,
+                    cfg.sip.udp_port,
+                    bind_udp(host, cfg.sip.udp_port, reuse_port=self.reuse_port),
                 )
                 await nursery.start(serve_udp, sock, intake)
                 self.listeners.append(
@@ -265,6 +305,20 @@ class Server:
             for host in cfg.tls.listen_addr or cfg.sip.listen_addr:
                 await self._start_stream(nursery, intake, tls_opts, host, cfg.tls.listen_port)
         await self._start_websocket(nursery, intake)
+
+    async def _start_internal(self, nursery: trio.Nursery, intake: Intake) -> Listener | None:
+        """In a cluster, the UDP socket other nodes reach this one on (never shared)."""
+        if not self.clustered:
+            return None
+        c = self.config.cluster
+        sock = await self._bind(
+            Transport.UDP,
+            c.internal_addr,
+            c.internal_port,
+            bind_udp(c.internal_addr, c.internal_port),
+        )
+        await nursery.start(serve_udp, sock, intake)
+        return Listener(transport=Transport.UDP, host=c.internal_addr, port=sock.getsockname()[1])
 
     def _outbound_options(self, transport: Transport) -> StreamOptions:
         base = self._stream_options
@@ -313,7 +367,15 @@ class Server:
                     transport,
                     host,
                     port,
-                    nursery.start(serve_ws, host, port, ctx, intake, options, policy),
+                    nursery.start(
+                        partial(serve_ws, reuse_port=self.reuse_port),
+                        host,
+                        port,
+                        ctx,
+                        intake,
+                        options,
+                        policy,
+                    ),
                 )
                 self.listeners.append(Listener(transport=transport, host=host, port=bound))
 
@@ -321,7 +383,7 @@ class Server:
         self, nursery: trio.Nursery, intake: Intake, opts: StreamOptions, host: str, port: int
     ) -> None:
         listeners = await self._bind(
-            opts.transport, host, port, trio.open_tcp_listeners(port, host=host)
+            opts.transport, host, port, open_tcp_listeners(host, port, reuse_port=self.reuse_port)
         )
         for tcp_listener in listeners:
             await nursery.start(serve_stream_listener, tcp_listener, intake, opts)

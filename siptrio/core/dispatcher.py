@@ -26,7 +26,7 @@ from ..sip.uri import SipUri
 from .auth import AuthConfig, Authenticator
 from .dialogs import DialogEvent, DialogEventKind, Dialogs
 from .events import Action, BindingEvent, BindingEventKind, Persist, Publish
-from .location import Location
+from .location import Binding, Location
 from .proxy import Proxy, ProxyConfig
 from .registrar import SUPPORTED_OPTIONS, Registrar, RegistrarConfig
 from .types import Listener, Peer
@@ -178,6 +178,31 @@ class Dispatcher:
                 Publish(event=BindingEvent(kind=BindingEventKind.REMOVED, binding=b))
                 for b in bindings
             ),
+        ]
+
+    def apply_remote(
+        self, upserts: list[Binding], deletes: list[tuple[str, str]], now: float
+    ) -> list[Action]:
+        """Another node of the cluster changed bindings (already in Redis): mirror them."""
+        out: list[Action] = []
+        for aor, key in deletes:
+            b = self.location.remove(aor, key)
+            if b is not None:
+                out.append(Publish(event=BindingEvent(kind=BindingEventKind.REMOVED, binding=b)))
+        for b in upserts:
+            old = self.location.put(b)
+            kind = BindingEventKind.ADDED if old is None else BindingEventKind.REFRESHED
+            out.append(Publish(event=BindingEvent(kind=kind, binding=b)))
+        return out
+
+    def node_gone(self, node: str, now: float) -> list[Action]:
+        """A node stopped heartbeating: the bindings made over its flows cannot be reached."""
+        gone = [b for b in self.location if b.node == node and b.flow_id is not None]
+        for b in gone:
+            self.location.remove(b.aor, b.key)
+        self.stats["cluster_bindings_dropped"] += len(gone)
+        return [
+            Publish(event=BindingEvent(kind=BindingEventKind.FLOW_CLOSED, binding=b)) for b in gone
         ]
 
     def next_deadline(self) -> float:

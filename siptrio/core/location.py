@@ -37,6 +37,7 @@ class Binding:
     flow_id: str | None
     registered_at: float
     updated_at: float
+    node: str | None = None  # the cluster node that holds its flow (None: single node)
 
     def expires_in(self, now: float) -> int:
         return max(0, int(self.expires_at - now + 0.5))

@@ -15,6 +15,7 @@ host is an IP address inside ``allowed_destinations``.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 import itertools
 import os
@@ -68,6 +69,7 @@ class ProxyConfig:
     server_name: str = "siptrio"
     advertised_address: str | None = None
     media: MediaConfig = field(default_factory=MediaConfig)
+    node_id: str | None = None  # set in a cluster: bindings of other nodes route via them
 
 
 @dataclass(eq=False)
@@ -141,6 +143,10 @@ class Proxy:
         self._own: set[tuple[str, int]] = set()
         self.branches: dict[Hashable, Branch] = {}
         self._media_ops: dict[int, MediaResume] = {}
+        # cluster: other nodes' internal SIP addresses, and the key that signs flow tokens
+        self.cluster_nodes: dict[str, tuple[str, int]] = {}
+        self.internal: Listener | None = None
+        self.cluster_secret = b""
         self._op_ids = itertools.count(1)
 
     # --- our own addresses --------------------------------------------------------------
@@ -184,6 +190,10 @@ class Proxy:
             return True
         return uri.port is None and self.location.serves_domain(host)
 
+    def _is_node(self, uri: SipUri) -> bool:
+        """Another node of the cluster: always reachable, never a relay."""
+        return (uri.host_ip, uri.port or 5060) in self.cluster_nodes.values()
+
     def relay_allowed(self, host: str) -> bool:
         ip = ip_of(host)
         return ip is not None and any(ip in net for net in self.config.allowed_destinations)
@@ -211,6 +221,8 @@ class Proxy:
 
         req, last_own = self._preprocess_routes(req)
         ctx.request = req
+        if last_own is not None and last_own.param("ft"):
+            return out + self._to_flow(ctx, last_own.param("ft") or "", now, wall)
         if req.to.tag is not None:
             return out + self._in_dialog(ctx, last_own, now, wall)
         if req.routes:
@@ -297,6 +309,12 @@ class Proxy:
             dest = self._dest_for_binding(b)
             if dest is None:
                 continue
+            if self._remote(b):
+                assert b.flow_id is not None
+                hp = _hostport(dest.host, dest.port)
+                route = f"<sip:{hp};lr;ft={self.flow_token(b.flow_id)}>"
+                targets.append((b.contact_uri, dest, b, (*b.path, route)))
+                continue
             if dest.flow_id is None and (dest.host.lower(), dest.port) in self._own:
                 self.stats["targets_skipped_self"] += 1
                 continue
@@ -308,6 +326,18 @@ class Proxy:
         return self._fork(ctx, targets, now, wall)
 
     def _dest_for_binding(self, b: Binding) -> Peer | None:
+        if self._remote(b):
+            node = self.cluster_nodes.get(b.node or "")
+            internal = self.internal
+            if node is None or internal is None:
+                return None  # its node is gone (or was never heard of): not usable
+            return Peer(
+                transport=Transport.UDP,
+                host=node[0],
+                port=node[1],
+                local_host=internal.host,
+                local_port=internal.port,
+            )
         return Peer(
             transport=b.transport,
             host=b.source_host,
@@ -340,12 +370,42 @@ class Proxy:
             transport=transport, host=host, port=port, local_host=li.host, local_port=li.port
         )
 
+    # --- the cluster: flows held by other nodes ------------------------------------------
+
+    def flow_token(self, flow_id: str) -> str:
+        mac = hmac.new(self.cluster_secret, flow_id.encode(), hashlib.sha256).hexdigest()[:16]
+        return f"{flow_id}.{mac}"
+
+    def _to_flow(self, ctx: Context, token: str, now: float, wall: float) -> list[Action]:
+        """A request another node routed here for one of our flows (RFC 5626 flow token)."""
+        flow_id, _, _mac = token.rpartition(".")
+        if not self.cluster_secret or not hmac.compare_digest(
+            self.flow_token(flow_id).encode(), token.encode()
+        ):
+            self.stats["flow_token_bad"] += 1
+            return self._respond(ctx, 403, "Forbidden (bad flow token)", now)
+        bindings = self.location.on_flow(flow_id)
+        if not bindings:
+            return self._respond(ctx, 430, "Flow Failed", now)
+        b = bindings[0]
+        dest = self._dest_for_binding(b)
+        assert dest is not None
+        return self._fork(ctx, [(ctx.request.uri_text, dest, b, ())], now, wall)
+
+    def _remote(self, b: Binding) -> bool:
+        return (
+            b.flow_id is not None
+            and b.node is not None
+            and self.config.node_id is not None
+            and (b.node != self.config.node_id)
+        )
+
     def _to_next_hop(self, ctx: Context, now: float, wall: float) -> list[Action]:
         req = ctx.request
         top = req.routes[0].uri
         if not isinstance(top, SipUri):
             return self._respond(ctx, 416, "Unsupported URI Scheme in Route", now)
-        if not self.relay_allowed(top.host):
+        if not self.relay_allowed(top.host) and not self._is_node(top):
             self.stats["relay_denied"] += 1
             return self._respond(ctx, 403, "Relaying denied", now)
         dest = self._dest_for_uri(top, ctx.peer)
@@ -357,10 +417,10 @@ class Proxy:
         self, ctx: Context, last_own: SipUri | None, now: float, wall: float
     ) -> list[Action]:
         req = ctx.request
-        if req.routes:
-            return self._to_next_hop(ctx, now, wall)
         found = self.dialogs.find(req.call_id, req.from_.tag, req.to.tag)
         if found is None:
+            if req.routes:
+                return self._to_next_hop(ctx, now, wall)
             uri = req.uri
             # Outside any dialog we know, only an allowed destination is reachable: a
             # forged Route of ours does not open a relay.
@@ -377,6 +437,8 @@ class Proxy:
             if dialog.failed_flow is not None:
                 return self._respond(ctx, 430, "Flow Failed", now)
             return self._respond(ctx, 481, "Call/Transaction Does Not Exist", now)
+        # The other leg: its flow or address (routes left beyond ours go on with it,
+        # e.g. to the next node of a cluster).
         leg = dialog.callee if from_caller else dialog.caller
         return self._fork(ctx, [(req.uri_text, leg.peer, None, ())], now, wall)
 

@@ -29,6 +29,7 @@ class RegistrarConfig:
     max_expires: int = 7200
     max_contacts: int = 10  # per AOR
     domains: tuple[str, ...] = ()  # empty: any domain
+    node: str | None = None  # in a cluster: stamped on bindings (who holds their flow)
 
 
 @dataclass(kw_only=True)
@@ -154,6 +155,7 @@ class Registrar:
                 flow_id=peer.flow_id,
                 registered_at=old.registered_at if old is not None else now,
                 updated_at=now,
+                node=cfg.node,
             )
             if old is not None and old.flow_id and old.flow_id != peer.flow_id:
                 replaced.append(old)

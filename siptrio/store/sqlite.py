@@ -74,6 +74,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # Cluster: which node holds a binding's flow.
+    ("ALTER TABLE bindings ADD COLUMN node TEXT",),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

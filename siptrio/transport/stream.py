@@ -302,3 +302,28 @@ async def _reader(
             if await intake.admit(result):
                 await intake.deliver(result)
             del event, result  # nor the last parsed message
+
+
+async def open_tcp_listeners(
+    host: str, port: int, *, reuse_port: bool = False
+) -> list[trio.SocketListener]:
+    """trio.open_tcp_listeners, or one socket with SO_REUSEPORT for worker processes.
+
+    Workers of ``siptrio serve --workers N`` each bind the same port; the kernel
+    spreads new connections across them.
+    """
+    if not reuse_port:
+        return await trio.open_tcp_listeners(port, host=host)
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        if family == trio.socket.AF_INET6:
+            sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+        await sock.bind((host, port))
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    return [trio.SocketListener(sock)]

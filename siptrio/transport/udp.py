@@ -25,7 +25,7 @@ BATCH = 64  # datagrams handled per wake-up before others get a turn
 SOCKET_BUFFER = 4 * 1024 * 1024
 
 
-async def bind_udp(host: str, port: int) -> stdsocket.socket:
+async def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> stdsocket.socket:
     """A plain non-blocking socket: the receive loop drains it without a trio wrapper."""
     family = stdsocket.AF_INET6 if ipaddress.ip_address(host).version == 6 else stdsocket.AF_INET
     sock = stdsocket.socket(family, stdsocket.SOCK_DGRAM)
@@ -33,6 +33,8 @@ async def bind_udp(host: str, port: int) -> stdsocket.socket:
         sock.setblocking(False)
         if family == stdsocket.AF_INET6:
             sock.setsockopt(stdsocket.IPPROTO_IPV6, stdsocket.IPV6_V6ONLY, 1)
+        if reuse_port:  # worker processes share the port; the kernel spreads datagrams
+            sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEPORT, 1)
         for opt in (stdsocket.SO_RCVBUF, stdsocket.SO_SNDBUF):
             with contextlib.suppress(OSError):
                 sock.setsockopt(stdsocket.SOL_SOCKET, opt, SOCKET_BUFFER)

@@ -23,13 +23,13 @@ from trio_websocket import (
     WebSocketConnection,
     WebSocketRequest,
     WebSocketServer,
-    serve_websocket,
 )
 
 from ..core.types import Transport
 from .hub import Flow
 from .intake import Intake
 from .keepalive import crlf_keepalive, first_message_guard, ws_ping_keepalive
+from .stream import open_tcp_listeners
 
 __all__ = ["WsOptions", "WsPolicy", "serve_ws"]
 
@@ -69,23 +69,24 @@ async def serve_ws(
     options: WsOptions,
     policy: WsPolicy,
     *,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve one WS or WSS listener; ``started`` reports the bound port."""
+    tcp = await open_tcp_listeners(host, port, reuse_port=reuse_port)
+    listeners: list[trio.SSLListener[trio.SocketStream] | trio.SocketListener] = list(tcp)
+    if ssl_context is not None:
+        listeners = [trio.SSLListener(li, ssl_context, https_compatible=True) for li in tcp]
+    server = WebSocketServer(
+        partial(_handle, intake=intake, options=options, policy=policy),
+        listeners,
+        max_message_size=options.max_message_size,
+        connect_timeout=options.handshake_timeout,
+        disconnect_timeout=2.0,
+    )
     async with trio.open_nursery() as nursery:
-        server: WebSocketServer = await nursery.start(
-            partial(
-                serve_websocket,
-                partial(_handle, intake=intake, options=options, policy=policy),
-                host,
-                port,
-                ssl_context,
-                max_message_size=options.max_message_size,
-                connect_timeout=options.handshake_timeout,
-                disconnect_timeout=2.0,
-            )
-        )
-        task_status.started(server.port)
+        await nursery.start(server.run)
+        task_status.started(tcp[0].socket.getsockname()[1])
 
 
 def _header(request: WebSocketRequest, name: bytes) -> str | None:

@@ -268,7 +268,7 @@ ERRORS = {
         [sipp]
         tcp_port = 5060
         """,
-        "{path}:3: unknown section [sipp]; known sections: admin, auth, control, logging, media, proxy, "
+        "{path}:3: unknown section [sipp]; known sections: admin, auth, cluster, control, logging, media, proxy, "
         "registrar, security, sip, sip_tls, sip_websocket",
     ),
     "DEFAULT is not special": (

@@ -96,7 +96,7 @@ def test_schema_has_a_column_per_binding_field_and_a_version(
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(bindings)")}
     assert columns == [f.name for f in dataclasses.fields(Binding)]
-    assert version == SCHEMA_VERSION == 2
+    assert version == SCHEMA_VERSION == 3
     assert mode == "wal"
     assert {"bindings_expires_at", "bindings_flow_id"} <= indexes
 

@@ -1,0 +1,143 @@
+"""Cluster membership over Redis: heartbeats, the shared location feed, dead nodes.
+
+Each node announces itself (node id and internal SIP address) under a key that
+expires after ``heartbeat_ttl`` unless refreshed; keeps its in-memory location in
+step with what other nodes publish; and, when a node's heartbeat is gone, drops
+the bindings made over that node's flows (they cannot be reached any more) so calls
+to them get 480 within the TTL plus a second. It also publishes a small view of
+its dialogs and flows, so that any node's admin API can show the whole cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..store.redis_store import RedisStore, binding_from_json
+from .views import dialogs_view, flows_view
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["Cluster"]
+
+log = logging.getLogger("siptrio.cluster")
+
+MONITOR_SECONDS = 1.0
+
+
+class Cluster:
+    def __init__(self, server: Server, store: RedisStore, *, node: str, ttl: float) -> None:
+        self.server = server
+        self.store = store
+        self.node = node
+        self.ttl = ttl
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._trusted_nodes: set[tuple[str, int]] = set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        internal = self.server.dispatcher.proxy.internal
+        assert internal is not None
+        self.info = {"host": internal.host, "port": internal.port, "started_at": time.time()}
+        await trio.to_thread.run_sync(self.store.heartbeat, self.info, self.ttl)
+        await self._refresh_nodes()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._heartbeat)
+                nursery.start_soon(self._monitor)
+                nursery.start_soon(self._feed)
+                task_status.started()
+        finally:
+            self._stop.set()
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await trio.to_thread.run_sync(self.store.leave)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await trio.sleep(self.ttl / 3)
+            try:
+                await trio.to_thread.run_sync(self.store.heartbeat, self.info, self.ttl)
+                view = {
+                    "node": self.node,
+                    "dialogs": dialogs_view(self.server, time.time()),
+                    "flows": flows_view(self.server, trio.current_time()),
+                }
+                await trio.to_thread.run_sync(self.store.publish_view, view, self.ttl)
+            except Exception:
+                log.exception("cluster heartbeat failed")
+
+    async def _refresh_nodes(self) -> None:
+        nodes = await trio.to_thread.run_sync(self.store.nodes)
+        self.nodes = nodes
+        proxy = self.server.dispatcher.proxy
+        proxy.cluster_nodes = {
+            name: (str(info["host"]), int(info["port"]))
+            for name, info in nodes.items()
+            if name != self.node
+        }
+        trusted = self.server.dispatcher.trusted
+        trusted.difference_update(self._trusted_nodes)
+        self._trusted_nodes = {(h, p) for h, p in proxy.cluster_nodes.values()}
+        trusted.update(self._trusted_nodes)
+
+    async def _monitor(self) -> None:
+        while True:
+            await trio.sleep(MONITOR_SECONDS)
+            try:
+                await self._refresh_nodes()
+            except Exception:
+                log.exception("reading cluster nodes failed")
+                continue
+            alive = set(self.nodes)
+            holders = {b.node for b in self.server.location if b.node and b.flow_id is not None}
+            for node in holders - alive - {self.node}:
+                log.warning(
+                    "node %s stopped heartbeating: dropping the bindings on its flows", node
+                )
+                actions = self.server.dispatcher.node_gone(node, trio.current_time())
+                await self.server.execute(actions)
+                try:
+                    await trio.to_thread.run_sync(self.store.remove_node_flows, node)
+                except Exception:
+                    log.exception("removing node %s's bindings from Redis failed", node)
+
+    async def _feed(self) -> None:
+        """Other nodes' binding changes, from the pub/sub thread into the core."""
+        send, receive = trio.open_memory_channel[dict[str, Any]](10_000)
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(note: dict[str, Any]) -> None:
+            with contextlib.suppress(trio.WouldBlock, trio.RunFinishedError, trio.Cancelled):
+                trio.from_thread.run_sync(send.send_nowait, note, trio_token=token)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._listen, deliver)
+            async for note in receive:
+                upserts = [binding_from_json(text) for text in note.get("upserts", [])]
+                deletes = [(str(a), str(k)) for a, k in note.get("deletes", [])]
+                known = self.server.dispatcher.proxy.cluster_nodes
+                if any(b.node and b.node != self.node and b.node not in known for b in upserts):
+                    # a node newer than our last look: learn its address before routing to it
+                    with contextlib.suppress(Exception):
+                        await self._refresh_nodes()
+                actions = self.server.dispatcher.apply_remote(upserts, deletes, trio.current_time())
+                if actions:
+                    await self.server.execute(actions)
+
+    async def _listen(self, deliver: Any) -> None:
+        try:
+            await trio.to_thread.run_sync(
+                self.store.listen, deliver, self._stop, abandon_on_cancel=True
+            )
+        except Exception:
+            log.exception("the Redis feed stopped")
+
+    def remote_views(self) -> dict[str, dict[str, Any]]:
+        """Filled by the admin API on demand (blocking: call from a thread)."""
+        return {k: v for k, v in self.store.views().items() if k != self.node}

@@ -1,0 +1,101 @@
+"""Two siptrio nodes sharing location through Redis, reaching each other's flows."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import trio
+from conftest import Redis
+from support.client import SipClient
+from support.server import ServerProcess
+from support.ua import SDP, UA
+
+BASE = [
+    "--set", "sip.listen_addr=127.0.0.1",
+    "--set", "sip.udp_port=0",
+    "--set", "sip.tcp_port=0",
+    "--set", "sip.domains=example.com",
+    "--set", "sip_websocket.listen_port=0",
+    "--set", "admin.enable=false",
+    "--set", "control.enable=false",
+    "--set", "registrar.backend=redis",
+    "--set", "cluster.heartbeat_ttl=2",
+]  # fmt: skip
+
+
+def node(tmp_path: Path, redis: Redis, name: str) -> ServerProcess:
+    return ServerProcess(
+        [
+            "serve",
+            *BASE,
+            "--set",
+            f"registrar.redis_url={redis.url}",
+            "--set",
+            f"cluster.node_id={name}",
+        ],
+        log_path=tmp_path / f"{name}.log",
+    )
+
+
+async def call(caller: UA, callee: UA, *, callee_hangs_up: bool) -> None:
+    invite, _call_id = caller.invite(callee.user)
+    await caller.client.send(invite)
+    got = await callee.expect_request("INVITE")
+    await callee.reply(got, 180, "Ringing")
+    await callee.reply(got, 200, "OK", body=SDP)
+    ok = await caller.expect_response("INVITE")
+    assert ok.status == 200
+    d = caller.uac_dialog(invite, ok)
+    await caller.client.send(caller.ack(d))
+    await callee.expect_request("ACK")
+    if callee_hangs_up:
+        await callee.client.send(callee.in_dialog(callee.uas_dialog(got), "BYE"))
+        bye = await caller.expect_request("BYE")
+        await caller.reply(bye, 200, "OK")
+        assert (await callee.expect_response("BYE")).status == 200
+    else:
+        await caller.client.send(caller.in_dialog(d, "BYE"))
+        bye = await callee.expect_request("BYE")
+        await callee.reply(bye, 200, "OK")
+        assert (await caller.expect_response("BYE")).status == 200
+
+
+async def test_udp_caller_on_a_reaches_ws_callee_on_b_and_b_dying_gives_480(
+    tmp_path: Path, redis_server: Redis, nursery: trio.Nursery
+) -> None:
+    a = node(tmp_path, redis_server, "node-a")
+    b = node(tmp_path, redis_server, "node-b")
+    try:
+        a_addr = await trio.to_thread.run_sync(a.wait_ready, 3)
+        b_addr = await trio.to_thread.run_sync(b.wait_ready, 3)
+        browser = UA(await SipClient.connect("ws", *b_addr["ws"], nursery=nursery), "bob")
+        await browser.register()
+        phone = UA(await SipClient.connect("udp", *a_addr["udp"]), "alice")
+        await phone.register()
+        # node A learns bob's binding from Redis; give the feed a moment
+        await trio.sleep(0.5)
+        await call(phone, browser, callee_hangs_up=False)
+        await call(phone, browser, callee_hangs_up=True)
+
+        b.proc.send_signal(signal.SIGKILL)  # its flows die with it, unannounced
+        await trio.to_thread.run_sync(b.proc.wait)
+        start = trio.current_time()
+        status = 0
+        with trio.fail_after(10):
+            while status != 480:
+                # until A notices, its INVITE goes to B and meets silence (Timer B later)
+                invite, _ = phone.invite("bob")
+                await phone.client.send(invite)
+                with trio.move_on_after(1):
+                    r = await phone.expect_response("INVITE")
+                    status = r.status
+        assert trio.current_time() - start <= 2 + 2  # heartbeat TTL + the monitor's second
+        # bob comes back on node A over UDP: reachable again
+        bob_again = UA(await SipClient.connect("udp", *a_addr["udp"]), "bob")
+        await bob_again.register()
+        await call(phone, bob_again, callee_hangs_up=False)
+    finally:
+        a.stop()
+        b.stop()
+        assert "Traceback" not in a.output(), a.output()
