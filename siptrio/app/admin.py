@@ -330,9 +330,25 @@ def create_app(
     async def list_clients() -> list[dict[str, Any]]:
         return bindings_view(server, time.time())
 
-    @app.get("/dialogs", summary="Every dialog the proxy record-routed (ended ones linger)")
+    async def whole_cluster(kind: str, own: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Ours, then what the other nodes last published (at most a third of a TTL old)."""
+        out = [{**item, "node": server.node} for item in own]
+        if server.cluster is not None:
+            try:
+                views = await trio.to_thread.run_sync(server.cluster.remote_views)
+            except Exception:
+                log.exception("reading the other nodes' views failed")
+                views = {}
+            for name in sorted(views):
+                out += [{**item, "node": name} for item in views[name].get(kind, [])]
+        return out
+
+    @app.get(
+        "/dialogs",
+        summary="Every dialog the proxy record-routed (ended ones linger), on every node",
+    )
     async def dialogs() -> list[dict[str, Any]]:
-        return dialogs_view(server, time.time())
+        return await whole_cluster("dialogs", dialogs_view(server, time.time()))
 
     @app.get(
         "/dialogs/{dialog_id}/media",
@@ -357,9 +373,12 @@ def create_app(
         counts = summarize_query(reply, d.caller.tag, d.callee.tag)
         return {"id": d.id, "call_id": d.call_id, "media": "bridged", **counts}
 
-    @app.get("/connections", summary="Open flows (TCP, TLS, WS, WSS) and the bindings on them")
+    @app.get(
+        "/connections",
+        summary="Open flows (TCP, TLS, WS, WSS) and the bindings on them, on every node",
+    )
     async def connections() -> list[dict[str, Any]]:
-        return flows_view(server, trio.current_time())
+        return await whole_cluster("flows", flows_view(server, trio.current_time()))
 
     @app.get("/health", summary="Liveness, version, uptime and listeners")
     async def health() -> dict[str, Any]:

@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override one config key, e.g. --set sip.udp_port=5070 (repeatable)",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run N worker processes sharing the ports (needs [registrar] backend = redis)",
+    )
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
 
     check = sub.add_parser(
         "check-config", help="validate a config file and print the effective settings"
@@ -101,10 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, *, worker: int | None = None) -> None:
+    who = "" if worker is None else f"[w{worker}] "
     logging.basicConfig(
         level=getattr(logging, level),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)-7s {who}%(name)s: %(message)s",
         stream=sys.stderr,
     )
 
@@ -122,14 +130,33 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"siptrio: {e}", file=sys.stderr)
         return 2
-    _setup_logging(config.logging.level)
+    _setup_logging(config.logging.level, worker=args.worker_index)
     if config.logging.sip_trace:
         logging.getLogger("siptrio.trace").setLevel(logging.INFO)
+    if args.workers is not None:
+        if args.workers < 1:
+            print("siptrio: --workers needs a number of 1 or more", file=sys.stderr)
+            return 2
+        if config.registrar.backend != "redis":
+            print(
+                "siptrio: --workers needs a shared location: set [registrar] backend = redis "
+                "(and redis_url)",
+                file=sys.stderr,
+            )
+            return 2
+        from .workers import supervise
+
+        passed = ["--config", args.config] if args.config else []
+        passed += ["--sip-trace"] if args.sip_trace else []
+        passed += ["--log-level", args.log_level] if args.log_level else []
+        for item in args.set:
+            passed += ["--set", item]
+        return supervise(config, args.workers, passed)
     from ..store.sqlite import StoreError
     from .server import Server, StartupError
 
     try:
-        trio.run(_serve_until_signal, Server(config))
+        trio.run(_serve_until_signal, Server(config, worker=args.worker_index))
     except BaseException as e:
         # Trio's nurseries wrap errors in exception groups: find ours inside.
         found = _find(e, (StartupError, StoreError))

@@ -89,12 +89,8 @@ class Server:
         self.config = config
         self.realm = realm_of(config)
         self.clustered = config.registrar.backend == "redis"
-        base = config.cluster.node_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.node = (
-            base
-            if worker is None
-            else f"{config.cluster.node_id or socket.gethostname()}-w{worker}"
-        )
+        # (the supervisor of --workers gives each worker its own node_id)
+        self.node = config.cluster.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.cluster: Cluster | None = None
         self.hub = Hub(trace=config.logging.sip_trace, log_trace=config.logging.sip_trace)
         self.location = Location()

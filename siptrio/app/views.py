@@ -82,6 +82,7 @@ def binding_view(b: Binding, now: float) -> dict[str, Any]:
         "path": list(b.path),
         "registered_at": iso(b.registered_at),
         "updated_at": iso(b.updated_at),
+        "node": b.node,
     }
 
 

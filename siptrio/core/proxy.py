@@ -110,6 +110,19 @@ class Context:
     bridged_dialog: bool = False  # in-dialog request of a bridged dialog
 
 
+def node_tag(node: str) -> str:
+    """Six hex digits naming a cluster node in our branches and Record-Route entries."""
+    return hashlib.sha256(node.encode()).hexdigest()[:6]
+
+
+def _branch_node_tag(resp: Response) -> str | None:
+    vias = resp.vias
+    branch = vias[0].branch if vias else None
+    if not branch or not branch.startswith(_MAGIC):
+        return None
+    return branch.partition(".")[2][:6] or None
+
+
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -147,6 +160,10 @@ class Proxy:
         self.cluster_nodes: dict[str, tuple[str, int]] = {}
         self.internal: Listener | None = None
         self.cluster_secret = b""
+        # In a cluster our branches and Record-Route entries carry a tag of this node, so
+        # that a worker sharing our ports can pass on what the kernel gave it but is ours.
+        self.node_tag = node_tag(config.node_id) if config.node_id else ""
+        self._branch_tag = (self.node_tag or _SECRET[:6]) + _SECRET[:4]
         self._op_ids = itertools.count(1)
 
     # --- our own addresses --------------------------------------------------------------
@@ -328,16 +345,9 @@ class Proxy:
     def _dest_for_binding(self, b: Binding) -> Peer | None:
         if self._remote(b):
             node = self.cluster_nodes.get(b.node or "")
-            internal = self.internal
-            if node is None or internal is None:
+            if node is None or self.internal is None:
                 return None  # its node is gone (or was never heard of): not usable
-            return Peer(
-                transport=Transport.UDP,
-                host=node[0],
-                port=node[1],
-                local_host=internal.host,
-                local_port=internal.port,
-            )
+            return self._node_peer(node)
         return Peer(
             transport=b.transport,
             host=b.source_host,
@@ -371,6 +381,26 @@ class Proxy:
         )
 
     # --- the cluster: flows held by other nodes ------------------------------------------
+
+    def _node_peer(self, node: tuple[str, int]) -> Peer:
+        internal = self.internal
+        assert internal is not None
+        return Peer(
+            transport=Transport.UDP,
+            host=node[0],
+            port=node[1],
+            local_host=internal.host,
+            local_port=internal.port,
+        )
+
+    def _node_by_tag(self, tag: str | None) -> tuple[str, int] | None:
+        """The internal address of the other node whose tag this is, if any."""
+        if not tag or tag == self.node_tag or self.internal is None:
+            return None
+        for name, addr in self.cluster_nodes.items():
+            if node_tag(name) == tag:
+                return addr
+        return None
 
     def flow_token(self, flow_id: str) -> str:
         mac = hmac.new(self.cluster_secret, flow_id.encode(), hashlib.sha256).hexdigest()[:16]
@@ -419,6 +449,11 @@ class Proxy:
         req = ctx.request
         found = self.dialogs.find(req.call_id, req.from_.tag, req.to.tag)
         if found is None:
+            node = self._node_by_tag(last_own.param("nd") if last_own is not None else None)
+            if node is not None:
+                # The dialog is held by a worker sharing our address: route it through there.
+                self.stats["in_dialog_to_node"] += 1
+                return self._fork(ctx, [(req.uri_text, self._node_peer(node), None, ())], now, wall)
             if req.routes:
                 return self._to_next_hop(ctx, now, wall)
             uri = req.uri
@@ -456,8 +491,9 @@ class Proxy:
             # 100 Trying only once the INVITE is really going somewhere: a request we
             # refuse gets its final answer alone.
             out += self._respond(ctx, 100, "Trying", now)
+        loop = self._loop_hash(ctx.txn.request)
         for target_uri, dest, binding, path in targets:
-            branch = f"{_MAGIC}{self._loop_hash(ctx.txn.request)}.{_SECRET[:6]}{next(_counter):x}"
+            branch = f"{_MAGIC}{loop}.{self._branch_tag}{next(_counter):x}"
             fwd = self._forwarded(ctx, target_uri, dest, branch, path)
             b = Branch(ctx=ctx, branch=branch, request=fwd, peer=dest, binding=binding, txn=None)
             ctx.branches.append(b)
@@ -650,6 +686,8 @@ class Proxy:
     def _side_uri(self, peer: Peer) -> str:
         """Our address as a Record-Route entry for the side where ``peer`` is."""
         hp = self._our_hostport(peer)
+        if self.node_tag:
+            hp += f";nd={self.node_tag}"
         t = peer.transport
         if t is Transport.UDP:
             return f"<sip:{hp};lr>"
@@ -677,6 +715,12 @@ class Proxy:
     def on_response(self, resp: Response, peer: Peer, now: float, wall: float) -> list[Action]:
         txn = self.layer.find_client(resp)
         if txn is None:
+            node = self._node_by_tag(_branch_node_tag(resp))
+            if node is not None:
+                # A worker beside us sent the request from our shared port; the kernel
+                # gave us the answer. Hand it to its transaction over there.
+                self.stats["responses_to_node"] += 1
+                return [Send(data=resp.serialise(), peer=self._node_peer(node), message=resp)]
             self.stats["responses_stray"] += 1
             return []
         ack = None

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.ua import SDP, UA
 
 
 def free_tcp_port() -> int:
@@ -76,3 +77,26 @@ def redis_server(tmp_path: Path) -> Iterator[Redis]:
     r = Redis(tmp_path)
     yield r
     r.stop()
+
+
+async def call(caller: UA, callee: UA, *, callee_hangs_up: bool) -> None:
+    invite, _call_id = caller.invite(callee.user)
+    await caller.client.send(invite)
+    got = await callee.expect_request("INVITE")
+    await callee.reply(got, 180, "Ringing")
+    await callee.reply(got, 200, "OK", body=SDP)
+    ok = await caller.expect_response("INVITE")
+    assert ok.status == 200
+    d = caller.uac_dialog(invite, ok)
+    await caller.client.send(caller.ack(d))
+    await callee.expect_request("ACK")
+    if callee_hangs_up:
+        await callee.client.send(callee.in_dialog(callee.uas_dialog(got), "BYE"))
+        bye = await caller.expect_request("BYE")
+        await caller.reply(bye, 200, "OK")
+        assert (await callee.expect_response("BYE")).status == 200
+    else:
+        await caller.client.send(caller.in_dialog(d, "BYE"))
+        bye = await callee.expect_request("BYE")
+        await callee.reply(bye, 200, "OK")
+        assert (await caller.expect_response("BYE")).status == 200

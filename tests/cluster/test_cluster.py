@@ -6,10 +6,10 @@ import signal
 from pathlib import Path
 
 import trio
-from conftest import Redis
+from conftest import Redis, call
 from support.client import SipClient
 from support.server import ServerProcess
-from support.ua import SDP, UA
+from support.ua import UA
 
 BASE = [
     "--set", "sip.listen_addr=127.0.0.1",
@@ -36,29 +36,6 @@ def node(tmp_path: Path, redis: Redis, name: str) -> ServerProcess:
         ],
         log_path=tmp_path / f"{name}.log",
     )
-
-
-async def call(caller: UA, callee: UA, *, callee_hangs_up: bool) -> None:
-    invite, _call_id = caller.invite(callee.user)
-    await caller.client.send(invite)
-    got = await callee.expect_request("INVITE")
-    await callee.reply(got, 180, "Ringing")
-    await callee.reply(got, 200, "OK", body=SDP)
-    ok = await caller.expect_response("INVITE")
-    assert ok.status == 200
-    d = caller.uac_dialog(invite, ok)
-    await caller.client.send(caller.ack(d))
-    await callee.expect_request("ACK")
-    if callee_hangs_up:
-        await callee.client.send(callee.in_dialog(callee.uas_dialog(got), "BYE"))
-        bye = await caller.expect_request("BYE")
-        await caller.reply(bye, 200, "OK")
-        assert (await callee.expect_response("BYE")).status == 200
-    else:
-        await caller.client.send(caller.in_dialog(d, "BYE"))
-        bye = await callee.expect_request("BYE")
-        await callee.reply(bye, 200, "OK")
-        assert (await caller.expect_response("BYE")).status == 200
 
 
 async def test_udp_caller_on_a_reaches_ws_callee_on_b_and_b_dying_gives_480(

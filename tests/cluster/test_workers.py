@@ -1,0 +1,241 @@
+"""``siptrio serve --workers 2``: two processes behind the same ports, one location.
+
+The kernel spreads UDP datagrams and connections over the workers by source address
+(SO_REUSEPORT), so a caller and its callee often land on different workers. What this
+checks, with real processes, Redis and SIPp on 127.0.0.1:
+
+- SIPp registers 1,000 users over UDP, one socket per user (``-t un``) so that both
+  workers take some: every REGISTER succeeds and every binding is visible from both
+  workers' admin API, owned by one worker or the other;
+- calls between clients on different workers complete both ways, each side hanging
+  up (the callee's answers reach the caller's worker; a BYE from the side whose worker
+  does not hold the dialog is routed through the one that does), also to a WebSocket
+  callee whose connection is on the other worker;
+- the admin API of one worker lists the dialogs of both;
+- a worker killed with SIGKILL is started again, and SIGTERM to the supervisor stops
+  every worker cleanly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from conftest import Redis, call
+from support.client import SipClient
+from support.server import ServerProcess
+from support.ua import UA
+
+REPO = Path(__file__).resolve().parents[2]
+DOMAIN = "example.com"  # and 127.0.0.1, the domain of SIPp's register.xml
+
+_ADMIN = re.compile(r"\[w(\d)\] siptrio\.admin: admin API on http://127\.0\.0\.1:(\d+)")
+_STARTED = re.compile(r"worker (\d) started, pid (\d+)")
+
+
+class Workers:
+    def __init__(self, tmp_path: Path, redis: Redis, *extra: str) -> None:
+        self.proc = ServerProcess(
+            [
+                "serve",
+                "--workers",
+                "2",
+                *("--set", "sip.listen_addr=127.0.0.1"),
+                *("--set", "sip.udp_port=0"),
+                *("--set", "sip.tcp_port=0"),
+                *("--set", f"sip.domains={DOMAIN},127.0.0.1"),
+                *("--set", "sip_websocket.listen_port=0"),
+                *("--set", "admin.listen_addr=127.0.0.1"),
+                *("--set", "admin.listen_port=0"),
+                *("--set", "control.enable=false"),
+                *("--set", "registrar.backend=redis"),
+                *("--set", f"registrar.redis_url={redis.url}"),
+                *("--set", "cluster.heartbeat_ttl=2"),
+                *extra,
+            ],
+            log_path=tmp_path / "workers.log",
+        )
+
+    def ready(self) -> dict[str, tuple[str, int]]:
+        listeners = self.proc.wait_ready(expect=6)  # udp, tcp and ws of each worker
+        text = self.proc.output()
+        for t in ("udp", "tcp", "ws"):
+            ports = set(re.findall(rf"listening on {t} 127\.0\.0\.1:(\d+)", text))
+            assert len(ports) == 1, f"the workers do not share one {t} port:\n{text}"
+        return listeners
+
+    def admin_ports(self) -> dict[int, int]:
+        """Worker index -> its admin API port (the latest, should a worker restart)."""
+        return {int(w): int(p) for w, p in _ADMIN.findall(self.proc.output())}
+
+    def pids(self) -> dict[int, int]:
+        return {int(w): int(p) for w, p in _STARTED.findall(self.proc.output())}
+
+    def get(self, worker: int, path: str) -> Any:
+        url = f"http://127.0.0.1:{self.admin_ports()[worker]}{path}"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.load(r)
+
+
+@pytest.fixture
+def workers(tmp_path: Path, redis_server: Redis) -> Iterator[Workers]:
+    w = Workers(tmp_path, redis_server)
+    try:
+        yield w
+    finally:
+        w.proc.stop()
+
+
+def node_of(workers: Workers, aor: str) -> str:
+    nodes = {c["node"] for c in workers.get(0, "/listClients") if c["aor"] == aor}
+    assert len(nodes) == 1, (aor, nodes)
+    return nodes.pop()
+
+
+async def udp_users_on_both_workers(workers: Workers, udp: tuple[str, int]) -> dict[str, UA]:
+    """Register UDP users (each its own socket) until both workers hold one: node -> UA."""
+    found: dict[str, UA] = {}
+    for i in range(40):
+        ua = UA(await SipClient.connect("udp", *udp), f"user{i}")
+        assert (await ua.register()).status == 200
+        node = node_of(workers, ua.aor)
+        if node in found:
+            await ua.client.aclose()
+        else:
+            found[node] = ua
+        if len(found) == 2:
+            return found
+    raise AssertionError(f"40 UDP sources all landed on {set(found)}")
+
+
+async def test_calls_between_workers_and_supervision(
+    workers: Workers, nursery: trio.Nursery
+) -> None:
+    listeners = await trio.to_thread.run_sync(workers.ready)
+    users = await udp_users_on_both_workers(workers, listeners["udp"])
+    (node_a, a), (node_b, b) = sorted(users.items())
+    assert node_a.endswith("-w0") and node_b.endswith("-w1"), (node_a, node_b)
+    await trio.sleep(0.3)  # the other worker hears of the binding over Redis
+
+    # Both ways, each side hanging up: the callee's answers arrive at its own worker
+    # and are handed to the caller's; BYE from the callee goes through the dialog's.
+    await call(a, b, callee_hangs_up=True)
+    await call(a, b, callee_hangs_up=False)
+    await call(b, a, callee_hangs_up=True)
+
+    # A browser-like WebSocket callee whose connection is on the other worker than
+    # its caller (the callee's worker sends down its connection, RFC 5626 flow token).
+    ws_ua = UA(await SipClient.connect("ws", *listeners["ws"], nursery=nursery), "browser")
+    assert (await ws_ua.register()).status == 200
+    ws_node = node_of(workers, ws_ua.aor)
+    caller = a if ws_node == node_b else b
+    await trio.sleep(0.3)
+    await call(caller, ws_ua, callee_hangs_up=True)
+    await call(caller, ws_ua, callee_hangs_up=False)
+
+    # One worker's admin API lists the dialogs of both (the other's as last published).
+    with trio.fail_after(5):
+        while True:
+            dialogs = await trio.to_thread.run_sync(workers.get, 0, "/dialogs")
+            held = Counter(d["node"] for d in dialogs)
+            if held[node_a] and held[node_b]:
+                break
+            await trio.sleep(0.2)
+    assert sum(held.values()) == 5, dialogs
+    connections = await trio.to_thread.run_sync(workers.get, 1, "/connections")
+    assert [c["node"] for c in connections if c["transport"] == "ws"] == [ws_node], connections
+
+    # Supervision: a worker killed outright is started again, with a new pid.
+    old = workers.pids()[1]
+    subprocess.run(["kill", "-KILL", str(old)], check=True)
+    with trio.fail_after(15):
+        while workers.pids().get(1, old) == old:
+            await trio.sleep(0.1)
+    with trio.fail_after(15):
+        while workers.proc.output().count("[w1] siptrio.server: listening on udp") < 2:
+            await trio.sleep(0.1)
+    await trio.sleep(0.5)
+    # the restarted worker serves: a REGISTER from a new source, wherever it lands
+    for i in range(4):
+        fresh = UA(await SipClient.connect("udp", *listeners["udp"]), f"late{i}")
+        assert (await fresh.register()).status == 200
+    await call(a, b, callee_hangs_up=False)
+
+    assert workers.proc.stop(signal.SIGTERM) == 0
+    out = workers.proc.output()
+    assert "received SIGTERM, stopping 2 workers" in out, out
+    assert out.count("[w0] siptrio.server: stopped") == 1, out
+    assert out.count("[w1] siptrio.server: stopped") == 1, out
+    assert "Traceback" not in out, out
+
+
+def test_workers_need_a_shared_store(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "siptrio", "serve", "--workers", "2"),
+            *("--set", f"registrar.database={tmp_path / 'l.sqlite'}"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert done.returncode == 2
+    assert "--workers needs a shared location: set [registrar] backend = redis" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (sip-tester) not installed")
+async def test_sipp_registers_1000_over_two_workers(workers: Workers, tmp_path: Path) -> None:
+    listeners = await trio.to_thread.run_sync(workers.ready)
+    host, port = listeners["udp"]
+    stat = tmp_path / "sipp_stat.csv"
+    cmd = [
+        "sipp",
+        f"{host}:{port}",
+        *("-sf", str(REPO / "examples" / "sipp" / "register.xml")),
+        *("-i", "127.0.0.1"),
+        # one socket per REGISTER: the kernel spreads them over both workers
+        *("-t", "un"),
+        *("-max_socket", "2000"),
+        *("-s", "wkuser"),
+        *("-m", "1000"),
+        *("-r", "200"),
+        *("-recv_timeout", "5000"),
+        *("-timeout", "55s"),
+        "-timeout_error",
+        "-nostdin",
+        "-trace_stat",
+        *("-stf", str(stat)),
+        *("-fd", "1"),
+    ]
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            cmd, cwd=tmp_path, stdin=subprocess.DEVNULL, capture_stdout=True, check=False
+        )
+    with stat.open(newline="") as f:
+        last = list(csv.DictReader(f, delimiter=";"))[-1]
+    assert done.returncode == 0, last
+    assert (last["SuccessfulCall(C)"], last["FailedCall(C)"]) == ("1000", "0"), last
+
+    expected = {f"sip:wkuser{n}@127.0.0.1" for n in range(1, 1001)}
+    owners: list[Counter[str]] = []
+    for worker in (0, 1):
+        clients = await trio.to_thread.run_sync(workers.get, worker, "/listClients")
+        assert {c["aor"] for c in clients} == expected
+        assert len(clients) == 1000
+        owners.append(Counter(c["node"] for c in clients))
+    assert owners[0] == owners[1]
+    assert len(owners[0]) == 2 and min(owners[0].values()) > 100, owners[0]
