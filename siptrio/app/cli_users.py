@@ -1,6 +1,7 @@
 """``siptrio users add|remove|list|passwd``: the digest user store, from the shell.
 
-Users live in the same SQLite file as the bindings, as HA1 digests (MD5 and
+Users live in the location store beside the bindings (the SQLite file, or Redis
+when ``[registrar] backend = redis``, shared by a cluster), as HA1 digests (MD5 and
 SHA-256, RFC 8760) for the configured realm: the password itself is never stored.
 A running server notices the change within a second.
 """
@@ -11,8 +12,14 @@ import argparse
 import getpass
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from ..sip.digest import ha1
+
+if TYPE_CHECKING:
+    from ..store.redis_store import RedisStore
+    from ..store.sqlite import SqliteStore
+    from .config import Config
 
 __all__ = ["add_subcommand", "run"]
 
@@ -45,8 +52,18 @@ def _password(args: argparse.Namespace) -> str | None:
     return first or None
 
 
+def _open_store(config: Config) -> SqliteStore | RedisStore:
+    if config.registrar.backend == "redis":
+        from ..store.redis_store import RedisStore
+
+        return RedisStore(config.registrar.redis_url, node="siptrio-users")
+    from ..store.sqlite import SqliteStore
+
+    return SqliteStore(config.registrar.database)
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..store.sqlite import SqliteStore, StoreError
+    from ..store.sqlite import StoreError
     from .config import ConfigError, load_config
     from .server import realm_of
 
@@ -64,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"siptrio: {username!r} is not a usable user name", file=sys.stderr)
         return 2
     try:
-        with SqliteStore(config.registrar.database) as store:
+        with _open_store(config) as store:
             if action == "list":
                 rows = store.user_rows()
                 for name, user_realm, _created, updated in rows:
