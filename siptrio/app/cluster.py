@@ -29,6 +29,7 @@ __all__ = ["Cluster"]
 log = logging.getLogger("siptrio.cluster")
 
 MONITOR_SECONDS = 1.0
+FEED_RETRY = (0.5, 10.0)  # first and longest wait before subscribing again
 
 
 class Cluster:
@@ -56,7 +57,10 @@ class Cluster:
         finally:
             self._stop.set()
             with trio.CancelScope(shield=True), trio.move_on_after(2):
-                await trio.to_thread.run_sync(self.store.leave)
+                try:
+                    await trio.to_thread.run_sync(self.store.leave)
+                except Exception as e:  # Redis gone: the heartbeat expires by itself
+                    log.warning("could not leave the cluster cleanly: %s", e)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -131,12 +135,42 @@ class Cluster:
                     await self.server.execute(actions)
 
     async def _listen(self, deliver: Any) -> None:
+        """Subscribe to the feed; when Redis goes away, subscribe again and catch up."""
+        delay = FEED_RETRY[0]
+        broken = False
+        while not self._stop.is_set():
+            async with trio.open_nursery() as nursery:
+                if broken:
+                    nursery.start_soon(self._catch_up)
+                try:
+                    await trio.to_thread.run_sync(
+                        self.store.listen, deliver, self._stop, abandon_on_cancel=True
+                    )
+                    return
+                except Exception as e:
+                    log.warning("the Redis feed broke (%s); subscribing again in %g s", e, delay)
+                    nursery.cancel_scope.cancel()
+            broken = True
+            await trio.sleep(delay)
+            delay = min(delay * 2, FEED_RETRY[1])
+
+    async def _catch_up(self) -> None:
+        """Once subscribed again: what other nodes changed while the feed was down."""
+        await trio.sleep(FEED_RETRY[0])  # the subscription is in place by now
         try:
-            await trio.to_thread.run_sync(
-                self.store.listen, deliver, self._stop, abandon_on_cancel=True
-            )
-        except Exception:
-            log.exception("the Redis feed stopped")
+            theirs = await trio.to_thread.run_sync(self.store.others, time.time())
+        except Exception as e:
+            log.warning("catching up with the cluster's bindings failed: %s", e)
+            return
+        seen = {(b.aor, b.key) for b in theirs}
+        gone = [
+            (b.aor, b.key)
+            for b in self.server.location
+            if b.node and b.node != self.node and (b.aor, b.key) not in seen
+        ]
+        actions = self.server.dispatcher.apply_remote(theirs, gone, trio.current_time())
+        await self.server.execute(actions)
+        log.info("caught up with the cluster: %d bindings, %d gone", len(theirs), len(gone))
 
     def remote_views(self) -> dict[str, dict[str, Any]]:
         """Filled by the admin API on demand (blocking: call from a thread)."""

@@ -14,6 +14,7 @@ host is an IP address inside ``allowed_destinations``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -121,6 +122,13 @@ def _branch_node_tag(resp: Response) -> str | None:
     if not branch or not branch.startswith(_MAGIC):
         return None
     return branch.partition(".")[2][:6] or None
+
+
+def _binding_ref(b: Binding) -> str:
+    """A binding's AOR and key in a URI parameter: base64url, no padding, '~' between."""
+    return "~".join(
+        base64.urlsafe_b64encode(text.encode()).decode().rstrip("=") for text in (b.aor, b.key)
+    )
 
 
 def _hostport(host: str, port: int) -> str:
@@ -240,6 +248,8 @@ class Proxy:
         ctx.request = req
         if last_own is not None and last_own.param("ft"):
             return out + self._to_flow(ctx, last_own.param("ft") or "", now, wall)
+        if last_own is not None and last_own.param("bt"):
+            return out + self._to_binding(ctx, last_own.param("bt") or "", now, wall)
         if req.to.tag is not None:
             return out + self._in_dialog(ctx, last_own, now, wall)
         if req.routes:
@@ -327,9 +337,11 @@ class Proxy:
             if dest is None:
                 continue
             if self._remote(b):
-                assert b.flow_id is not None
                 hp = _hostport(dest.host, dest.port)
-                route = f"<sip:{hp};lr;ft={self.flow_token(b.flow_id)}>"
+                if b.flow_id is not None:
+                    route = f"<sip:{hp};lr;ft={self.flow_token(b.flow_id)}>"
+                else:
+                    route = f"<sip:{hp};lr;bt={self.flow_token(_binding_ref(b))}>"
                 targets.append((b.contact_uri, dest, b, (*b.path, route)))
                 continue
             if dest.flow_id is None and (dest.host.lower(), dest.port) in self._own:
@@ -422,12 +434,43 @@ class Proxy:
         assert dest is not None
         return self._fork(ctx, [(ctx.request.uri_text, dest, b, ())], now, wall)
 
+    def _to_binding(self, ctx: Context, token: str, now: float, wall: float) -> list[Action]:
+        """Another node routed here a request for a UDP binding made through us.
+
+        We send it from the socket the client registered with: a NAT in front of the
+        client lets in only what comes from there.
+        """
+        ref, _, _mac = token.rpartition(".")
+        if not self.cluster_secret or not hmac.compare_digest(
+            self.flow_token(ref).encode(), token.encode()
+        ):
+            self.stats["flow_token_bad"] += 1
+            return self._respond(ctx, 403, "Forbidden (bad binding token)", now)
+        try:
+            aor, key = (
+                base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)).decode()
+                for part in ref.split("~", 1)
+            )
+        except ValueError:
+            return self._respond(ctx, 403, "Forbidden (bad binding token)", now)
+        b = self.location.bindings(aor).get(key)
+        if b is None or b.expires_at <= wall or self._remote(b):
+            return self._respond(ctx, 480, "Temporarily Unavailable", now)
+        dest = self._dest_for_binding(b)
+        assert dest is not None
+        return self._fork(ctx, [(ctx.request.uri_text, dest, b, ())], now, wall)
+
     def _remote(self, b: Binding) -> bool:
+        """Held by another node: its flow, or a UDP socket that is not ours.
+
+        (Workers of ``serve --workers`` share their UDP socket: those bindings are sent
+        to directly.)
+        """
         return (
-            b.flow_id is not None
-            and b.node is not None
+            b.node is not None
             and self.config.node_id is not None
-            and (b.node != self.config.node_id)
+            and b.node != self.config.node_id
+            and (b.flow_id is not None or (b.local_host.lower(), b.local_port) not in self._own)
         )
 
     def _to_next_hop(self, ctx: Context, now: float, wall: float) -> list[Action]:

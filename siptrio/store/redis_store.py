@@ -96,29 +96,42 @@ class RedisStore:
         """
 
         def run() -> LoadResult:
-            r = self._r
-            keys = list(r.scan_iter(match=f"{PREFIX}b:*", count=1000))
             bindings: list[Binding] = []
             stale: list[Binding] = []
-            expired = 0
-            for start in range(0, len(keys), 500):
-                chunk = keys[start : start + 500]
-                for value in r.mget(chunk):
-                    if value is None:
-                        expired += 1
-                        continue
-                    b = binding_from_json(value)
-                    if b.expires_at <= now:
-                        expired += 1
-                    elif b.flow_id is not None and b.node == self.node:
-                        stale.append(b)
-                    else:
-                        bindings.append(b)
+            live, expired = self._scan(now)
+            for b in live:
+                if b.flow_id is not None and b.node == self.node:
+                    stale.append(b)
+                else:
+                    bindings.append(b)
             if stale:
                 self._apply([], [(b.aor, b.key) for b in stale], stale)
             return LoadResult(bindings=bindings, expired=expired, stale_flows=len(stale))
 
         return self._call("load", run)
+
+    def others(self, now: float) -> list[Binding]:
+        """The live bindings other nodes made: to catch up after the feed was broken."""
+        return self._call(
+            "reading bindings", lambda: [b for b in self._scan(now)[0] if b.node != self.node]
+        )
+
+    def _scan(self, now: float) -> tuple[list[Binding], int]:
+        r = self._r
+        keys = list(r.scan_iter(match=f"{PREFIX}b:*", count=1000))
+        live: list[Binding] = []
+        expired = 0
+        for start in range(0, len(keys), 500):
+            for value in r.mget(keys[start : start + 500]):
+                if value is None:
+                    expired += 1
+                    continue
+                b = binding_from_json(value)
+                if b.expires_at <= now:
+                    expired += 1
+                else:
+                    live.append(b)
+        return live, expired
 
     def apply(self, upserts: Sequence[Binding], deletes: Sequence[tuple[str, str]]) -> None:
         """One MULTI/EXEC for the batch, then tell the other nodes."""

@@ -24,6 +24,10 @@ class Redis:
         self.port = free_tcp_port()
         self.dir = tmp_path / "redis"
         self.dir.mkdir()
+        self.start()
+
+    def start(self) -> None:
+        """(Again, after stop(): same port, its data gone: no persistence.)"""
         self.proc = subprocess.Popen(
             [
                 "redis-server",

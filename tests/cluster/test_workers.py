@@ -98,10 +98,16 @@ def workers(tmp_path: Path, redis_server: Redis) -> Iterator[Workers]:
         w.proc.stop()
 
 
-def node_of(workers: Workers, aor: str) -> str:
-    nodes = {c["node"] for c in workers.get(0, "/listClients") if c["aor"] == aor}
-    assert len(nodes) == 1, (aor, nodes)
-    return nodes.pop()
+async def node_of(workers: Workers, aor: str) -> str:
+    """The worker holding an AOR's binding, as worker 0 sees it (the other's after the feed)."""
+    with trio.fail_after(5):
+        while True:
+            clients = await trio.to_thread.run_sync(workers.get, 0, "/listClients")
+            nodes = {c["node"] for c in clients if c["aor"] == aor}
+            if nodes:
+                assert len(nodes) == 1, (aor, nodes)
+                return nodes.pop()
+            await trio.sleep(0.1)
 
 
 async def udp_users_on_both_workers(workers: Workers, udp: tuple[str, int]) -> dict[str, UA]:
@@ -110,7 +116,7 @@ async def udp_users_on_both_workers(workers: Workers, udp: tuple[str, int]) -> d
     for i in range(40):
         ua = UA(await SipClient.connect("udp", *udp), f"user{i}")
         assert (await ua.register()).status == 200
-        node = node_of(workers, ua.aor)
+        node = await node_of(workers, ua.aor)
         if node in found:
             await ua.client.aclose()
         else:
@@ -127,7 +133,6 @@ async def test_calls_between_workers_and_supervision(
     users = await udp_users_on_both_workers(workers, listeners["udp"])
     (node_a, a), (node_b, b) = sorted(users.items())
     assert node_a.endswith("-w0") and node_b.endswith("-w1"), (node_a, node_b)
-    await trio.sleep(0.3)  # the other worker hears of the binding over Redis
 
     # Both ways, each side hanging up: the callee's answers arrive at its own worker
     # and are handed to the caller's; BYE from the callee goes through the dialog's.
@@ -139,21 +144,25 @@ async def test_calls_between_workers_and_supervision(
     # its caller (the callee's worker sends down its connection, RFC 5626 flow token).
     ws_ua = UA(await SipClient.connect("ws", *listeners["ws"], nursery=nursery), "browser")
     assert (await ws_ua.register()).status == 200
-    ws_node = node_of(workers, ws_ua.aor)
+    ws_node = await node_of(workers, ws_ua.aor)
     caller = a if ws_node == node_b else b
     await trio.sleep(0.3)
     await call(caller, ws_ua, callee_hangs_up=True)
     await call(caller, ws_ua, callee_hangs_up=False)
 
-    # One worker's admin API lists the dialogs of both (the other's as last published).
+    # One worker's admin API lists the dialogs of both (the other's as last published):
+    # the five calls, those to the browser held by both workers (both record-routed).
     with trio.fail_after(5):
         while True:
             dialogs = await trio.to_thread.run_sync(workers.get, 0, "/dialogs")
-            held = Counter(d["node"] for d in dialogs)
-            if held[node_a] and held[node_b]:
+            calls = {d["call_id"] for d in dialogs}
+            if len(calls) == 5 and len(dialogs) == 7:
                 break
             await trio.sleep(0.2)
-    assert sum(held.values()) == 5, dialogs
+    held = Counter(d["node"] for d in dialogs)
+    assert held[node_a] and held[node_b], held
+    to_browser = [d for d in dialogs if d["callee"] == ws_ua.aor]
+    assert sorted(d["node"] for d in to_browser) == sorted([node_a, node_b] * 2), to_browser
     connections = await trio.to_thread.run_sync(workers.get, 1, "/connections")
     assert [c["node"] for c in connections if c["transport"] == "ws"] == [ws_node], connections
 
