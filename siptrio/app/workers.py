@@ -42,7 +42,8 @@ def worker_overrides(config: Config, count: int, supervisor_pid: int) -> list[li
 
     Ports given as 0 are chosen now, once, so that every worker binds the same one;
     the admin API and the control socket cannot be shared, so each worker gets its
-    own (the next port up, and the socket path with ``.w<i>``).
+    own (the next port up, and the socket path with ``.w<i>``), and so does the
+    internal address other nodes reach a worker on.
     """
     host = config.sip.listen_addr[0]
     common: dict[str, str] = {}
@@ -67,6 +68,8 @@ def worker_overrides(config: Config, count: int, supervisor_pid: int) -> list[li
     for i in range(count):
         mine = dict(common)
         mine["cluster.node_id"] = f"{base}-w{i}"
+        if config.cluster.internal_port != 0:
+            mine["cluster.internal_port"] = str(config.cluster.internal_port + i)
         if config.admin.enable and config.admin.listen_port != 0:
             mine["admin.listen_port"] = str(config.admin.listen_port + i)
         if config.control.enable and i > 0:
