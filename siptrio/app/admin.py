@@ -330,17 +330,11 @@ def create_app(
     async def list_clients() -> list[dict[str, Any]]:
         return bindings_view(server, time.time())
 
-    async def whole_cluster(kind: str, own: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Ours, then what the other nodes last published (at most a third of a TTL old)."""
+    def whole_cluster(kind: str, own: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Ours, then what the other nodes last published (a second or two old)."""
         out = [{**item, "node": server.node} for item in own]
         if server.cluster is not None:
-            try:
-                views = await trio.to_thread.run_sync(server.cluster.remote_views)
-            except Exception:
-                log.exception("reading the other nodes' views failed")
-                views = {}
-            for name in sorted(views):
-                out += [{**item, "node": name} for item in views[name].get(kind, [])]
+            out += server.cluster.view()[kind]
         return out
 
     @app.get(
@@ -348,7 +342,7 @@ def create_app(
         summary="Every dialog the proxy record-routed (ended ones linger), on every node",
     )
     async def dialogs() -> list[dict[str, Any]]:
-        return await whole_cluster("dialogs", dialogs_view(server, time.time()))
+        return whole_cluster("dialogs", dialogs_view(server, time.time()))
 
     @app.get(
         "/dialogs/{dialog_id}/media",
@@ -378,7 +372,7 @@ def create_app(
         summary="Open flows (TCP, TLS, WS, WSS) and the bindings on them, on every node",
     )
     async def connections() -> list[dict[str, Any]]:
-        return await whole_cluster("flows", flows_view(server, trio.current_time()))
+        return whole_cluster("flows", flows_view(server, trio.current_time()))
 
     @app.get("/health", summary="Liveness, version, uptime and listeners")
     async def health() -> dict[str, Any]:

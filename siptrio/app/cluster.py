@@ -41,6 +41,9 @@ class Cluster:
         self.nodes: dict[str, dict[str, Any]] = {}
         self._stop = threading.Event()
         self._trusted_nodes: set[tuple[str, int]] = set()
+        # the other nodes' dialogs and flows as they last published them, read once a
+        # second: the admin API and the control socket show them without waiting on Redis
+        self.remote: dict[str, dict[str, Any]] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         internal = self.server.dispatcher.proxy.internal
@@ -95,6 +98,8 @@ class Cluster:
             await trio.sleep(MONITOR_SECONDS)
             try:
                 await self._refresh_nodes()
+                views = await trio.to_thread.run_sync(self.store.views)
+                self.remote = {k: v for k, v in views.items() if k != self.node}
             except Exception:
                 log.exception("reading cluster nodes failed")
                 continue
@@ -172,6 +177,19 @@ class Cluster:
         await self.server.execute(actions)
         log.info("caught up with the cluster: %d bindings, %d gone", len(theirs), len(gone))
 
-    def remote_views(self) -> dict[str, dict[str, Any]]:
-        """Filled by the admin API on demand (blocking: call from a thread)."""
-        return {k: v for k, v in self.store.views().items() if k != self.node}
+    def view(self) -> dict[str, Any]:
+        """The cluster as this node sees it: nodes, and the other nodes' dialogs and flows."""
+        return {
+            "node": self.node,
+            "nodes": sorted(self.nodes),
+            "dialogs": [
+                {**d, "node": name}
+                for name in sorted(self.remote)
+                for d in self.remote[name].get("dialogs", [])
+            ],
+            "flows": [
+                {**f, "node": name}
+                for name in sorted(self.remote)
+                for f in self.remote[name].get("flows", [])
+            ],
+        }

@@ -195,6 +195,8 @@ def snapshot_view(server: Server, now: float, mono: float) -> dict[str, Any]:
         "flows": flows_view(server, mono),
         "gauges": gauges_view(server),
         "counters": counters_view(server),
+        # None on a single node; else the other nodes' dialogs and flows, a second old
+        "cluster": server.cluster.view() if server.cluster is not None else None,
     }
 
 

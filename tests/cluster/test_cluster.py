@@ -6,7 +6,7 @@ import signal
 from pathlib import Path
 
 import trio
-from conftest import Redis, call
+from cluster_support import Redis, call
 from support.client import SipClient
 from support.server import ServerProcess
 from support.ua import UA

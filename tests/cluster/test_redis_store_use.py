@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import trio
-from conftest import Redis, call
+from cluster_support import Redis, call
 from support.client import SipClient
 from support.digest import authorization, challenges
 from support.server import running_server

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import Redis, call
+from cluster_support import Redis, call
 from support.client import SipClient
 from support.server import ServerProcess
 from support.ua import UA
@@ -47,6 +47,7 @@ _STARTED = re.compile(r"worker (\d) started, pid (\d+)")
 
 class Workers:
     def __init__(self, tmp_path: Path, redis: Redis, *extra: str) -> None:
+        self.control = tmp_path / "ctl.sock"  # worker 0's; worker 1's is ctl.sock.w1
         self.proc = ServerProcess(
             [
                 "serve",
@@ -59,7 +60,7 @@ class Workers:
                 *("--set", "sip_websocket.listen_port=0"),
                 *("--set", "admin.listen_addr=127.0.0.1"),
                 *("--set", "admin.listen_port=0"),
-                *("--set", "control.enable=false"),
+                *("--set", f"control.socket={tmp_path / 'ctl.sock'}"),
                 *("--set", "registrar.backend=redis"),
                 *("--set", f"registrar.redis_url={redis.url}"),
                 *("--set", "cluster.heartbeat_ttl=2"),
@@ -163,6 +164,14 @@ async def test_calls_between_workers_and_supervision(
     assert held[node_a] and held[node_b], held
     to_browser = [d for d in dialogs if d["callee"] == ws_ua.aor]
     assert sorted(d["node"] for d in to_browser) == sorted([node_a, node_b] * 2), to_browser
+    # The control socket of worker 0 (what the TUI reads) shows worker 1's dialogs too.
+    snap = await control_snapshot(workers.control)
+    assert snap["cluster"]["node"] == node_a
+    assert snap["cluster"]["nodes"] == sorted([node_a, node_b])
+    theirs = {d["call_id"] for d in snap["cluster"]["dialogs"]}
+    ours = {d["call_id"] for d in snap["dialogs"]}
+    assert theirs | ours == calls and all(d["node"] == node_b for d in snap["cluster"]["dialogs"])
+    assert theirs - ours, "worker 1 held a dialog worker 0 did not"
     connections = await trio.to_thread.run_sync(workers.get, 1, "/connections")
     assert [c["node"] for c in connections if c["transport"] == "ws"] == [ws_node], connections
 
@@ -188,6 +197,18 @@ async def test_calls_between_workers_and_supervision(
     assert out.count("[w0] siptrio.server: stopped") == 1, out
     assert out.count("[w1] siptrio.server: stopped") == 1, out
     assert "Traceback" not in out, out
+
+
+async def control_snapshot(path: Path) -> dict[str, Any]:
+    stream = await trio.open_unix_socket(str(path))
+    async with stream:
+        data = b""
+        with trio.fail_after(5):
+            while b"\n" not in data:
+                data += await stream.receive_some(65536)
+    snap: dict[str, Any] = json.loads(data.split(b"\n", 1)[0])
+    assert snap["type"] == "snapshot", snap
+    return snap
 
 
 def test_workers_need_a_shared_store(tmp_path: Path) -> None:
