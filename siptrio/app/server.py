@@ -61,6 +61,7 @@ INBOUND_QUEUE = 4096
 STORE_QUEUE = 8192
 STORE_BATCH = 4096
 COMMIT_GATHER = 0.002  # seconds the store writer waits for more changes to commit together
+BUSY_GAP = 0.002  # ... when the previous commit ended less than this long ago (a burst)
 TICK_SECONDS = 1.0
 GC_THRESHOLD = 50_000  # allocations between young-generation collections
 CORE_BATCH = 256  # messages handled per wake-up of the core loop
@@ -578,18 +579,22 @@ class Server:
 
     async def _store_writer(self, queue: trio.MemoryReceiveChannel[Persist]) -> None:
         """Group every queued change into one transaction: one fsync for a burst."""
+        last_end = -1.0
         try:
             while True:
                 batch = [await queue.receive()]
-                # Let a burst gather: a couple of milliseconds of latency buys one
-                # fsync for many REGISTERs instead of one each.
-                await trio.sleep(COMMIT_GATHER)
+                if trio.current_time() - last_end < BUSY_GAP:
+                    # In a burst, let it gather: a couple of milliseconds of latency buy
+                    # one fsync for many REGISTERs instead of one each. A lone REGISTER
+                    # is committed at once.
+                    await trio.sleep(COMMIT_GATHER)
                 while len(batch) < STORE_BATCH:
                     try:
                         batch.append(queue.receive_nowait())
                     except trio.WouldBlock:
                         break
                 await self._commit(batch)
+                last_end = trio.current_time()
         finally:
             with trio.CancelScope(shield=True):
                 rest: list[Persist] = []
