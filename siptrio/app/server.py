@@ -530,7 +530,10 @@ class Server:
                 await self.hub.send(action.data, action.peer, action.owner)
             elif isinstance(action, Persist):
                 assert self._store_send is not None
-                await self._store_send.send(action)
+                try:
+                    self._store_send.send_nowait(action)  # no task switch per REGISTER
+                except trio.WouldBlock:
+                    await self._store_send.send(action)  # the store is behind: wait for it
             elif isinstance(action, Publish):
                 self.events.publish(action.event)
             elif isinstance(action, MediaRequest):
@@ -618,7 +621,14 @@ class Server:
         deletes = [k for k, b in final.items() if b is None]
         ok = True
         try:
-            await trio.to_thread.run_sync(self.store.apply, upserts, deletes)
+            store = self.store
+            # Shielded: once staged, the transaction holds the store's lock until the
+            # commit runs; the REGISTERs waiting on it are owed an answer anyway.
+            with trio.CancelScope(shield=True):
+                if isinstance(store, SqliteStore) and store.stage(upserts, deletes):
+                    await trio.to_thread.run_sync(store.commit_staged)
+                else:
+                    await trio.to_thread.run_sync(store.apply, upserts, deletes)
             self.stats["store_commits"] += 1
             self.stats["store_rows"] += len(final)
         except Exception:

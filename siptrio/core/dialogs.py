@@ -35,7 +35,7 @@ class DialogState(enum.Enum):
     TERMINATED = "terminated"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, unsafe_hash=True)
 class Leg:
     uri: str  # the party's address (From or To URI)
     tag: str
@@ -46,7 +46,7 @@ class Leg:
         return self.peer.transport
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, unsafe_hash=True)
 class DialogInfo:
     """An immutable snapshot for observers (admin API, control socket, TUI)."""
 
@@ -73,7 +73,7 @@ class DialogEventKind(enum.Enum):
     ENDED = "ended"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, unsafe_hash=True)
 class DialogEvent:
     kind: DialogEventKind
     dialog: DialogInfo

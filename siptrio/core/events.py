@@ -38,7 +38,7 @@ class BindingEventKind(enum.Enum):
     REPLACED = "replaced"  # same +sip.instance/reg-id arrived on a newer flow
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, unsafe_hash=True)
 class BindingEvent:
     kind: BindingEventKind
     binding: Binding
@@ -47,7 +47,7 @@ class BindingEvent:
 Event = BindingEvent | DialogEvent
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, unsafe_hash=True)
 class Send:
     """Send ``data`` to ``peer`` (over its flow when it has one).
 
@@ -61,12 +61,12 @@ class Send:
     owner: Hashable = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, unsafe_hash=True)
 class Publish:
     event: Event
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, unsafe_hash=True)
 class Persist:
     """Make binding changes durable; then the shell calls ``Dispatcher.committed``.
 
@@ -79,7 +79,7 @@ class Persist:
     txn_key: Hashable = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, unsafe_hash=True)
 class MediaRequest:
     """Ask rtpengine ``command``; the shell answers with ``Dispatcher.media_result(op, ...)``."""
 

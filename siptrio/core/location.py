@@ -15,7 +15,7 @@ from .types import Transport
 __all__ = ["Binding", "Location"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, unsafe_hash=True)
 class Binding:
     aor: str  # canonical address-of-record, "sip:alice@example.com"
     key: str  # identity inside the AOR: +sip.instance/reg-id, else the contact URI key

@@ -33,7 +33,7 @@ class Transport(enum.Enum):
         return cls(name.lower())
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, unsafe_hash=True)
 class Peer:
     """Where a message came from, and therefore where its answer goes.
 

@@ -136,7 +136,7 @@ def is_list_header(name: str) -> bool:
 # --- Via -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True, unsafe_hash=True)
 class Via:
     """via-parm = sent-protocol LWS sent-by *( SEMI via-params )."""
 
@@ -272,7 +272,7 @@ def _parse_via_slow(text: str) -> Via:
 # --- name-addr / addr-spec ----------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True, unsafe_hash=True)
 class NameAddr:
     """From, To, Contact, Route, Record-Route and Path values.
 
@@ -430,7 +430,7 @@ def _bracketed(display: str | None, rest: str, src: str, what: str) -> NameAddr:
 # --- CSeq and token lists ------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True, unsafe_hash=True)
 class CSeq:
     number: int
     method: str

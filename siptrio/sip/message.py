@@ -13,8 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from functools import cached_property
-from typing import Self
+from typing import TYPE_CHECKING, Any, Self
 
 from ._abnf import LWS, parse_uint
 from .errors import SipParseError
@@ -31,10 +30,39 @@ from .headers import (
 )
 from .uri import Uri
 
+if TYPE_CHECKING:
+    from functools import cached_property as lazy
+else:
+
+    class lazy:  # used like functools.cached_property, hence the lower case
+        """functools.cached_property without its lock.
+
+        Python 3.11's cached_property takes a lock on every first access (removed in
+        3.12); the typed views are computed a handful of times per message on the
+        hot path, always by one thread, so the lock is pure cost.
+        """
+
+        __slots__ = ("func", "name")
+
+        def __init__(self, func: Any) -> None:
+            self.func = func
+            self.name = func.__name__
+
+        def __set_name__(self, owner: type, name: str) -> None:
+            self.name = name
+
+        def __get__(self, obj: Any, owner: type | None = None) -> Any:
+            if obj is None:
+                return self
+            value = self.func(obj)
+            obj.__dict__[self.name] = value
+            return value
+
+
 __all__ = ["HeaderField", "Message", "Request", "Response", "make_response", "reason_phrase"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class HeaderField:
     """One header line: lower-case long name, the line as received, the unfolded value."""
 
@@ -56,7 +84,7 @@ def _text(value: bytes, name: str) -> str:
         raise SipParseError(f"Non-UTF-8 bytes in {display_name(name)}") from None
 
 
-@dataclass(frozen=True, kw_only=True, eq=False)
+@dataclass(kw_only=True, eq=False)
 class Message:
     headers: tuple[HeaderField, ...]
     body: bytes = b""
@@ -87,7 +115,7 @@ class Message:
 
     __hash__ = None  # type: ignore[assignment]
 
-    @cached_property
+    @lazy
     def _index(self) -> dict[str, list[bytes]]:
         """Header values by name, built once: the typed views each look up several."""
         index: dict[str, list[bytes]] = {}
@@ -140,7 +168,7 @@ class Message:
 
     # --- typed views -----------------------------------------------------------------
 
-    @cached_property
+    @lazy
     def vias(self) -> tuple[Via, ...]:
         vias = tuple(parse_via(e) for e in self.elements("via"))
         if not vias:
@@ -151,43 +179,43 @@ class Message:
     def top_via(self) -> Via:
         return self.vias[0]
 
-    @cached_property
+    @lazy
     def from_(self) -> NameAddr:
         return _single_name_addr(self, "from")
 
-    @cached_property
+    @lazy
     def to(self) -> NameAddr:
         return _single_name_addr(self, "to")
 
-    @cached_property
+    @lazy
     def call_id(self) -> str:
         value = self.required("call-id").strip(LWS)
         if not value or any(c in value for c in " \t"):
             raise SipParseError("Malformed Call-ID")
         return value
 
-    @cached_property
+    @lazy
     def cseq(self) -> CSeq:
         return parse_cseq(self.required("cseq"))
 
-    @cached_property
+    @lazy
     def max_forwards(self) -> int | None:
         value = self.single("max-forwards")
         if value is None:
             return None
         return parse_uint(value, "Max-Forwards", maximum=255)
 
-    @cached_property
+    @lazy
     def content_length(self) -> int | None:
         value = self.single("content-length")
         return None if value is None else parse_uint(value, "Content-Length")
 
-    @cached_property
+    @lazy
     def content_type(self) -> str | None:
         value = self.single("content-type")
         return value.strip(LWS) if value is not None else None
 
-    @cached_property
+    @lazy
     def contact_star(self) -> bool:
         """``Contact: *`` (RFC 3261 section 10.2.2); mixing it with URIs is malformed."""
         elements = self.elements("contact")
@@ -197,43 +225,43 @@ class Message:
             raise SipParseError("Contact * must be the only Contact")
         return True
 
-    @cached_property
+    @lazy
     def contacts(self) -> tuple[NameAddr, ...]:
         if self.contact_star:
             return ()
         return tuple(parse_name_addr(e, "Contact") for e in self.elements("contact"))
 
-    @cached_property
+    @lazy
     def routes(self) -> tuple[NameAddr, ...]:
         return tuple(parse_name_addr(e, "Route") for e in self.elements("route"))
 
-    @cached_property
+    @lazy
     def record_routes(self) -> tuple[NameAddr, ...]:
         return tuple(parse_name_addr(e, "Record-Route") for e in self.elements("record-route"))
 
-    @cached_property
+    @lazy
     def paths(self) -> tuple[NameAddr, ...]:
         return tuple(parse_name_addr(e, "Path") for e in self.elements("path"))
 
-    @cached_property
+    @lazy
     def expires(self) -> int | None:
         value = self.single("expires")
         # delta-seconds above 2**32-1 mean 2**32-1 (RFC 3261 section 20.19 / 25.1)
         return None if value is None else parse_uint(value, "Expires", clamp=True)
 
-    @cached_property
+    @lazy
     def require(self) -> tuple[str, ...]:
         return parse_token_list(self.values("require"), "Require")
 
-    @cached_property
+    @lazy
     def proxy_require(self) -> tuple[str, ...]:
         return parse_token_list(self.values("proxy-require"), "Proxy-Require")
 
-    @cached_property
+    @lazy
     def supported(self) -> tuple[str, ...]:
         return parse_token_list(self.values("supported"), "Supported")
 
-    @cached_property
+    @lazy
     def user_agent(self) -> str | None:
         return self.first("user-agent")
 
@@ -285,7 +313,7 @@ def _single_name_addr(msg: Message, name: str) -> NameAddr:
     return parse_name_addr(elements[0], display_name(name))
 
 
-@dataclass(frozen=True, kw_only=True, eq=False)
+@dataclass(kw_only=True, eq=False)
 class Request(Message):
     method: str
     uri: Uri
@@ -308,7 +336,7 @@ class Request(Message):
         return hashlib.blake2s(seed.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
 
 
-@dataclass(frozen=True, kw_only=True, eq=False)
+@dataclass(kw_only=True, eq=False)
 class Response(Message):
     status: int
     reason: str

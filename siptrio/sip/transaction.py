@@ -62,7 +62,7 @@ TIMER_L, TIMER_M = "L", "M"
 ALL_TIMERS = ("A", "B", "D", "E", "F", "K", "G", "H", "I", "J", "L", "M")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TxSend:
     """Bytes to send to the transaction's peer."""
 
@@ -78,7 +78,7 @@ class TxKind(enum.Enum):
     NO_ACK = "no_ack"  # server INVITE: Timer H fired without an ACK
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TxEvent:
     kind: TxKind
     key: Hashable

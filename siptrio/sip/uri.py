@@ -30,7 +30,7 @@ from .errors import SipParseError
 __all__ = ["AbsoluteUri", "SipUri", "TelUri", "Uri", "parse_uri_untrusted"]
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True, unsafe_hash=True)
 class SipUri:
     scheme: str  # "sip" or "sips", lower case
     user: str | None
@@ -106,7 +106,7 @@ class SipUri:
         return replace(new, text=new.serialise())
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True, unsafe_hash=True)
 class TelUri:
     number: str
     params: Params = ()
@@ -117,7 +117,7 @@ class TelUri:
         return self.text or f"tel:{self.number}{format_params(self.params)}"
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True, unsafe_hash=True)
 class AbsoluteUri:
     """Any other scheme (RFC 3261 absoluteURI): kept opaque, never routed on."""
 

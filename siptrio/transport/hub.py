@@ -31,7 +31,7 @@ FLOW_QUEUE_LIMIT = 512
 BOOT_ID = os.urandom(3).hex()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Inbound:
     """A parsed message handed from a transport to the core."""
 
@@ -40,13 +40,13 @@ class Inbound:
     size: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class FlowClosed:
     flow_id: str
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SendFailed:
     """A message a client transaction sent could not leave (RFC 3261 8.1.3.1)."""
 

@@ -29,6 +29,7 @@ from .hub import FlowClosed, Hub, Inbound, SendFailed
 __all__ = ["Intake"]
 
 log = logging.getLogger("siptrio.transport")
+EXEMPT_CACHE = 4096  # addresses whose rate-limit exemption is remembered
 
 
 class Intake:
@@ -51,6 +52,7 @@ class Intake:
         self.stats: Counter[str] = hub.stats
         self.limiter: RateLimiter | None = None
         self.exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+        self._exempt_cache: dict[str, bool] = {}
         self.is_banned: Callable[[str], bool] = lambda address: False
 
     def banned(self, address: str) -> bool:
@@ -86,13 +88,22 @@ class Intake:
         return False
 
     def _exempt(self, host: str) -> bool:
+        """Cached per address: an exempt sender over the limit asks on every message."""
         if not self.exempt:
             return False
+        known = self._exempt_cache.get(host)
+        if known is not None:
+            return known
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
-            return False
-        return any(ip in net for net in self.exempt)
+            found = False
+        else:
+            found = any(ip in net for net in self.exempt)
+        if len(self._exempt_cache) >= EXEMPT_CACHE:
+            self._exempt_cache.clear()  # a flood of addresses must not grow it
+        self._exempt_cache[host] = found
+        return found
 
     def parse(self, data: bytes, peer: Peer) -> Inbound | SipParseError:
         if self.hub.trace:

@@ -198,6 +198,63 @@ def test_failed_batch_rolls_back_entirely(store: SqliteStore, db_path: Path) -> 
     assert store.count() == 4
 
 
+def test_staged_batch_is_invisible_until_committed_from_another_thread(
+    store: SqliteStore, db_path: Path
+) -> None:
+    old = make_binding(key="old")
+    store.apply([old], [])
+    new = [rich_binding(), make_binding(key="new")]
+
+    assert store.stage(new, [(old.aor, old.key)]) is True
+    with sqlite3.connect(db_path) as reader:
+        assert reader.execute("SELECT key FROM bindings").fetchall() == [("old",)]
+    worker = threading.Thread(target=store.commit_staged)
+    worker.start()
+    worker.join()
+
+    assert store.all() == sorted(new, key=lambda b: (b.aor, b.key))
+    store.apply([old], [])  # lock released and no transaction left open
+    assert store.count() == 3
+
+
+def test_stage_backs_off_instead_of_waiting_when_another_writer_holds_the_lock(
+    store: SqliteStore, db_path: Path
+) -> None:
+    binding = make_binding()
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # say, `siptrio users add` in another process
+        assert store.stage([binding], []) is False
+        other.execute("COMMIT")
+    finally:
+        other.close()
+    assert store.count() == 0
+    assert store.stage([binding], []) is True
+    store.commit_staged()
+    assert store.all() == [binding]
+
+
+def test_stage_backs_off_while_a_thread_uses_the_connection(store: SqliteStore) -> None:
+    assert store.stage([make_binding(key="a")], []) is True
+    assert store.stage([make_binding(key="b")], []) is False  # still staged, not committed
+    store.commit_staged()
+    assert [b.key for b in store.all()] == ["a"]
+
+
+def test_failed_stage_rolls_back_and_releases_the_lock(store: SqliteStore, db_path: Path) -> None:
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON bindings WHEN NEW.aor = 'sip:poison@x' "
+            "BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+        )
+    batch = [make_binding(key="fine"), make_binding(aor="sip:poison@x")]
+    with pytest.raises(StoreError, match="rolled back"):
+        store.stage(batch, [])
+    assert store.count() == 0
+    store.apply(batch[:1], [])
+    assert store.count() == 1
+
+
 def test_data_survives_close_and_reopen(db_path: Path) -> None:
     binding = rich_binding()
     store = SqliteStore(str(db_path))
