@@ -107,6 +107,12 @@ _LIST_HEADERS = frozenset(
 
 _name_cache: dict[bytes, str] = {}
 
+# The same Via, From, To and Contact values come back in every message of a
+# transaction and a dialog (request, retransmissions, 100, 180, 200, ACK, BYE):
+# parsed values are immutable, so each spelling is parsed once and shared. Bounded
+# by clearing, so a flood of unique values costs what no cache would.
+PARSED_CACHE = 8192
+
 
 def canonical_name(raw_name: bytes) -> str:
     """Lower-case long form of a header name as received (compact forms expanded)."""
@@ -201,8 +207,22 @@ _VIA_FAST = re.compile(
 )
 
 
+_via_cache: dict[str, Via] = {}
+
+
 def parse_via(text: str) -> Via:
-    """One Via list element. LWS is allowed around the '/' of sent-protocol."""
+    """One Via list element, parsed once per spelling (see PARSED_CACHE)."""
+    via = _via_cache.get(text)
+    if via is None:
+        via = _parse_via(text)
+        if len(_via_cache) >= PARSED_CACHE:
+            _via_cache.clear()
+        _via_cache[text] = via
+    return via
+
+
+def _parse_via(text: str) -> Via:
+    """LWS is allowed around the '/' of sent-protocol."""
     m = _VIA_FAST.fullmatch(text)
     if (
         m is not None
@@ -349,7 +369,21 @@ _NAME_ADDR_FAST = re.compile(
 )
 
 
+_name_addr_cache: dict[str, NameAddr] = {}
+
+
 def parse_name_addr(text: str, what: str) -> NameAddr:
+    """From, To, Contact ... parsed once per spelling (see PARSED_CACHE)."""
+    found = _name_addr_cache.get(text)
+    if found is None:
+        found = _parse_name_addr(text, what)
+        if len(_name_addr_cache) >= PARSED_CACHE:
+            _name_addr_cache.clear()
+        _name_addr_cache[text] = found
+    return found
+
+
+def _parse_name_addr(text: str, what: str) -> NameAddr:
     m = _NAME_ADDR_FAST.fullmatch(text)
     if m is not None:
         quoted, plain, uri_text, ptext = m.groups()

@@ -153,12 +153,12 @@ class Message:
 
     def single(self, name: str) -> str | None:
         """The value of a header that may appear at most once (RFC 4475 multi01)."""
-        found = self.values(name)
+        found = self._index.get(name)
         if not found:
             return None
         if len(found) > 1:
             raise SipParseError(f"More than one {display_name(name)} header")
-        return found[0]
+        return _text(found[0], name)
 
     def required(self, name: str) -> str:
         value = self.single(name)
@@ -268,17 +268,25 @@ class Message:
     # --- edits (each returns a new message) --------------------------------------------
 
     def with_headers(self, headers: Iterable[HeaderField]) -> Self:
-        return replace(self, headers=tuple(headers))
+        return self._with_headers(tuple(headers))
+
+    def _with_headers(self, headers: tuple[HeaderField, ...]) -> Self:
+        """A copy with other header lines and no cached views (they may differ).
+
+        Spelled out per class: dataclasses.replace is generic and several times
+        slower, and a forwarded message makes a few of these.
+        """
+        raise NotImplementedError
 
     def prepend(self, name: str, value: str | bytes) -> Self:
         """A new header line above all others (Via, Record-Route)."""
-        return replace(self, headers=(HeaderField.make(name, value), *self.headers))
+        return self._with_headers((HeaderField.make(name, value), *self.headers))
 
     def append(self, name: str, value: str | bytes) -> Self:
-        return replace(self, headers=(*self.headers, HeaderField.make(name, value)))
+        return self._with_headers((*self.headers, HeaderField.make(name, value)))
 
     def remove(self, name: str) -> Self:
-        return replace(self, headers=tuple(h for h in self.headers if h.name != name))
+        return self._with_headers(tuple(h for h in self.headers if h.name != name))
 
     def set(self, name: str, *values: str | bytes) -> Self:
         """Replace every line of ``name`` with ``values``, where the first one stood."""
@@ -295,7 +303,7 @@ class Message:
             out.append(h)
         if not placed:
             out.extend(new)
-        return replace(self, headers=tuple(out))
+        return self._with_headers(tuple(out))
 
     def with_body(self, body: bytes, content_type: str | None) -> Self:
         msg = self.set("content-length", str(len(body)))
@@ -322,6 +330,15 @@ class Request(Message):
     def start_line(self) -> bytes:
         return f"{self.method} {self.uri_text} SIP/2.0".encode()
 
+    def _with_headers(self, headers: tuple[HeaderField, ...]) -> Self:
+        return type(self)(
+            headers=headers,
+            body=self.body,
+            method=self.method,
+            uri=self.uri,
+            uri_text=self.uri_text,
+        )
+
     def with_uri(self, uri: Uri) -> Request:
         return replace(self, uri=uri, uri_text=str(uri))
 
@@ -343,6 +360,9 @@ class Response(Message):
 
     def start_line(self) -> bytes:
         return f"SIP/2.0 {self.status} {self.reason}".encode()
+
+    def _with_headers(self, headers: tuple[HeaderField, ...]) -> Self:
+        return type(self)(headers=headers, body=self.body, status=self.status, reason=self.reason)
 
 
 _REASONS = {

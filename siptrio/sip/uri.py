@@ -148,8 +148,22 @@ _SIP_FAST = re.compile(
 )
 
 
+_uri_cache: dict[str, Uri] = {}
+URI_CACHE = 8192  # spellings remembered; cleared when full (see headers.PARSED_CACHE)
+
+
 def parse_uri_untrusted(text: str) -> Uri:
-    """Parse one URI with no surrounding LWS or brackets."""
+    """Parse one URI with no surrounding LWS or brackets; once per spelling."""
+    uri = _uri_cache.get(text)
+    if uri is None:
+        uri = _parse_uri(text)
+        if len(_uri_cache) >= URI_CACHE:
+            _uri_cache.clear()
+        _uri_cache[text] = uri
+    return uri
+
+
+def _parse_uri(text: str) -> Uri:
     m = _SIP_FAST.fullmatch(text)
     if m is not None:
         scheme, user, password, host, port, ptext = m.groups()
