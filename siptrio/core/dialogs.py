@@ -128,6 +128,9 @@ class Dialogs:
     def __init__(self, *, max_duration: float = 43200.0) -> None:
         self.max_duration = max_duration
         self._by_key: dict[tuple[str, str, str], Dialog] = {}
+        # Early dialogs by the INVITE transaction that made them: every final answer
+        # asks for them, and a scan of all dialogs made that O(dialogs) per call.
+        self._early: dict[object, dict[tuple[str, str, str], Dialog]] = {}
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -180,8 +183,10 @@ class Dialogs:
                 invite_key=invite_key,
             )
             self._by_key[key] = d
+            self._early.setdefault(invite_key, {})[key] = d
             events.append(DialogEvent(kind=DialogEventKind.CREATED, dialog=d.info()))
         if confirmed and d.state is DialogState.EARLY:
+            self._not_early(d)
             d.state = DialogState.CONFIRMED
             d.answered_at = wall
             d.deadline = now + self.max_duration
@@ -191,6 +196,8 @@ class Dialogs:
     def end(self, d: Dialog, *, by: str, reason: str, now: float, wall: float) -> list[DialogEvent]:
         if d.state is DialogState.TERMINATED:
             return []
+        if d.state is DialogState.EARLY:
+            self._not_early(d)
         d.state = DialogState.TERMINATED
         d.ended_at = wall
         d.ended_by = by
@@ -199,11 +206,14 @@ class Dialogs:
         return [DialogEvent(kind=DialogEventKind.ENDED, dialog=d.info())]
 
     def early_of(self, invite_key: object) -> list[Dialog]:
-        return [
-            d
-            for d in self._by_key.values()
-            if d.invite_key == invite_key and d.state is DialogState.EARLY
-        ]
+        return list(self._early.get(invite_key, {}).values())
+
+    def _not_early(self, d: Dialog) -> None:
+        early = self._early.get(d.invite_key)
+        if early is not None:
+            early.pop(d.key, None)
+            if not early:
+                del self._early[d.invite_key]
 
     def on_flow_closed(self, flow_id: str, now: float, wall: float) -> list[DialogEvent]:
         events: list[DialogEvent] = []

@@ -69,3 +69,31 @@ def test_flow_closing_ends_the_dialog_and_remembers_why() -> None:
     dialog, _ = d.find("c1", "tb", "ta")  # type: ignore[misc]
     assert dialog.failed_flow == "ws-1"
     assert d.on_flow_closed("ws-1", 6, 1006) == []  # already ended
+
+
+def test_early_dialogs_of_an_invite_leave_the_list_when_confirmed_or_ended() -> None:
+    d = table()  # c1 / ta / tb, early, from INVITE "k"
+
+    def early(tag: str, invite_key: str, *, confirmed: bool = False) -> None:
+        d.upsert(
+            call_id="c1" if invite_key == "k" else "c2",
+            caller=Leg(uri="sip:a@x", tag="ta", peer=WS),
+            callee=Leg(uri="sip:b@x", tag=tag, peer=UDP),
+            confirmed=confirmed,
+            now=1,
+            wall=1001,
+            invite_key=invite_key,
+        )
+
+    early("tc", "k")  # a second fork of the same INVITE
+    early("td", "other")
+    assert [x.callee.tag for x in d.early_of("k")] == ["tb", "tc"]
+    assert [x.callee.tag for x in d.early_of("other")] == ["td"]
+
+    early("tb", "k", confirmed=True)  # the 200 from the first fork
+    assert [x.callee.tag for x in d.early_of("k")] == ["tc"]
+    (fork,) = d.early_of("k")
+    d.end(fork, by="proxy", reason="another fork answered", now=2, wall=1002)
+    assert d.early_of("k") == []
+    assert [x.callee.tag for x in d.early_of("other")] == ["td"]
+    assert d.early_of("nobody") == []
