@@ -868,7 +868,9 @@ class Proxy:
                 b.local_failure = b.local_failure or (487, "Request Terminated")
             if status == 100:
                 return out
-            if txn.is_invite:
+            if txn.is_invite and not ctx.final_sent:
+                # Once the caller has its final answer (a CANCEL that beat the callee's
+                # first provisional), an early dialog would never be ended: none is made.
                 out += self._dialog_from_response(b, resp, confirmed=False, now=now, wall=wall)
             if not ctx.final_sent:
                 out += self._respond_raw(ctx, up, now)

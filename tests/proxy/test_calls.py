@@ -128,7 +128,8 @@ async def test_cancel_before_answer(server: RunningServer, nursery: trio.Nursery
     await caller.client.send(invite)
     got = await callee.expect_request("INVITE")
     await callee.reply(got, 180, "Ringing")
-    await caller.expect_response("INVITE", final=False)
+    while (await caller.expect_response("INVITE", final=False)).status != 180:
+        pass  # the proxy's 100 Trying may come first; cancel once the 180 is through
     cancel = invite.split(b"\r\n\r\n")[0].decode()
     cancel = cancel.replace("INVITE sip:", "CANCEL sip:", 1).replace(" INVITE\r\n", " CANCEL\r\n")
     cancel = (
@@ -146,6 +147,34 @@ async def test_cancel_before_answer(server: RunningServer, nursery: trio.Nursery
     assert final.status == 487
     await callee.expect_request("ACK")  # the proxy ACKs the 487 hop by hop
     assert dialog_state(server, call_id) is DialogState.TERMINATED
+
+
+async def test_cancel_before_the_callee_rings_leaves_no_early_dialog(
+    server: RunningServer, nursery: trio.Nursery
+) -> None:
+    caller = await make_ua(server, nursery, "udp", "alice")
+    callee = await make_ua(server, nursery, "ws", "bob")
+    invite, call_id = caller.invite("bob")
+    await caller.client.send(invite)
+    got = await callee.expect_request("INVITE")
+    cancel = invite.split(b"\r\n\r\n")[0].decode()
+    cancel = cancel.replace("INVITE sip:", "CANCEL sip:", 1).replace(" INVITE\r\n", " CANCEL\r\n")
+    cancel = (
+        "\r\n".join(
+            line for line in cancel.split("\r\n") if not line.startswith(("Content-", "Contact"))
+        )
+        + "\r\nContent-Length: 0\r\n\r\n"
+    )
+    await caller.client.send(cancel.encode())
+    assert (await caller.expect_response("CANCEL")).status == 200
+    assert (await caller.expect_response("INVITE")).status == 487  # no need to wait for bob
+    # bob's 180 only now: the proxy cancels him then, and makes no dialog of it
+    await callee.reply(got, 180, "Ringing")
+    c = await callee.expect_request("CANCEL")
+    await callee.reply(c, 200, "OK")
+    await callee.reply(got, 487, "Request Terminated")
+    await callee.expect_request("ACK")
+    assert dialog_state(server, call_id) in (None, DialogState.TERMINATED)
 
 
 async def test_forking_one_answers_other_cancelled(
