@@ -195,6 +195,7 @@ class Server:
             sec = cfg.security
             intake.limiter = RateLimiter(sec.rate_limit, sec.rate_burst)
             intake.exempt = sec.rate_limit_exempt
+            intake.handle = self._handle
             auth = self.dispatcher.auth
             intake.is_banned = lambda address: auth.is_banned(address, trio.current_time())
             async with trio.open_nursery() as nursery:

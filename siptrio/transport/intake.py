@@ -11,7 +11,7 @@ import contextlib
 import ipaddress
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -53,6 +53,11 @@ class Intake:
         self.limiter: RateLimiter | None = None
         self.exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
         self._exempt_cache: dict[str, bool] = {}
+        # Set by the server: datagrams are then handled in the receive loop's own task
+        # instead of being handed to the core loop, which saved a task switch per
+        # message (about a tenth of a proxied call's CPU). Streams keep the channel:
+        # it is what pushes back on one connection.
+        self.handle: Callable[[Inbound], Awaitable[None]] | None = None
         self.is_banned: Callable[[str], bool] = lambda address: False
 
     def banned(self, address: str) -> bool:

@@ -1,8 +1,10 @@
 """The UDP listener: one socket per address, one tight receive loop per socket.
 
-Datagrams are parsed in the loop and handed to the core without waiting: when the
-core is behind, a datagram is dropped and counted (UDP senders retransmit) rather
-than letting the kernel buffer fill behind a blocked task.
+Datagrams are parsed and handled in the loop itself (``Intake.handle``, the core's
+handler): no hand-off to another task per message. When the core is behind, the
+socket's receive buffer is the queue and the kernel drops what does not fit (UDP
+senders retransmit); without a handler, datagrams go to the core's channel and are
+dropped and counted when it is full.
 """
 
 from __future__ import annotations
@@ -95,7 +97,11 @@ async def serve_udp(
                     await intake.reject(data, result, peer)
                     continue
                 if await intake.admit(result):
-                    intake.deliver_nowait(result)
+                    handle = intake.handle
+                    if handle is not None:
+                        await handle(result)
+                    else:
+                        intake.deliver_nowait(result)
     finally:
         hub.udp_sockets.pop((local_host, local_port), None)
         sock.close()
