@@ -17,6 +17,7 @@ import socket
 import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -69,6 +70,23 @@ CORE_BATCH = 256  # messages handled per wake-up of the core loop
 
 class StartupError(Exception):
     """A problem the operator must fix before the server can run (exit status 1)."""
+
+
+async def _in_thread(fn: Callable[[], None]) -> None:
+    """Run ``fn`` in one of trio's cached threads and wait for it, uncancellably.
+
+    What trio.to_thread.run_sync does, without its capacity limiter, context copy
+    and thread naming: about 130 us of CPU per call there, 75 here, and the store
+    commits once per REGISTER when the load is light. Only for short, bounded work.
+    """
+    task = trio.lowlevel.current_task()
+    token = trio.lowlevel.current_trio_token()
+
+    def deliver(result: Any) -> None:  # an outcome.Outcome
+        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+    trio.lowlevel.start_thread_soon(fn, deliver)
+    await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
 
 
 def realm_of(config: Config) -> str:
@@ -627,7 +645,7 @@ class Server:
             # commit runs; the REGISTERs waiting on it are owed an answer anyway.
             with trio.CancelScope(shield=True):
                 if isinstance(store, SqliteStore) and store.stage(upserts, deletes):
-                    await trio.to_thread.run_sync(store.commit_staged)
+                    await _in_thread(store.commit_staged)
                 else:
                     await trio.to_thread.run_sync(store.apply, upserts, deletes)
             self.stats["store_commits"] += 1
