@@ -111,7 +111,7 @@ _name_cache: dict[bytes, str] = {}
 # transaction and a dialog (request, retransmissions, 100, 180, 200, ACK, BYE):
 # parsed values are immutable, so each spelling is parsed once and shared. Bounded
 # by clearing, so a flood of unique values costs what no cache would.
-PARSED_CACHE = 8192
+PARSED_CACHE = 1024
 
 
 def canonical_name(raw_name: bytes) -> str:

@@ -149,7 +149,7 @@ _SIP_FAST = re.compile(
 
 
 _uri_cache: dict[str, Uri] = {}
-URI_CACHE = 8192  # spellings remembered; cleared when full (see headers.PARSED_CACHE)
+URI_CACHE = 1024  # spellings remembered; cleared when full (see headers.PARSED_CACHE)
 
 
 def parse_uri_untrusted(text: str) -> Uri:
