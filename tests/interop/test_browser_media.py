@@ -47,7 +47,7 @@ from media_helpers import (
     new_dialog,
     write_pcmu_tone,
 )
-from rtp import Rtpengine, needs_rtpengine
+from support.rtpengine import Rtpengine, needs_rtpengine
 from test_browser_sipp import Sipp, start_sipp, stop_callee, wait_registered
 
 pytestmark = [pytest.mark.slow, needs_browser(certutil=True, sipp=True), needs_rtpengine()]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import Rtpengine
 from support.client import SipClient
+from support.rtpengine import Rtpengine
 from support.server import RunningServer, running_server
 from support.ua import UA
 

@@ -6,8 +6,8 @@ import asyncio
 import threading
 from collections.abc import Callable
 
-from conftest import Siptrio, TrioThread
 from support.client import SipClient
+from support.tui_rig import Siptrio, TrioThread
 from support.ua import UA
 
 from tui.app import MonitorApp

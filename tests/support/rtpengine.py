@@ -1,8 +1,7 @@
-"""A real rtpengine (Debian's rtpengine-daemon, userspace) for the browser media tests.
+"""A real rtpengine (Debian's rtpengine-daemon, userspace) for the media tests.
 
-The same process as tests/media/conftest.py's ``Rtpengine`` (copied rather than imported:
-a conftest is not importable from another test folder without name clashes), started on
-a free ng port and its own RTP port range, stopped by PID.
+Started on a free ng port and its own RTP port range, stopped by PID; shared by
+tests/media (a fixture per test) and tests/interop's browser media tests.
 """
 
 from __future__ import annotations
