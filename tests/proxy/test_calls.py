@@ -54,6 +54,14 @@ def dialog_state(server: RunningServer, call_id: str) -> DialogState | None:
     return None
 
 
+def cancel_of(invite: bytes) -> bytes:
+    """The CANCEL for an INVITE (RFC 3261 section 9.1): same Via, Call-ID and CSeq number."""
+    head = invite.split(b"\r\n\r\n")[0].decode()
+    head = head.replace("INVITE sip:", "CANCEL sip:", 1).replace(" INVITE\r\n", " CANCEL\r\n")
+    lines = [line for line in head.split("\r\n") if not line.startswith(("Content-", "Contact"))]
+    return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
+
+
 async def answer_call(callee: UA) -> tuple[object, object]:
     invite = await callee.expect_request("INVITE")
     await callee.reply(invite, 180, "Ringing")
@@ -130,15 +138,7 @@ async def test_cancel_before_answer(server: RunningServer, nursery: trio.Nursery
     await callee.reply(got, 180, "Ringing")
     while (await caller.expect_response("INVITE", final=False)).status != 180:
         pass  # the proxy's 100 Trying may come first; cancel once the 180 is through
-    cancel = invite.split(b"\r\n\r\n")[0].decode()
-    cancel = cancel.replace("INVITE sip:", "CANCEL sip:", 1).replace(" INVITE\r\n", " CANCEL\r\n")
-    cancel = (
-        "\r\n".join(
-            line for line in cancel.split("\r\n") if not line.startswith(("Content-", "Contact"))
-        )
-        + "\r\nContent-Length: 0\r\n\r\n"
-    )
-    await caller.client.send(cancel.encode())
+    await caller.client.send(cancel_of(invite))
     assert (await caller.expect_response("CANCEL")).status == 200
     c = await callee.expect_request("CANCEL")
     await callee.reply(c, 200, "OK")
@@ -157,15 +157,7 @@ async def test_cancel_before_the_callee_rings_leaves_no_early_dialog(
     invite, call_id = caller.invite("bob")
     await caller.client.send(invite)
     got = await callee.expect_request("INVITE")
-    cancel = invite.split(b"\r\n\r\n")[0].decode()
-    cancel = cancel.replace("INVITE sip:", "CANCEL sip:", 1).replace(" INVITE\r\n", " CANCEL\r\n")
-    cancel = (
-        "\r\n".join(
-            line for line in cancel.split("\r\n") if not line.startswith(("Content-", "Contact"))
-        )
-        + "\r\nContent-Length: 0\r\n\r\n"
-    )
-    await caller.client.send(cancel.encode())
+    await caller.client.send(cancel_of(invite))
     assert (await caller.expect_response("CANCEL")).status == 200
     assert (await caller.expect_response("INVITE")).status == 487  # no need to wait for bob
     # bob's 180 only now: the proxy cancels him then, and makes no dialog of it
