@@ -383,17 +383,7 @@ def stamp_via(request: Request, peer: Peer) -> Request:
                 lines.append(HeaderField.make("via", ", ".join(rest)))
             headers[i : i + 1] = lines
             break
-    stamped = Request(
-        headers=tuple(headers),
-        body=request.body,
-        method=request.method,
-        uri=request.uri,
-        uri_text=request.uri_text,
-    )
-    # Keep already parsed views: they did not change except the top Via.
-    for attr in ("from_", "to", "call_id", "cseq", "max_forwards"):
-        if attr in request.__dict__:
-            stamped.__dict__[attr] = request.__dict__[attr]
+    stamped = request.edited(tuple(headers), ("via",))
     if "vias" in request.__dict__:
         stamped.__dict__["vias"] = (new, *request.vias[1:])
     return stamped

@@ -199,10 +199,11 @@ def parse_params(text: str, what: str) -> Params:
         return ()
     if _PARAMS_FAST.fullmatch(text):
         # the common form: token names and values, no quotes, no LWS
-        return tuple(
-            (name, value if eq else None)
-            for name, eq, value in (p.partition("=") for p in text[1:].split(";"))
-        )
+        fast: list[tuple[str, str | None]] = []
+        for p in text[1:].split(";"):
+            name, eq, value = p.partition("=")
+            fast.append((name, value if eq else None))
+        return tuple(fast)
     if text[0] != ";":
         raise SipParseError(f"Unexpected text {text[:20]!r} in {what}")
     out: list[tuple[str, str | None]] = []
@@ -262,6 +263,10 @@ def parse_uint(text: str, what: str, maximum: int = 2**32 - 1, *, clamp: bool = 
     2**32-1 means 2**32-1; counters like CSeq must instead be rejected (RFC 4475
     scalar02).
     """
+    if text.isdigit() and text.isascii() and len(text) < 10:
+        value = int(text)  # the common case: plain digits, nothing around them
+        if value <= maximum:
+            return value
     text = text.strip(LWS)
     if not DIGITS.match(text) or len(text) > 256:
         raise SipParseError(f"{what} is not a number")

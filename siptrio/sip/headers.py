@@ -473,8 +473,24 @@ class CSeq:
         return f"{self.number} {self.method}"
 
 
+_cseq_cache: dict[str, CSeq] = {}
+
+
 def parse_cseq(text: str) -> CSeq:
-    """CSeq = 1*DIGIT LWS Method; the number must fit 32 bits (RFC 4475 scalar02)."""
+    """CSeq = 1*DIGIT LWS Method; the number must fit 32 bits (RFC 4475 scalar02).
+
+    "1 INVITE", "2 BYE" ... repeat across dialogs: parsed once per spelling.
+    """
+    found = _cseq_cache.get(text)
+    if found is None:
+        found = _parse_cseq(text)
+        if len(_cseq_cache) >= PARSED_CACHE:
+            _cseq_cache.clear()
+        _cseq_cache[text] = found
+    return found
+
+
+def _parse_cseq(text: str) -> CSeq:
     parts = text.split()
     if len(parts) != 2:
         raise SipParseError("Malformed CSeq")

@@ -116,15 +116,17 @@ class Message:
     __hash__ = None  # type: ignore[assignment]
 
     @lazy
-    def _index(self) -> dict[str, list[bytes]]:
-        """Header values by name, built once: the typed views each look up several."""
-        index: dict[str, list[bytes]] = {}
+    def _index(self) -> dict[str, tuple[bytes, ...]]:
+        """Header values by name, built once: the typed views each look up several.
+
+        Tuples rather than lists: a message lives as long as its transaction (32 s
+        on UDP), and the cyclic collector stops tracking tuples of bytes but scans
+        every list on each pass.
+        """
+        index: dict[str, tuple[bytes, ...]] = {}
         for h in self.headers:
             found = index.get(h.name)
-            if found is None:
-                index[h.name] = [h.value]
-            else:
-                found.append(h.value)
+            index[h.name] = (h.value,) if found is None else (*found, h.value)
         return index
 
     def has(self, name: str) -> bool:
@@ -190,7 +192,7 @@ class Message:
     @lazy
     def call_id(self) -> str:
         value = self.required("call-id").strip(LWS)
-        if not value or any(c in value for c in " \t"):
+        if not value or " " in value or "\t" in value:
             raise SipParseError("Malformed Call-ID")
         return value
 
@@ -270,6 +272,29 @@ class Message:
     def with_headers(self, headers: Iterable[HeaderField]) -> Self:
         return self._with_headers(tuple(headers))
 
+    def edited(self, headers: tuple[HeaderField, ...], changed: Iterable[str]) -> Self:
+        """A copy with other header lines, keeping the views of every header not in
+        ``changed`` (lower-case names): for a message that is read again after the
+        edit, like a request whose top Via was stamped on arrival.
+        """
+        new = self._with_headers(headers)
+        cached = self.__dict__
+        fresh = new.__dict__
+        views = _VIEWS
+        changed = set(changed)
+        for attr, value in cached.items():
+            name = views.get(attr)
+            if name is not None and name not in changed:
+                fresh[attr] = value
+        index = cached.get("_index")
+        if index is not None:
+            index = {k: v for k, v in index.items() if k not in changed}
+            for h in headers:
+                if h.name in changed:
+                    index[h.name] = (*index.get(h.name, ()), h.value)
+            fresh["_index"] = index
+        return new
+
     def _with_headers(self, headers: tuple[HeaderField, ...]) -> Self:
         """A copy with other header lines and no cached views (they may differ).
 
@@ -277,6 +302,9 @@ class Message:
         slower, and a forwarded message makes a few of these.
         """
         raise NotImplementedError
+
+    # The edits below make messages that are mostly serialised and sent, not read:
+    # their views are parsed again only if someone asks (``edited`` keeps them).
 
     def prepend(self, name: str, value: str | bytes) -> Self:
         """A new header line above all others (Via, Record-Route)."""
@@ -286,7 +314,8 @@ class Message:
         return self._with_headers((*self.headers, HeaderField.make(name, value)))
 
     def remove(self, name: str) -> Self:
-        return self._with_headers(tuple(h for h in self.headers if h.name != name))
+        lname = name.lower()
+        return self._with_headers(tuple(h for h in self.headers if h.name != lname))
 
     def set(self, name: str, *values: str | bytes) -> Self:
         """Replace every line of ``name`` with ``values``, where the first one stood."""
@@ -310,6 +339,30 @@ class Message:
         if content_type:
             msg = msg.set("content-type", content_type)
         return replace(msg, body=body)
+
+
+# Each cached view and the one header it is parsed from: what an edit of that header
+# invalidates and an edit of any other keeps.
+_VIEWS: dict[str, str] = {
+    "vias": "via",
+    "from_": "from",
+    "to": "to",
+    "call_id": "call-id",
+    "cseq": "cseq",
+    "max_forwards": "max-forwards",
+    "content_length": "content-length",
+    "content_type": "content-type",
+    "contact_star": "contact",
+    "contacts": "contact",
+    "routes": "route",
+    "record_routes": "record-route",
+    "paths": "path",
+    "expires": "expires",
+    "require": "require",
+    "proxy_require": "proxy-require",
+    "supported": "supported",
+    "user_agent": "user-agent",
+}
 
 
 def _single_name_addr(msg: Message, name: str) -> NameAddr:
@@ -340,7 +393,16 @@ class Request(Message):
         )
 
     def with_uri(self, uri: Uri) -> Request:
-        return replace(self, uri=uri, uri_text=str(uri))
+        """Another Request-URI; every header view stays valid."""
+        new = Request(
+            headers=self.headers, body=self.body, method=self.method, uri=uri, uri_text=str(uri)
+        )
+        cached = self.__dict__
+        fresh = new.__dict__
+        for attr in (*_VIEWS, "_index"):
+            if attr in cached:
+                fresh[attr] = cached[attr]
+        return new
 
     def transaction_tag(self) -> str:
         """A stable To tag for responses this server generates to this request.

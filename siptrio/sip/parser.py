@@ -54,23 +54,46 @@ def _name(raw_name: bytes) -> str:
     return name
 
 
-def _header_lines(lines: list[bytes], max_headers: int) -> list[HeaderField]:
+# Header lines that repeat byte for byte across messages (Max-Forwards: 70,
+# Content-Type, CSeq: 1 INVITE, a phone's Contact and User-Agent ...) are split
+# once and their HeaderField shared; lines that name one transaction or dialog are
+# not kept, they would only push the repeating ones out. Bounded by clearing.
+LINE_CACHE = 1024
+_line_cache: dict[bytes, HeaderField] = {}
+_NOT_CACHED = frozenset({"via", "from", "to", "call-id", "cseq", "route", "authorization"})
+
+Index = dict[str, tuple[bytes, ...]]  # tuples: the cyclic GC stops tracking them
+
+
+def _header_lines(lines: list[bytes], max_headers: int) -> tuple[list[HeaderField], Index]:
+    """Header fields and the index of values by name, in one pass."""
     if len(lines) > max_headers:
         raise SipParseError(f"Too many header fields (limit {max_headers})")
     headers: list[HeaderField] = []
     append = headers.append
+    index: Index = {}
+    cached = _line_cache.get
     for line in lines:
-        # The common case, no folding: one line, one header, no joins.
-        if not line or line[0] in (0x20, 0x09):
-            return _header_lines_folded(lines, max_headers)
-        name, colon, value = line.partition(b":")
-        if not colon or not name:
-            raise SipParseError("Header line without a colon")
-        append(HeaderField(_name(name.rstrip(b" \t")), line, value.strip(b" \t")))
-    return headers
+        h = cached(line)
+        if h is None:
+            # The common case, no folding: one line, one header, no joins.
+            if not line or line[0] in (0x20, 0x09):
+                return _header_lines_folded(lines, max_headers)
+            raw_name, colon, value = line.partition(b":")
+            if not colon or not raw_name:
+                raise SipParseError("Header line without a colon")
+            h = HeaderField(_name(raw_name.rstrip(b" \t")), line, value.strip(b" \t"))
+            if h.name not in _NOT_CACHED:
+                if len(_line_cache) >= LINE_CACHE:
+                    _line_cache.clear()
+                _line_cache[line] = h
+        append(h)
+        found = index.get(h.name)
+        index[h.name] = (h.value,) if found is None else (*found, h.value)
+    return headers, index
 
 
-def _header_lines_folded(lines: list[bytes], max_headers: int) -> list[HeaderField]:
+def _header_lines_folded(lines: list[bytes], max_headers: int) -> tuple[list[HeaderField], Index]:
     headers: list[HeaderField] = []
     name: str | None = None
     raw_parts: list[bytes] = []
@@ -100,7 +123,10 @@ def _header_lines_folded(lines: list[bytes], max_headers: int) -> list[HeaderFie
         if len(headers) >= max_headers:
             raise SipParseError(f"Too many header fields (limit {max_headers})")
     flush()
-    return headers
+    index: Index = {}
+    for h in headers:
+        index[h.name] = (*index.get(h.name, ()), h.value)
+    return headers, index
 
 
 def _check_controls(head: bytes) -> None:
@@ -109,7 +135,8 @@ def _check_controls(head: bytes) -> None:
     NUL is legal only as a quoted-pair inside a quoted string (RFC 4475 intmeth);
     anything else is how header injection and C-string truncation bugs start.
     """
-    if b"\r" in head.replace(b"\r\n", b"") or b"\n" in head.replace(b"\r\n", b""):
+    pairs = head.count(b"\r\n")  # counting is three scans and no copies
+    if head.count(b"\r") != pairs or head.count(b"\n") != pairs:
         raise SipParseError("Bare CR or LF in the header section")
     pos = head.find(b"\x00")
     while pos >= 0:
@@ -140,9 +167,10 @@ def parse_message_untrusted(
     _check_controls(head)
     lines = head.split(b"\r\n")
     start = lines[0]
-    headers = tuple(_header_lines(lines[1:], max_headers))
+    fields, index = _header_lines(lines[1:], max_headers)
+    headers = tuple(fields)
 
-    lengths = [h.value for h in headers if h.name == "content-length"]
+    lengths = index.get("content-length")
     length: int | None = None
     if lengths:
         if any(v != lengths[0] for v in lengths[1:]):
@@ -161,11 +189,13 @@ def parse_message_untrusted(
         body = data[body_start : body_start + length]
 
     if start.startswith(b"SIP/") or start.startswith(b"sip/"):
-        return _response(start, headers, body)
-    return _request(start, headers, body)
+        return _response(start, headers, index, body)
+    return _request(start, headers, index, body)
 
 
-def _response(start: bytes, headers: tuple[HeaderField, ...], body: bytes) -> Response:
+def _response(
+    start: bytes, headers: tuple[HeaderField, ...], index: Index, body: bytes
+) -> Response:
     m = STATUS_LINE.match(start)
     if not m:
         raise SipParseError("Malformed Status-Line")
@@ -176,13 +206,14 @@ def _response(start: bytes, headers: tuple[HeaderField, ...], body: bytes) -> Re
         raise SipParseError("Bad status code")
     reason = _text(m.group(3) or b"", "Reason-Phrase")
     resp = Response(headers=headers, body=body, status=int(code), reason=reason)
+    resp.__dict__["_index"] = index  # what the lazy view would build, built already
     resp.vias  # noqa: B018 - eager validation of what response routing needs
     resp.cseq  # noqa: B018
     resp.call_id  # noqa: B018
     return resp
 
 
-def _request(start: bytes, headers: tuple[HeaderField, ...], body: bytes) -> Request:
+def _request(start: bytes, headers: tuple[HeaderField, ...], index: Index, body: bytes) -> Request:
     m = REQUEST_LINE.match(start)
     if not m:
         raise SipParseError("Malformed Request-Line")
@@ -194,6 +225,7 @@ def _request(start: bytes, headers: tuple[HeaderField, ...], body: bytes) -> Req
     if isinstance(uri, SipUri) and uri.headers:
         raise SipParseError("Headers are not allowed in the Request-URI")
     req = Request(headers=headers, body=body, method=method, uri=uri, uri_text=uri_text)
+    req.__dict__["_index"] = index  # what the lazy view would build, built already
     req.vias  # noqa: B018 - eager validation of what every request needs
     req.from_  # noqa: B018
     req.to  # noqa: B018

@@ -1,11 +1,12 @@
-"""Parsed Via, name-addr and URI values are shared per spelling, and the caches stay bounded."""
+"""Parsed values and header lines are shared per spelling, edits keep what they can, caches stay bounded."""
 
 from __future__ import annotations
 
 import pytest
 
-from siptrio.sip import SipParseError, headers, uri
+from siptrio.sip import Request, SipParseError, headers, parse_message_untrusted, parser, uri
 from siptrio.sip.headers import parse_name_addr, parse_via
+from siptrio.sip.message import HeaderField
 from siptrio.sip.uri import parse_uri_untrusted
 
 
@@ -38,3 +39,48 @@ def test_a_flood_of_unique_values_does_not_grow_the_caches_past_their_bound() ->
     assert len(uri._uri_cache) <= uri.URI_CACHE
     # still correct after the clear
     assert parse_via("SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-after").branch == ("z9hG4bK-after")
+
+
+def _parsed(text: str) -> Request:
+    m = parse_message_untrusted(text.replace("\n", "\r\n").encode())
+    assert isinstance(m, Request)
+    return m
+
+
+def _options(branch: str, max_forwards: int = 70) -> str:
+    return (
+        "OPTIONS sip:bob@127.0.0.1 SIP/2.0\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{branch}\n"
+        f"Max-Forwards: {max_forwards}\n"
+        "From: <sip:alice@127.0.0.1>;tag=a1\nTo: <sip:bob@127.0.0.1>\n"
+        f"Call-ID: {branch}\nCSeq: 1 OPTIONS\nUser-Agent: cache test\nContent-Length: 0\n\n"
+    )
+
+
+def test_repeated_header_lines_are_shared_and_edits_never_reach_the_other_message() -> None:
+    a, b = _parsed(_options("line-1")), _parsed(_options("line-2"))
+    ua_a = next(h for h in a.headers if h.name == "user-agent")
+    assert ua_a is next(h for h in b.headers if h.name == "user-agent")
+    # lines naming one transaction are not kept: they would only evict the others
+    assert not any(h.name == "via" for h in parser._line_cache.values())
+    edited = a.set("user-agent", "changed").set("max-forwards", "9")
+    assert edited.user_agent == "changed" and edited.max_forwards == 9
+    assert a.user_agent == b.user_agent == "cache test" and a.max_forwards == 70
+    assert _parsed(_options("line-3", 69)).max_forwards == 69
+
+
+def test_a_flood_of_unique_header_lines_stays_within_the_line_cache_bound() -> None:
+    for i in range(parser.LINE_CACHE + 50):
+        _parsed(_options(f"flood-{i}").replace("cache test", f"agent {i}"))
+    assert len(parser._line_cache) <= parser.LINE_CACHE
+
+
+def test_an_edit_keeps_the_views_of_the_headers_it_did_not_touch() -> None:
+    req = _parsed(_options("views-1"))
+    from_, cseq = req.from_, req.cseq
+    new = HeaderField.make("via", "SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bK-views-2")
+    headers = tuple(new if h.name == "via" else h for h in req.headers)
+    copy = req.edited(headers, ("via",))
+    assert copy.from_ is from_ and copy.cseq is cseq  # kept, not parsed again
+    assert copy.top_via.host == "127.0.0.2" and req.top_via.host == "127.0.0.1"
+    assert copy.raw_values("via") == [new.value] and copy.has("user-agent")
