@@ -1,4 +1,4 @@
-"""Proxy decisions that are easiest to see sans-IO: loops, strict routers, relaying."""
+"""Proxy decisions that are easiest to see sans-IO: loops, strict routers, relaying, cycles."""
 
 from __future__ import annotations
 
@@ -115,3 +115,74 @@ def test_stray_response_is_dropped_and_counted() -> None:
     assert isinstance(resp, Response)
     assert d.receive_response(resp, FAR, 0.0) == []
     assert d.stats["responses_stray"] == 1
+
+
+def _answer(req: Request, status: int, reason: str) -> Response:
+    """The callee's response to what we forwarded: Via, Record-Route, From, To+tag copied."""
+    lines = [f"SIP/2.0 {status} {reason}"]
+    for name in ("via", "record-route", "from", "call-id", "cseq"):
+        lines += [f"{name}: {v}" for v in req.values(name)]
+    to = req.to.text if req.to.tag else f"{req.to.text};tag=callee1"
+    lines += [f"To: {to}", "Contact: <sip:bob@127.0.0.9:7000>", "Content-Length: 0"]
+    resp = parse_message_untrusted(("\r\n".join(lines) + "\r\n\r\n").encode())
+    assert isinstance(resp, Response)
+    return resp
+
+
+def _in_dialog(method: str, cseq: int, route: str) -> Request:
+    text = (
+        f"{method} sip:bob@127.0.0.9:7000 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{method.lower()}1\r\n"
+        f"Route: {route}\r\nMax-Forwards: 70\r\n"
+        "From: <sip:alice@example.com>;tag=fa\r\nTo: <sip:bob@127.0.0.9>;tag=callee1\r\n"
+        f"Call-ID: cycles-1\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+    )
+    m = parse_message_untrusted(text.encode())
+    assert isinstance(m, Request)
+    return m
+
+
+def test_a_finished_call_leaves_nothing_for_the_cyclic_collector() -> None:
+    """Contexts, branches and transactions point at each other; once a call's last
+    transaction has ended they must be freed by reference counting alone, or every call
+    waits for a full collection (a pause that grows with the load)."""
+    import gc
+
+    gc.collect()  # what earlier tests left: not this test's business
+    d = dispatcher()
+    invite = parse_message_untrusted(
+        b"INVITE sip:bob@127.0.0.9:7000 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-inv1\r\nMax-Forwards: 70\r\n"
+        b"From: <sip:alice@example.com>;tag=fa\r\nTo: <sip:bob@127.0.0.9>\r\n"
+        b"Call-ID: cycles-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert isinstance(invite, Request)
+    now = 0.0
+    out = sent(d.receive_request(invite, ALICE, now))
+    (fwd,) = [m for p, m in out if p == FAR]
+    assert isinstance(fwd, Request)
+    for status, reason in ((180, "Ringing"), (200, "OK")):
+        ups = sent(d.receive_response(_answer(fwd, status, reason), FAR, now))
+        assert [m.status for _, m in ups if isinstance(m, Response)] == [status]
+    route = fwd.values("record-route")[0]
+    assert sent(d.receive_request(_in_dialog("ACK", 1, route), ALICE, now))  # relayed
+    (bye,) = [m for p, m in sent(d.receive_request(_in_dialog("BYE", 2, route), ALICE, now))]
+    assert isinstance(bye, Request)
+    ups = sent(d.receive_response(_answer(bye, 200, "OK"), FAR, now))
+    assert [m.status for _, m in ups if isinstance(m, Response)] == [200]
+    for now in (40.0, 80.0, 120.0):  # every transaction timer and the dialog's linger
+        d.fire_timers(now)
+        d.tick(now)
+    assert not d.layer.servers and not d.layer.clients and not d.proxy.branches
+    assert len(d.dialogs) == 0
+
+    del out, fwd, bye, ups, invite
+    flags = gc.get_debug()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        left = {type(o).__name__ for o in gc.garbage}
+    finally:
+        gc.set_debug(flags)
+        gc.garbage.clear()
+    assert not left & {"Context", "Branch", "ServerTransaction", "ClientTransaction", "Request"}
