@@ -11,6 +11,7 @@ can show them.
 from __future__ import annotations
 
 import enum
+import heapq
 import itertools
 from dataclasses import dataclass, field
 
@@ -131,6 +132,11 @@ class Dialogs:
         # Early dialogs by the INVITE transaction that made them: every final answer
         # asks for them, and a scan of all dialogs made that O(dialogs) per call.
         self._early: dict[object, dict[tuple[str, str, str], Dialog]] = {}
+        # Every deadline ever set, earliest first; an entry whose dialog has since got
+        # another deadline (or is gone) is skipped when it comes up. Expiry looks at
+        # what is due, not at every dialog each second.
+        self._deadlines: list[tuple[float, int, tuple[str, str, str]]] = []
+        self._pushed = itertools.count()
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -183,6 +189,7 @@ class Dialogs:
                 invite_key=invite_key,
             )
             self._by_key[key] = d
+            self._due(d)
             self._early.setdefault(invite_key, {})[key] = d
             events.append(DialogEvent(kind=DialogEventKind.CREATED, dialog=d.info()))
         if confirmed and d.state is DialogState.EARLY:
@@ -190,6 +197,7 @@ class Dialogs:
             d.state = DialogState.CONFIRMED
             d.answered_at = wall
             d.deadline = now + self.max_duration
+            self._due(d)
             events.append(DialogEvent(kind=DialogEventKind.STATE_CHANGED, dialog=d.info()))
         return events
 
@@ -203,6 +211,7 @@ class Dialogs:
         d.ended_by = by
         d.end_reason = reason
         d.deadline = now + LINGER
+        self._due(d)
         return [DialogEvent(kind=DialogEventKind.ENDED, dialog=d.info())]
 
     def early_of(self, invite_key: object) -> list[Dialog]:
@@ -227,11 +236,17 @@ class Dialogs:
                     break
         return events
 
+    def _due(self, d: Dialog) -> None:
+        heapq.heappush(self._deadlines, (d.deadline, next(self._pushed), d.key))
+
     def expire(self, now: float, wall: float) -> list[DialogEvent]:
         events: list[DialogEvent] = []
-        for key, d in list(self._by_key.items()):
-            if d.deadline > now:
-                continue
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, _, key = heapq.heappop(heap)
+            d = self._by_key.get(key)
+            if d is None or d.deadline != deadline:
+                continue  # a later deadline replaced this one
             if d.state is DialogState.TERMINATED:
                 del self._by_key[key]
             else:
