@@ -377,11 +377,13 @@ def stamp_via(request: Request, peer: Peer) -> Request:
     headers = list(request.headers)
     for i, h in enumerate(headers):
         if h.name == "via":
+            line = HeaderField.make("via", new.text)
+            if b"," not in h.value:
+                headers[i] = line  # one value on the line, the usual case
+                break
             rest = split_list(h.value.decode("utf-8"), "Via")[1:]
-            lines = [HeaderField.make("via", new.serialise())]
-            if rest:
-                lines.append(HeaderField.make("via", ", ".join(rest)))
-            headers[i : i + 1] = lines
+            rest_line = [HeaderField.make("via", ", ".join(rest))] if rest else []
+            headers[i : i + 1] = [line, *rest_line]
             break
     stamped = request.edited(tuple(headers), ("via",))
     if "vias" in request.__dict__:

@@ -1201,6 +1201,9 @@ def _without_top_via(resp: Response) -> Response:
     headers = list(resp.headers)
     for i, h in enumerate(headers):
         if h.name == "via":
+            if b"," not in h.value:
+                del headers[i]  # our Via on a line of its own: the usual case
+                break
             from ..sip.headers import split_list
 
             rest = split_list(h.value.decode("utf-8"), "Via")[1:]

@@ -72,9 +72,22 @@ class HeaderField:
 
     @classmethod
     def make(cls, name: str, value: str | bytes) -> HeaderField:
-        lname = name.lower()
-        bvalue = value.encode("utf-8") if isinstance(value, str) else value
-        return cls(lname, display_name(lname).encode("ascii") + b": " + bvalue, bvalue)
+        """A header line we write. Lines that repeat (Server, Supported, our
+        Record-Route, Content-Length: 0, Max-Forwards: 69 ...) are made once."""
+        key = (name, value)
+        made = _made.get(key)
+        if made is None:
+            lname = name.lower()
+            bvalue = value.encode("utf-8") if isinstance(value, str) else value
+            made = cls(lname, display_name(lname).encode("ascii") + b": " + bvalue, bvalue)
+            if len(_made) >= MADE_CACHE:
+                _made.clear()
+            _made[key] = made
+        return made
+
+
+MADE_CACHE = 1024
+_made: dict[tuple[str, str | bytes], HeaderField] = {}
 
 
 def _text(value: bytes, name: str) -> str:
@@ -95,11 +108,7 @@ class Message:
         raise NotImplementedError
 
     def serialise(self) -> bytes:
-        parts = [self.start_line()]
-        parts.extend(h.raw for h in self.headers)
-        parts.append(b"")
-        parts.append(self.body)
-        return b"\r\n".join(parts)
+        return b"\r\n".join([self.start_line(), *[h.raw for h in self.headers], b"", self.body])
 
     __bytes__ = serialise
 
@@ -172,7 +181,7 @@ class Message:
 
     @lazy
     def vias(self) -> tuple[Via, ...]:
-        vias = tuple(parse_via(e) for e in self.elements("via"))
+        vias = tuple([parse_via(e) for e in self.elements("via")])
         if not vias:
             raise SipParseError("Missing Via header")
         return vias
@@ -288,10 +297,13 @@ class Message:
                 fresh[attr] = value
         index = cached.get("_index")
         if index is not None:
-            index = {k: v for k, v in index.items() if k not in changed}
-            for h in headers:
-                if h.name in changed:
-                    index[h.name] = (*index.get(h.name, ()), h.value)
+            index = index.copy()
+            for name in changed:
+                values = tuple([h.value for h in headers if h.name == name])
+                if values:
+                    index[name] = values
+                else:
+                    index.pop(name, None)
             fresh["_index"] = index
         return new
 
@@ -315,7 +327,7 @@ class Message:
 
     def remove(self, name: str) -> Self:
         lname = name.lower()
-        return self._with_headers(tuple(h for h in self.headers if h.name != lname))
+        return self._with_headers(tuple([h for h in self.headers if h.name != lname]))
 
     def set(self, name: str, *values: str | bytes) -> Self:
         """Replace every line of ``name`` with ``values``, where the first one stood."""
@@ -367,6 +379,11 @@ _VIEWS: dict[str, str] = {
 
 def _single_name_addr(msg: Message, name: str) -> NameAddr:
     value = msg.required(name)
+    if "," not in value:  # one value, nothing to split (the usual case)
+        text = value.strip(LWS)
+        if not text:
+            raise SipParseError(f"Empty element in {display_name(name)}")
+        return parse_name_addr(text, display_name(name))
     # A comma outside quotes and <> means two values: RFC 4475 baddn and multi01.
     elements = split_list(value, display_name(name))
     if len(elements) != 1:

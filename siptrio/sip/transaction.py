@@ -394,6 +394,8 @@ class TransactionLayer:
 
     def forget(self, key: Hashable) -> None:
         """Drop a terminated transaction (the TU calls this on TERMINATED)."""
-        self.servers.pop(key, None)
-        self.clients.pop(key, None)
-        self.heap.cancel_all(key, ALL_TIMERS)
+        server = self.servers.pop(key, None)
+        client = self.clients.pop(key, None)
+        txn = server or client
+        if txn is None or txn.state is not TxState.TERMINATED:
+            self.heap.cancel_all(key, ALL_TIMERS)  # a terminated one has cancelled its own
