@@ -113,9 +113,11 @@ class Plan:
 
 FULL = Plan(
     name="full",
-    register_rates=(500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 10000, 12000, 16000),
+    # Steps of at most ~20 % where a server's limit lies: a coarse ladder understates
+    # the best counting rate of whichever server falls between two rungs.
+    register_rates=(500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 16000),
     register_seconds=5.0,
-    call_rates=(100, 200, 300, 400, 500, 700, 1000, 1400, 2000),
+    call_rates=(100, 200, 300, 400, 500, 600, 700, 850, 1000, 1200, 1400, 1700, 2000),
     call_seconds=10.0,
     ws_counts=(1000, 10000),
     ws_hold=12.0,

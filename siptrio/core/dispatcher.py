@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import __version__
 from ..sip.errors import SipParseError
-from ..sip.headers import split_list
+from ..sip.headers import remember_via, split_list
 from ..sip.message import HeaderField, Request, Response, make_response
 from ..sip.transaction import ServerTransaction, Timers, TransactionLayer, TxEvent, TxSend
 from ..sip.uri import SipUri
@@ -373,6 +373,7 @@ def stamp_via(request: Request, peer: Peer) -> Request:
         new = via.with_params({"received": peer.host})
     else:
         return request
+    remember_via(new)
     # Rewrite the first Via line: the stamped value first, the line's other values after.
     headers = list(request.headers)
     for i, h in enumerate(headers):

@@ -221,6 +221,15 @@ def parse_via(text: str) -> Via:
     return via
 
 
+def remember_via(via: Via) -> None:
+    """Put a Via we wrote ourselves (a stamped one) where parse_via will find it: the
+    next hop echoes it in every response, spelled exactly as we sent it."""
+    if via.text:
+        if len(_via_cache) >= PARSED_CACHE:
+            _via_cache.clear()
+        _via_cache[via.text] = via
+
+
 def _parse_via(text: str) -> Via:
     """LWS is allowed around the '/' of sent-protocol."""
     m = _VIA_FAST.fullmatch(text)
