@@ -80,12 +80,16 @@ class HeaderField:
             lname = name.lower()
             bvalue = value.encode("utf-8") if isinstance(value, str) else value
             made = cls(lname, display_name(lname).encode("ascii") + b": " + bvalue, bvalue)
-            if len(_made) >= MADE_CACHE:
-                _made.clear()
-            _made[key] = made
+            if lname not in PER_TRANSACTION:
+                if len(_made) >= MADE_CACHE:
+                    _made.clear()
+                _made[key] = made
         return made
 
 
+# Headers whose lines name one transaction or dialog (a branch, a tag, a Call-ID): a
+# cache of lines would fill with them and push out the lines that do repeat.
+PER_TRANSACTION = frozenset({"via", "from", "to", "call-id", "cseq", "route", "authorization"})
 MADE_CACHE = 1024
 _made: dict[tuple[str, str | bytes], HeaderField] = {}
 

@@ -13,7 +13,7 @@ import re
 from ._abnf import REQUEST_LINE, STATUS_LINE
 from .errors import SipParseError
 from .headers import canonical_name
-from .message import HeaderField, Request, Response, _text
+from .message import PER_TRANSACTION, HeaderField, Request, Response, _text
 from .uri import SipUri, parse_uri_untrusted
 
 __all__ = ["DEFAULT_MAX_HEADERS", "error_response_untrusted", "parse_message_untrusted"]
@@ -55,12 +55,11 @@ def _name(raw_name: bytes) -> str:
 
 
 # Header lines that repeat byte for byte across messages (Max-Forwards: 70,
-# Content-Type, CSeq: 1 INVITE, a phone's Contact and User-Agent ...) are split
-# once and their HeaderField shared; lines that name one transaction or dialog are
+# Content-Type, a phone's Contact and User-Agent ...) are split once and their
+# HeaderField shared; lines that name one transaction or dialog (PER_TRANSACTION) are
 # not kept, they would only push the repeating ones out. Bounded by clearing.
 LINE_CACHE = 1024
 _line_cache: dict[bytes, HeaderField] = {}
-_NOT_CACHED = frozenset({"via", "from", "to", "call-id", "cseq", "route", "authorization"})
 
 Index = dict[str, tuple[bytes, ...]]  # tuples: the cyclic GC stops tracking them
 
@@ -83,7 +82,7 @@ def _header_lines(lines: list[bytes], max_headers: int) -> tuple[list[HeaderFiel
             if not colon or not raw_name:
                 raise SipParseError("Header line without a colon")
             h = HeaderField(_name(raw_name.rstrip(b" \t")), line, value.strip(b" \t"))
-            if h.name not in _NOT_CACHED:
+            if h.name not in PER_TRANSACTION:
                 if len(_line_cache) >= LINE_CACHE:
                     _line_cache.clear()
                 _line_cache[line] = h
