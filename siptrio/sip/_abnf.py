@@ -9,8 +9,12 @@ that tries to.
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 from .errors import SipParseError
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 # alphanum = ALPHA / DIGIT
 _ALPHANUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -46,6 +50,16 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _PARAMS_FAST = re.compile(
     r"(?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=(?:[A-Za-z0-9\-.!%*_+`'~:]+|\[[0-9A-Fa-f:.]+\]))?)+"
 )
+
+
+def remember(cache: dict[K, V], key: K, value: V, bound: int) -> V:
+    """Keep ``value`` under ``key`` and return it. The caches of parsed spellings are
+    bounded by emptying a full one: a flood of unique values then costs what no cache
+    would, and the values that do repeat are back after one miss each."""
+    if len(cache) >= bound:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def is_token(text: str) -> bool:

@@ -23,6 +23,7 @@ from ._abnf import (
     parse_params,
     parse_quoted,
     parse_uint,
+    remember,
     split_top_level,
     unquote,
 )
@@ -213,21 +214,14 @@ _via_cache: dict[str, Via] = {}
 def parse_via(text: str) -> Via:
     """One Via list element, parsed once per spelling (see PARSED_CACHE)."""
     via = _via_cache.get(text)
-    if via is None:
-        via = _parse_via(text)
-        if len(_via_cache) >= PARSED_CACHE:
-            _via_cache.clear()
-        _via_cache[text] = via
-    return via
+    return via if via is not None else remember(_via_cache, text, _parse_via(text), PARSED_CACHE)
 
 
 def remember_via(via: Via) -> None:
     """Put a Via we wrote ourselves (a stamped one) where parse_via will find it: the
     next hop echoes it in every response, spelled exactly as we sent it."""
     if via.text:
-        if len(_via_cache) >= PARSED_CACHE:
-            _via_cache.clear()
-        _via_cache[via.text] = via
+        remember(_via_cache, via.text, via, PARSED_CACHE)
 
 
 def _parse_via(text: str) -> Via:
@@ -384,12 +378,9 @@ _name_addr_cache: dict[str, NameAddr] = {}
 def parse_name_addr(text: str, what: str) -> NameAddr:
     """From, To, Contact ... parsed once per spelling (see PARSED_CACHE)."""
     found = _name_addr_cache.get(text)
-    if found is None:
-        found = _parse_name_addr(text, what)
-        if len(_name_addr_cache) >= PARSED_CACHE:
-            _name_addr_cache.clear()
-        _name_addr_cache[text] = found
-    return found
+    if found is not None:
+        return found
+    return remember(_name_addr_cache, text, _parse_name_addr(text, what), PARSED_CACHE)
 
 
 def _parse_name_addr(text: str, what: str) -> NameAddr:
@@ -491,12 +482,9 @@ def parse_cseq(text: str) -> CSeq:
     "1 INVITE", "2 BYE" ... repeat across dialogs: parsed once per spelling.
     """
     found = _cseq_cache.get(text)
-    if found is None:
-        found = _parse_cseq(text)
-        if len(_cseq_cache) >= PARSED_CACHE:
-            _cseq_cache.clear()
-        _cseq_cache[text] = found
-    return found
+    return (
+        found if found is not None else remember(_cseq_cache, text, _parse_cseq(text), PARSED_CACHE)
+    )
 
 
 def _parse_cseq(text: str) -> CSeq:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Self
 
-from ._abnf import LWS, parse_uint
+from ._abnf import LWS, parse_uint, remember
 from .errors import SipParseError
 from .headers import (
     CSeq,
@@ -81,9 +81,7 @@ class HeaderField:
             bvalue = value.encode("utf-8") if isinstance(value, str) else value
             made = cls(lname, display_name(lname).encode("ascii") + b": " + bvalue, bvalue)
             if lname not in PER_TRANSACTION:
-                if len(_made) >= MADE_CACHE:
-                    _made.clear()
-                _made[key] = made
+                remember(_made, key, made, MADE_CACHE)
         return made
 
 

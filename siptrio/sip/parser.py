@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ._abnf import REQUEST_LINE, STATUS_LINE
+from ._abnf import REQUEST_LINE, STATUS_LINE, remember
 from .errors import SipParseError
 from .headers import canonical_name
 from .message import PER_TRANSACTION, HeaderField, Request, Response, _text
@@ -83,9 +83,7 @@ def _header_lines(lines: list[bytes], max_headers: int) -> tuple[list[HeaderFiel
                 raise SipParseError("Header line without a colon")
             h = HeaderField(_name(raw_name.rstrip(b" \t")), line, value.strip(b" \t"))
             if h.name not in PER_TRANSACTION:
-                if len(_line_cache) >= LINE_CACHE:
-                    _line_cache.clear()
-                _line_cache[line] = h
+                remember(_line_cache, line, h, LINE_CACHE)
         append(h)
         found = index.get(h.name)
         index[h.name] = (h.value,) if found is None else (*found, h.value)

@@ -24,6 +24,7 @@ from ._abnf import (
     get_param,
     has_param,
     parse_params,
+    remember,
 )
 from .errors import SipParseError
 
@@ -155,12 +156,7 @@ URI_CACHE = 1024  # spellings remembered; cleared when full (see headers.PARSED_
 def parse_uri_untrusted(text: str) -> Uri:
     """Parse one URI with no surrounding LWS or brackets; once per spelling."""
     uri = _uri_cache.get(text)
-    if uri is None:
-        uri = _parse_uri(text)
-        if len(_uri_cache) >= URI_CACHE:
-            _uri_cache.clear()
-        _uri_cache[text] = uri
-    return uri
+    return uri if uri is not None else remember(_uri_cache, text, _parse_uri(text), URI_CACHE)
 
 
 def _parse_uri(text: str) -> Uri:
