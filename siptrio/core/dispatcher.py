@@ -19,8 +19,8 @@ from typing import Any
 
 from .. import __version__
 from ..sip.errors import SipParseError
-from ..sip.headers import remember_via, split_list
-from ..sip.message import HeaderField, Request, Response, make_response
+from ..sip.headers import remember_via
+from ..sip.message import Request, Response, make_response, with_top_via
 from ..sip.transaction import ServerTransaction, Timers, TransactionLayer, TxEvent, TxSend
 from ..sip.uri import SipUri
 from .auth import AuthConfig, Authenticator
@@ -374,19 +374,7 @@ def stamp_via(request: Request, peer: Peer) -> Request:
     else:
         return request
     remember_via(new)
-    # Rewrite the first Via line: the stamped value first, the line's other values after.
-    headers = list(request.headers)
-    for i, h in enumerate(headers):
-        if h.name == "via":
-            line = HeaderField.make("via", new.text)
-            if b"," not in h.value:
-                headers[i] = line  # one value on the line, the usual case
-                break
-            rest = split_list(h.value.decode("utf-8"), "Via")[1:]
-            rest_line = [HeaderField.make("via", ", ".join(rest))] if rest else []
-            headers[i : i + 1] = [line, *rest_line]
-            break
-    stamped = request.edited(tuple(headers), ("via",))
+    stamped = request.edited(with_top_via(request.headers, new.text), ("via",))
     if "vias" in request.__dict__:
         stamped.__dict__["vias"] = (new, *request.vias[1:])
     return stamped

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from ..sip.message import HeaderField, Request, Response, make_response
+from ..sip.message import HeaderField, Request, Response, make_response, with_top_via
 from ..sip.transaction import (
     ClientTransaction,
     ServerTransaction,
@@ -1198,18 +1198,7 @@ def _rank(status: int) -> int:
 
 
 def _without_top_via(resp: Response) -> Response:
-    headers = list(resp.headers)
-    for i, h in enumerate(headers):
-        if h.name == "via":
-            if b"," not in h.value:
-                del headers[i]  # our Via on a line of its own: the usual case
-                break
-            from ..sip.headers import split_list
-
-            rest = split_list(h.value.decode("utf-8"), "Via")[1:]
-            headers[i : i + 1] = [HeaderField.make("via", ", ".join(rest))] if rest else []
-            break
-    return Response(headers=tuple(headers), body=resp.body, status=resp.status, reason=resp.reason)
+    return resp.with_headers(with_top_via(resp.headers, None))
 
 
 def _restatus(resp: Response, status: int, reason: str) -> Response:

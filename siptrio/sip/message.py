@@ -92,6 +92,34 @@ MADE_CACHE = 1024
 _made: dict[tuple[str, str | bytes], HeaderField] = {}
 
 
+def index_of(headers: Iterable[HeaderField]) -> dict[str, tuple[bytes, ...]]:
+    """Header values by name, in order (the parser builds the same while splitting)."""
+    index: dict[str, tuple[bytes, ...]] = {}
+    for h in headers:
+        found = index.get(h.name)
+        index[h.name] = (h.value,) if found is None else (*found, h.value)
+    return index
+
+
+def with_top_via(headers: tuple[HeaderField, ...], via: str | None) -> tuple[HeaderField, ...]:
+    """The header lines with the first Via value replaced by ``via``, or removed (None).
+
+    A line may carry several Via values; the others stay, after the new one. On the
+    usual line of one value nothing is split.
+    """
+    out = list(headers)
+    for i, h in enumerate(out):
+        if h.name == "via":
+            new = [HeaderField.make("via", via)] if via is not None else []
+            if b"," in h.value:
+                rest = split_list(_text(h.value, "via"), "Via")[1:]
+                if rest:
+                    new.append(HeaderField.make("via", ", ".join(rest)))
+            out[i : i + 1] = new
+            break
+    return tuple(out)
+
+
 def _text(value: bytes, name: str) -> str:
     try:
         return value.decode("utf-8")
@@ -134,11 +162,7 @@ class Message:
         on UDP), and the cyclic collector stops tracking tuples of bytes but scans
         every list on each pass.
         """
-        index: dict[str, tuple[bytes, ...]] = {}
-        for h in self.headers:
-            found = index.get(h.name)
-            index[h.name] = (h.value,) if found is None else (*found, h.value)
-        return index
+        return index_of(self.headers)
 
     def has(self, name: str) -> bool:
         return name in self._index
@@ -288,10 +312,14 @@ class Message:
         ``changed`` (lower-case names): for a message that is read again after the
         edit, like a request whose top Via was stamped on arrival.
         """
-        new = self._with_headers(headers)
+        return self._carry_views(self._with_headers(headers), changed)
+
+    def _carry_views(self, new: Self, changed: Iterable[str]) -> Self:
+        """Give ``new`` this message's views, but those of the ``changed`` headers."""
         cached = self.__dict__
         fresh = new.__dict__
         views = _VIEWS
+        headers = new.headers
         changed = set(changed)
         for attr, value in cached.items():
             name = views.get(attr)
@@ -416,12 +444,7 @@ class Request(Message):
         new = Request(
             headers=self.headers, body=self.body, method=self.method, uri=uri, uri_text=str(uri)
         )
-        cached = self.__dict__
-        fresh = new.__dict__
-        for attr in (*_VIEWS, "_index"):
-            if attr in cached:
-                fresh[attr] = cached[attr]
-        return new
+        return self._carry_views(new, ())
 
     def transaction_tag(self) -> str:
         """A stable To tag for responses this server generates to this request.

@@ -13,7 +13,7 @@ import re
 from ._abnf import REQUEST_LINE, STATUS_LINE, remember
 from .errors import SipParseError
 from .headers import canonical_name
-from .message import PER_TRANSACTION, HeaderField, Request, Response, _text
+from .message import PER_TRANSACTION, HeaderField, Request, Response, _text, index_of
 from .uri import SipUri, parse_uri_untrusted
 
 __all__ = ["DEFAULT_MAX_HEADERS", "error_response_untrusted", "parse_message_untrusted"]
@@ -120,10 +120,7 @@ def _header_lines_folded(lines: list[bytes], max_headers: int) -> tuple[list[Hea
         if len(headers) >= max_headers:
             raise SipParseError(f"Too many header fields (limit {max_headers})")
     flush()
-    index: Index = {}
-    for h in headers:
-        index[h.name] = (*index.get(h.name, ()), h.value)
-    return headers, index
+    return headers, index_of(headers)
 
 
 def _check_controls(head: bytes) -> None:
