@@ -13,6 +13,7 @@ from support.ua import SDP, UA
 
 from siptrio.app.certs import write_dev_certs
 from siptrio.core.dialogs import DialogState
+from siptrio.sip import Request
 
 TRANSPORTS = ["udp", "tcp", "tls", "ws", "wss"]
 
@@ -45,6 +46,18 @@ async def make_ua(server: RunningServer, nursery: trio.Nursery, transport: str, 
     ua = UA(client, user)
     await ua.register()
     return ua
+
+
+async def ring(
+    server: RunningServer, nursery: trio.Nursery, callee_transport: str
+) -> tuple[UA, UA, bytes, str, Request]:
+    """alice (UDP) INVITEs bob (on ``callee_transport``) until bob's phone rings."""
+    caller = await make_ua(server, nursery, "udp", "alice")
+    callee = await make_ua(server, nursery, callee_transport, "bob")
+    invite, call_id = caller.invite("bob")
+    await caller.client.send(invite)
+    got = await callee.expect_request("INVITE")
+    return caller, callee, invite, call_id, got
 
 
 def dialog_state(server: RunningServer, call_id: str) -> DialogState | None:
@@ -130,11 +143,7 @@ async def test_call_matrix(
 
 
 async def test_cancel_before_answer(server: RunningServer, nursery: trio.Nursery) -> None:
-    caller = await make_ua(server, nursery, "udp", "alice")
-    callee = await make_ua(server, nursery, "ws", "bob")
-    invite, call_id = caller.invite("bob")
-    await caller.client.send(invite)
-    got = await callee.expect_request("INVITE")
+    caller, callee, invite, call_id, got = await ring(server, nursery, "ws")
     await callee.reply(got, 180, "Ringing")
     while (await caller.expect_response("INVITE", final=False)).status != 180:
         pass  # the proxy's 100 Trying may come first; cancel once the 180 is through
@@ -152,11 +161,7 @@ async def test_cancel_before_answer(server: RunningServer, nursery: trio.Nursery
 async def test_cancel_before_the_callee_rings_leaves_no_early_dialog(
     server: RunningServer, nursery: trio.Nursery
 ) -> None:
-    caller = await make_ua(server, nursery, "udp", "alice")
-    callee = await make_ua(server, nursery, "ws", "bob")
-    invite, call_id = caller.invite("bob")
-    await caller.client.send(invite)
-    got = await callee.expect_request("INVITE")
+    caller, callee, invite, call_id, got = await ring(server, nursery, "ws")
     await caller.client.send(cancel_of(invite))
     assert (await caller.expect_response("CANCEL")).status == 200
     assert (await caller.expect_response("INVITE")).status == 487  # no need to wait for bob
@@ -246,11 +251,7 @@ async def test_request_delivered_over_the_ws_flow(
 async def test_callee_ws_flow_closing_mid_dialog(
     server: RunningServer, nursery: trio.Nursery
 ) -> None:
-    caller = await make_ua(server, nursery, "udp", "alice")
-    callee = await make_ua(server, nursery, "ws", "bob")
-    invite, call_id = caller.invite("bob")
-    await caller.client.send(invite)
-    got = await callee.expect_request("INVITE")
+    caller, callee, invite, call_id, got = await ring(server, nursery, "ws")
     await callee.reply(got, 200, "OK", body=SDP)
     ok = await caller.expect_response("INVITE")
     d = caller.uac_dialog(invite, ok)
@@ -319,11 +320,7 @@ async def test_advertised_address_names_the_proxy(tmp_path: Path, nursery: trio.
     async with running_server(
         tmp_path, {"sip.domains": "example.com", "sip.advertised_address": "sip.example.com"}
     ) as server:
-        caller = await make_ua(server, nursery, "udp", "alice")
-        callee = await make_ua(server, nursery, "tcp", "bob")
-        invite, call_id = caller.invite("bob")
-        await caller.client.send(invite)
-        got = await callee.expect_request("INVITE")
+        caller, callee, invite, call_id, got = await ring(server, nursery, "tcp")
         assert got.vias[0].host == "sip.example.com"
         assert [r.uri.host for r in got.record_routes] == ["sip.example.com", "sip.example.com"]  # type: ignore[union-attr]
         await callee.reply(got, 200, "OK", body=SDP)
