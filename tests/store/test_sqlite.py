@@ -94,11 +94,15 @@ def test_schema_has_a_column_per_binding_field_and_a_version(
         columns = [row[1] for row in conn.execute("PRAGMA table_info(bindings)")]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-        indexes = {row[1] for row in conn.execute("PRAGMA index_list(bindings)")}
+        indexes = [(row[1], row[4]) for row in conn.execute("PRAGMA index_list(bindings)")]
     assert columns == [f.name for f in dataclasses.fields(Binding)]
-    assert version == SCHEMA_VERSION == 3
+    assert version == SCHEMA_VERSION == 4
     assert mode == "wal"
-    assert {"bindings_expires_at", "bindings_flow_id"} <= indexes
+    # partial: only bindings that live on a flow are in it
+    assert {name: partial for name, partial in indexes} == {
+        "bindings_flow_id": 1,
+        "sqlite_autoindex_bindings_1": 0,
+    }
 
 
 def test_round_trip_every_field(store: SqliteStore) -> None:
@@ -265,6 +269,29 @@ def test_data_survives_close_and_reopen(db_path: Path) -> None:
         store.count()
     with SqliteStore(str(db_path)) as reopened:
         assert reopened.all() == [binding]
+
+
+def test_a_file_of_schema_version_3_migrates_and_keeps_its_bindings(db_path: Path) -> None:
+    from siptrio.store.sqlite import _MIGRATIONS, _UPSERT, _to_row
+
+    on_flow = rich_binding()
+    plain = make_binding(flow_id=None)
+    with sqlite3.connect(db_path, isolation_level=None) as conn:
+        for statements in _MIGRATIONS[:3]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 3")
+        conn.executemany(_UPSERT, [_to_row(on_flow), _to_row(plain)])
+    conn.close()
+    with SqliteStore(str(db_path)) as store:
+        assert store.all() == sorted([on_flow, plain], key=lambda b: (b.aor, b.key))
+        assert store.load(NOW).stale_flows == 1  # found through the new partial index
+        assert store.all() == [plain]
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        names = {row[1] for row in conn.execute("PRAGMA index_list(bindings)")}
+    conn.close()
+    assert "bindings_expires_at" not in names
 
 
 def test_creates_missing_parent_directory(tmp_path: Path) -> None:
