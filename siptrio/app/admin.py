@@ -49,6 +49,7 @@ from .. import __version__
 from ..core.media import query_command, summarize_query
 from ..core.types import Transport
 from ..transport.rtpengine import MediaError
+from ..transport.udp import receive_drops
 from .config import Config
 from .simcall import SimCallError
 from .views import (
@@ -279,6 +280,16 @@ class ServerCollector(Collector):
         for state, n in sorted(calls.items()):
             simulated.add_metric([state], n)
         yield simulated
+        drops = CounterMetricFamily(
+            "siptrio_udp_receive_drops",
+            "Datagrams the kernel dropped because a UDP socket's receive buffer was full",
+            labels=["listener"],
+        )
+        for (host, port), sock in sorted(server.hub.udp_sockets.items()):
+            dropped = receive_drops(sock)
+            if dropped is not None:
+                drops.add_metric([hostport(host, port)], dropped)
+        yield drops
         yield GaugeMetricFamily(
             "siptrio_uptime_seconds", "Seconds since start", value=time.time() - server.started_at
         )

@@ -3,8 +3,9 @@
 Datagrams are parsed and handled in the loop itself (``Intake.handle``, the core's
 handler): no hand-off to another task per message. When the core is behind, the
 socket's receive buffer is the queue and the kernel drops what does not fit (UDP
-senders retransmit); without a handler, datagrams go to the core's channel and are
-dropped and counted when it is full.
+senders retransmit; ``receive_drops`` reads the kernel's count for /metrics);
+without a handler, datagrams go to the core's channel and are dropped and counted
+when it is full.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import socket as stdsocket
 
 import trio
@@ -19,7 +21,7 @@ import trio
 from ..core.types import Peer, Transport
 from .intake import Intake
 
-__all__ = ["bind_udp", "serve_udp"]
+__all__ = ["bind_udp", "receive_drops", "serve_udp"]
 
 log = logging.getLogger("siptrio.transport")
 RECV_SIZE = 65536
@@ -46,6 +48,32 @@ async def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> stdsock
         raise
     await trio.lowlevel.checkpoint()
     return sock
+
+
+def receive_drops(sock: stdsocket.socket) -> int | None:
+    """Datagrams the kernel dropped for this socket because its receive buffer was full.
+
+    Under overload the buffer is the queue (see above) and what does not fit never
+    reaches siptrio's own counters; Linux counts it per socket in the last column of
+    /proc/net/udp and udp6, on the line with the socket's inode. None where that is
+    not available (another OS, a closed socket).
+    """
+    try:
+        inode = str(os.fstat(sock.fileno()).st_ino).encode()
+    except (OSError, ValueError):
+        return None
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table, "rb") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            # sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+            fields = line.split()
+            if len(fields) >= 13 and fields[9] == inode:
+                return int(fields[12])
+    return None
 
 
 async def serve_udp(

@@ -107,6 +107,8 @@ async def test_health_dialogs_and_metrics(tmp_path: Path, nursery: trio.Nursery)
         assert samples[("siptrio_keepalive_failures_total", ())] == 0
         assert samples[("siptrio_flows_opened_total", (("transport", "ws"),))] == 1
         assert samples[("siptrio_info", (("version", health["version"]),))] == 1
+        udp = "{}:{}".format(*ops.rs.addr("udp"))
+        assert samples[("siptrio_udp_receive_drops_total", (("listener", udp),))] == 0
 
 
 async def test_metrics_count_parse_errors_and_handshake_rejections(
