@@ -11,9 +11,9 @@ that does not count. The server's CPU time (utime + stime, children included, fr
 /proc/PID/stat) is taken just before and just after each SIPp run, so start-up is
 not counted. Results are printed and written to bench/results/register_udp.md.
 
-Everything runs on 127.0.0.1. There is no reference server yet: ``REFERENCES`` below
-is where one (Kamailio with usrloc db_mode=1, say) is to be added, and its rows go
-into the same table.
+Everything runs on 127.0.0.1. ``REFERENCES`` holds the floor: bench/floor_answerer.py,
+a bare Python answerer that does no SIP work, measured the same way; Kamailio is
+measured beside siptrio by bench/compare.py.
 """
 
 from __future__ import annotations
@@ -103,11 +103,28 @@ class SiptrioTarget(Target):
         return self.proc.returncode
 
 
-# A reference registrar measured in the same run goes here, e.g. a KamailioTarget that
-# writes a minimal kamailio.cfg (udp 127.0.0.1:port, usrloc db_mode 1 on SQLite, no auth)
-# into workdir and runs `kamailio -DD -E -f workdir/kamailio.cfg`. Its pid must be the
-# main process: CPU is read with children included, so the worker processes count too.
-REFERENCES: list[Callable[[], Target]] = []
+class FloorTarget(SiptrioTarget):
+    """bench/floor_answerer.py: the interpreter, Trio and the kernel, and no SIP work.
+
+    Not a registrar (it stores nothing and checks nothing): the ceiling no Python
+    registrar on this interpreter can pass, so siptrio's figure reads as a share of it.
+    Kamailio, the real reference, is in compare.py.
+    """
+
+    name = "floor (bare answerer)"
+
+    def start(self, workdir: Path, port: int) -> None:
+        log = (workdir / "floor.log").open("wb")
+        self._log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "floor_answerer.py"), str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+
+REFERENCES: list[Callable[[], Target]] = [FloorTarget]
 
 
 # --- measuring ---------------------------------------------------------------------------
@@ -364,8 +381,11 @@ def report(runs: list[Run], duration: float) -> str:
         "",
         "## Reference",
         "",
-        "No reference registrar measured yet (no Kamailio on this machine). Add a `Target`",
-        "to `REFERENCES` in bench/register_udp.py; its rows then appear in the table above.",
+        "`floor (bare answerer)` is bench/floor_answerer.py on the same interpreter: one",
+        "Trio loop that copies Via, From, To, Call-ID, CSeq and Contact into a 200 OK and",
+        "sends it, with no parsing, validation, transaction or store. No Python registrar",
+        "on this interpreter can pass it; siptrio's REGISTER per CPU-second reads as a",
+        "share of it. Kamailio, the real reference, is measured by bench/compare.py.",
         "",
     ]
     return "\n".join(lines)
