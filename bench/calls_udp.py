@@ -22,7 +22,6 @@ bench/results/calls_udp.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import shutil
@@ -37,11 +36,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-# The helpers of the REGISTER benchmark, next to this file (sys.path[0] when run as a script).
+# The shared helpers and the REGISTER benchmark's, next to this file (sys.path[0] when run
+# as a script).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from register_udp import cpu_seconds, free_udp_port, machine, options_probe
+from common import REPO, free_udp_port, sipp_elapsed, sipp_final_stats, stop_tree, tree_cpu_seconds
+from register_udp import machine, options_probe
 
-REPO = Path(__file__).resolve().parent.parent
 SIPP_DIR = REPO / "examples" / "sipp"
 RESULTS = REPO / "bench" / "results" / "calls_udp.md"
 DEFAULT_LADDER = (100, 150, 200, 250, 300, 350, 400, 500, 600, 800, 1000)
@@ -90,19 +90,8 @@ def start_siptrio(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
             proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         if options_probe(port):
             return proc, port
-        stop_process(proc)
+        stop_tree(proc)
     raise RuntimeError(f"siptrio did not start; see {workdir}")
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 def sipp_files(name: str, workdir: Path) -> list[str]:
@@ -156,7 +145,7 @@ def start_callee(port: int, workdir: Path) -> subprocess.Popen[bytes]:
         if proc.poll() is not None:
             break
         time.sleep(0.05)
-    stop_process(proc)
+    stop_tree(proc)
     raise RuntimeError(f"the callee did not register; see {workdir}")
 
 
@@ -190,7 +179,7 @@ def stop_callee(port: int, proc: subprocess.Popen[bytes]) -> int:
     try:
         return proc.wait(15)  # the callee waits 4.5 s for its last calls, then unregisters
     except subprocess.TimeoutExpired:
-        return stop_process(proc)
+        return stop_tree(proc)
 
 
 def run_caller(port: int, rate: int, count: int, workdir: Path) -> tuple[int, float]:
@@ -217,24 +206,6 @@ def run_caller(port: int, rate: int, count: int, workdir: Path) -> tuple[int, fl
 
 
 # --- reading SIPp's files -------------------------------------------------------------------
-
-
-def final_stats(path: Path) -> dict[str, str]:
-    if not path.exists():
-        return {}
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f, delimiter=";"))
-    return rows[-1] if rows else {}
-
-
-def elapsed(stats: dict[str, str]) -> float:
-    """Seconds from SIPp's start to its last statistics dump (epoch columns are tab-split)."""
-    try:
-        start = float(stats["StartTime"].split("\t")[-1])
-        now = float(stats["CurrentTime"].split("\t")[-1])
-    except (KeyError, ValueError, IndexError):
-        return 0.0
-    return now - start
 
 
 @dataclass
@@ -326,27 +297,27 @@ def measure(rate: int, count: int, scratch: Path, name: str) -> tuple[Run, Trace
         callee = start_callee(port, workdir)
         try:
             time.sleep(0.5)  # let start-up work (imports, store load) settle
-            cpu_before = cpu_seconds(server.pid)
-            callee_before = cpu_seconds(callee.pid)
+            cpu_before = tree_cpu_seconds(server.pid)
+            callee_before = tree_cpu_seconds(callee.pid)
             rc, caller_cpu = run_caller(port, rate, count, workdir)
             time.sleep(0.5)  # the last BYEs and store work
-            server_cpu = cpu_seconds(server.pid) - cpu_before
-            callee_cpu = cpu_seconds(callee.pid) - callee_before
+            server_cpu = tree_cpu_seconds(server.pid) - cpu_before
+            callee_cpu = tree_cpu_seconds(callee.pid) - callee_before
         finally:
             callee_rc = stop_callee(port, callee)
         if callee_rc != 0:
             notes.append(f"callee exit {callee_rc}")
     finally:
-        server_rc = stop_process(server)
+        server_rc = stop_tree(server)
     if server_rc != 0:
         notes.append(f"server exit {server_rc}")
-    stats = final_stats(workdir / "caller_stat.csv")
+    stats = sipp_final_stats(workdir / "caller_stat.csv")
     if not stats:
         notes.append(f"no caller statistics (exit {rc}); see {workdir}")
     caller = Trace.read(workdir / "caller_short.log")
     callee_trace = Trace.read(workdir / "callee_short.log")
     successful = int(stats.get("SuccessfulCall(C)", 0))
-    seconds = elapsed(stats)
+    seconds = sipp_elapsed(stats)
     run = Run(
         rate=rate,
         count=count,

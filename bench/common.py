@@ -16,6 +16,7 @@ other processes also map. Both are returned.
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import shutil
 import signal
@@ -159,6 +160,28 @@ def tcp_listening(port: int, timeout: float = 20.0) -> bool:
         except OSError:
             time.sleep(0.1)
     return False
+
+
+# --- SIPp ----------------------------------------------------------------------------------
+
+
+def sipp_final_stats(path: Path) -> dict[str, str]:
+    """The last row of a SIPp ``-trace_stat`` file (its final counters), {} when none."""
+    if not path.exists():
+        return {}
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f, delimiter=";"))
+    return rows[-1] if rows else {}
+
+
+def sipp_elapsed(stats: dict[str, str]) -> float:
+    """Seconds from SIPp's start to its last statistics dump (epoch columns are tab-split)."""
+    try:
+        start = float(stats["StartTime"].split("\t")[-1])
+        now = float(stats["CurrentTime"].split("\t")[-1])
+    except (KeyError, ValueError, IndexError):
+        return 0.0
+    return now - start
 
 
 # --- Kamailio -------------------------------------------------------------------------------

@@ -60,6 +60,9 @@ from common import (
     free_udp_port,
     kamailio_version,
     machine_busy_seconds,
+    sipp_elapsed,
+    sipp_final_stats,
+    stop_tree,
     tcp_listening,
     tree_cpu_seconds,
     tree_memory,
@@ -174,7 +177,7 @@ def start_server(name: str, kind: str, workdir: Path) -> Running:
 def _start_siptrio(kind: str, workdir: Path) -> Running:
     if kind == "calls":  # sip.domains=example.com, as bench/calls_udp.py
         proc, port = calls_udp.start_siptrio(workdir)
-        return Running("siptrio", proc.pid, port, lambda: calls_udp.stop_process(proc))
+        return Running("siptrio", proc.pid, port, lambda: stop_tree(proc))
     for _attempt in range(3):
         if kind == "ws":  # WS only, caps raised, pings every 5 s, as bench/ws_scale.py
             server = ws_scale.Server(workdir, free_tcp_port())
@@ -312,7 +315,7 @@ def measure_register(
     run.successful = int(stats.get("SuccessfulCall(C)", 0))
     run.failed = int(stats.get("FailedCall(C)", count))
     run.retransmissions = int(stats.get("Retransmissions(C)", 0))
-    elapsed = calls_udp.elapsed(stats)
+    elapsed = sipp_elapsed(stats)
     run.achieved = run.successful / elapsed if elapsed else 0.0
     if not stats:
         run.note = f"no SIPp statistics (exit {rc})"
@@ -380,11 +383,11 @@ def measure_calls(
         try:
             time.sleep(0.5)
             cpu0, busy0 = tree_cpu_seconds(srv.pid), machine_busy_seconds()
-            callee0 = register_udp.cpu_seconds(callee.pid)
+            callee0 = tree_cpu_seconds(callee.pid)
             rc, caller_cpu = calls_udp.run_caller(srv.port, rate, count, workdir)
             time.sleep(0.5)  # the last BYEs
             run.server_cpu = tree_cpu_seconds(srv.pid) - cpu0
-            run.sipp_cpu = caller_cpu + register_udp.cpu_seconds(callee.pid) - callee0
+            run.sipp_cpu = caller_cpu + tree_cpu_seconds(callee.pid) - callee0
             run.others_cpu = max(
                 0.0, machine_busy_seconds() - busy0 - run.server_cpu - run.sipp_cpu
             )
@@ -396,7 +399,7 @@ def measure_calls(
         stop_rc = srv.stop()
     if stop_rc not in (0, -15):
         notes.append(f"server exit {stop_rc}")
-    stats = calls_udp.final_stats(workdir / "caller_stat.csv")
+    stats = sipp_final_stats(workdir / "caller_stat.csv")
     if not stats:
         notes.append(f"no caller statistics (exit {rc})")
     caller = calls_udp.Trace.read(workdir / "caller_short.log")
@@ -404,7 +407,7 @@ def measure_calls(
     run.successful = int(stats.get("SuccessfulCall(C)", 0))
     run.failed = int(stats.get("FailedCall(C)", count))
     run.retransmissions = int(stats.get("Retransmissions(C)", 0)) + callee_trace.repeats()
-    elapsed = calls_udp.elapsed(stats)
+    elapsed = sipp_elapsed(stats)
     run.achieved = run.successful / elapsed if elapsed else 0.0
     run.invite_100 = caller.delays("INVITE", "INVITE", "SIP/2.0 100")
     run.invite_200 = caller.delays("INVITE", "INVITE", "SIP/2.0 200")

@@ -19,7 +19,6 @@ measured beside siptrio by bench/compare.py.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import shutil
@@ -34,12 +33,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import (
+    REPO,
+    free_udp_port,
+    sipp_elapsed,
+    sipp_final_stats,
+    stop_tree,
+    tree_cpu_seconds,
+)
+
 SCENARIO = REPO / "examples" / "sipp" / "register.xml"
 RESULTS = REPO / "bench" / "results" / "register_udp.md"
 DEFAULT_LADDER = (500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 16000)
 SUSTAINED = 0.95  # achieved / asked below this: the rate was not really offered
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --- the server under test --------------------------------------------------------------
@@ -92,15 +98,9 @@ class SiptrioTarget(Target):
 
     def stop(self) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        rc = stop_tree(self.proc)
         self._log.close()  # type: ignore[attr-defined]
-        return self.proc.returncode
+        return rc
 
 
 class FloorTarget(SiptrioTarget):
@@ -128,21 +128,6 @@ REFERENCES: list[Callable[[], Target]] = [FloorTarget]
 
 
 # --- measuring ---------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime + cutime + cstime of a process, in seconds."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    # after the comm field: state is fields[0], utime is field 14 of the full line
-    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
-    return (utime + stime + cutime + cstime) / CLK_TCK
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def options_probe(port: int, timeout: float = 20.0) -> bool:
@@ -237,11 +222,7 @@ def run_sipp(
         )
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
-    rows: list[dict[str, str]] = []
-    if stat.exists():
-        with stat.open(newline="") as f:
-            rows = list(csv.DictReader(f, delimiter=";"))
-    return proc.returncode, (rows[-1] if rows else {}), usage.ru_utime + usage.ru_stime
+    return proc.returncode, sipp_final_stats(stat), usage.ru_utime + usage.ru_stime
 
 
 def measure(make_target: Callable[[], Target], rate: int, count: int, scratch: Path) -> Run:
@@ -258,16 +239,16 @@ def measure(make_target: Callable[[], Target], rate: int, count: int, scratch: P
         raise RuntimeError(f"{target.name} did not start; see {workdir}")
     try:
         time.sleep(0.5)  # let start-up work (imports, store load) settle
-        cpu_before = cpu_seconds(target.pid)
+        cpu_before = tree_cpu_seconds(target.pid)
         started = time.monotonic()
         rc, stats, sipp_cpu = run_sipp(port, rate, count, workdir, prefix=f"r{rate}u")
         wall = time.monotonic() - started
         time.sleep(0.5)  # the last store commit
-        server_cpu = cpu_seconds(target.pid) - cpu_before
+        server_cpu = tree_cpu_seconds(target.pid) - cpu_before
     finally:
         stop_rc = target.stop()
     successful = int(stats.get("SuccessfulCall(C)", 0))
-    elapsed = _elapsed(stats) or wall
+    elapsed = sipp_elapsed(stats) or wall
     note = "" if stop_rc == 0 else f"server exit {stop_rc}"
     if not stats:
         note = f"no SIPp statistics (exit {rc}); see {workdir}"
@@ -285,16 +266,6 @@ def measure(make_target: Callable[[], Target], rate: int, count: int, scratch: P
         rc=rc,
         note=note,
     )
-
-
-def _elapsed(stats: dict[str, str]) -> float:
-    """Seconds from SIPp's start to its last statistics dump (epoch columns are tab-split)."""
-    try:
-        start = float(stats["StartTime"].split("\t")[-1])
-        now = float(stats["CurrentTime"].split("\t")[-1])
-    except (KeyError, ValueError, IndexError):
-        return 0.0
-    return now - start
 
 
 # --- reporting -----------------------------------------------------------------------------

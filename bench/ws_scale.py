@@ -46,14 +46,16 @@ import wsproto
 import wsproto.events as wse
 from wsproto.connection import ConnectionState
 
-REPO = Path(__file__).resolve().parent.parent
+# The shared helpers, next to this file (sys.path[0] when run as a script).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, free_tcp_port, machine_busy_seconds, stop_tree, tree_cpu_seconds
+
 RESULTS = REPO / "bench" / "results" / "ws_scale.md"
 DEFAULT_COUNTS = (1000, 5000, 10000)
 KAMAILIO_KIB = 72  # Kamailio's figure per WebSocket connection
 TARGET_KIB = 36  # siptrio's goal: half of it
 WARM_UP = 100
 KEEPALIVE_INTERVAL = 5.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 DOMAIN = "example.com"
 ORIGIN = b"http://localhost:8088"
 # what a client flow may raise when the server or the network drops it
@@ -70,21 +72,6 @@ GONE = (
 # --- /proc --------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime (+ cutime + cstime) of a process, in seconds; threads included."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
-    return (utime + stime + cutime + cstime) / CLK_TCK
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all CPUs of the machine spent busy since boot (from /proc/stat)."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
-
-
 def status_kib(pid: int, key: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -98,12 +85,6 @@ def raise_fd_limit() -> int:
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- the client side (runs in its own processes) -------------------------------------------
@@ -410,15 +391,9 @@ class Server:
         return False
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        rc = stop_tree(self.proc, timeout=30)
         self._log.close()
-        return self.proc.returncode
+        return rc
 
 
 class Clients:
@@ -560,13 +535,13 @@ def measure(n: int, hold: float, clients: int, concurrency: int, scratch: Path) 
         load = Clients(server.port, n, clients, f"n{n}u", concurrency)
         try:
             load.expect("ready")
-            cpu0, busy0 = cpu_seconds(server.pid), machine_busy_seconds()
+            cpu0, busy0 = tree_cpu_seconds(server.pid), machine_busy_seconds()
             started = time.monotonic()
             load.tell("go")
             registered = load.expect("registered")
             run.wall = time.monotonic() - started
             time.sleep(0.5)  # the store commits what the last REGISTERs queued
-            cpu1 = cpu_seconds(server.pid)
+            cpu1 = tree_cpu_seconds(server.pid)
             run.machine_busy = machine_busy_seconds() - busy0
             run.server_cpu = cpu1 - cpu0
             run.registered = sum(r["ok"] for r in registered)
@@ -577,7 +552,7 @@ def measure(n: int, hold: float, clients: int, concurrency: int, scratch: Path) 
                     run.errors[reason] = run.errors.get(reason, 0) + count
             time.sleep(hold)
             run.rss_held = status_kib(server.pid)
-            run.hold_cpu = cpu_seconds(server.pid) - cpu1
+            run.hold_cpu = tree_cpu_seconds(server.pid) - cpu1
             load.tell("verify")
             verified = load.expect("verified")
             run.alive = sum(v["alive"] for v in verified)
