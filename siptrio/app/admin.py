@@ -285,10 +285,11 @@ class ServerCollector(Collector):
             "Datagrams the kernel dropped because a UDP socket's receive buffer was full",
             labels=["listener"],
         )
-        for (host, port), sock in sorted(server.hub.udp_sockets.items()):
-            dropped = receive_drops(sock)
-            if dropped is not None:
-                drops.add_metric([hostport(host, port)], dropped)
+        sockets = server.hub.udp_sockets
+        dropped = receive_drops(sockets.values())
+        for (host, port), sock in sorted(sockets.items()):
+            if sock in dropped:
+                drops.add_metric([hostport(host, port)], dropped[sock])
         yield drops
         yield GaugeMetricFamily(
             "siptrio_uptime_seconds", "Seconds since start", value=time.time() - server.started_at

@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import socket as stdsocket
+from collections.abc import Iterable
 
 import trio
 
@@ -50,19 +51,23 @@ async def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> stdsock
     return sock
 
 
-def receive_drops(sock: stdsocket.socket) -> int | None:
-    """Datagrams the kernel dropped for this socket because its receive buffer was full.
+def receive_drops(socks: Iterable[stdsocket.socket]) -> dict[stdsocket.socket, int]:
+    """Datagrams the kernel dropped for each socket because its receive buffer was full.
 
     Under overload the buffer is the queue (see above) and what does not fit never
     reaches siptrio's own counters; Linux counts it per socket in the last column of
-    /proc/net/udp and udp6, on the line with the socket's inode. None where that is
-    not available (another OS, a closed socket).
+    /proc/net/udp and udp6, on the line with the socket's inode. Each table is read
+    once for all the sockets; a socket it does not list (another OS, a closed socket)
+    is left out.
     """
-    try:
-        inode = str(os.fstat(sock.fileno()).st_ino).encode()
-    except (OSError, ValueError):
-        return None
+    wanted: dict[bytes, stdsocket.socket] = {}
+    for sock in socks:
+        with contextlib.suppress(OSError, ValueError):
+            wanted[str(os.fstat(sock.fileno()).st_ino).encode()] = sock
+    found: dict[stdsocket.socket, int] = {}
     for table in ("/proc/net/udp", "/proc/net/udp6"):
+        if len(found) == len(wanted):
+            break
         try:
             with open(table, "rb") as f:
                 lines = f.read().splitlines()[1:]
@@ -71,9 +76,9 @@ def receive_drops(sock: stdsocket.socket) -> int | None:
         for line in lines:
             # sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
             fields = line.split()
-            if len(fields) >= 13 and fields[9] == inode:
-                return int(fields[12])
-    return None
+            if len(fields) >= 13 and fields[9] in wanted:
+                found[wanted[fields[9]]] = int(fields[12])
+    return found
 
 
 async def serve_udp(

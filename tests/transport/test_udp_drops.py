@@ -23,7 +23,7 @@ def _bound(rcvbuf: int | None = None) -> socket.socket:
 def test_a_socket_nobody_reads_counts_what_did_not_fit() -> None:
     full, idle = _bound(rcvbuf=4096), _bound()
     with full, idle, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-        assert receive_drops(full) == 0
+        assert receive_drops([full]) == {full: 0}
         for _ in range(200):
             sender.sendto(b"x" * 1000, full.getsockname())
         sender.sendto(b"x" * 1000, idle.getsockname())
@@ -35,13 +35,14 @@ def test_a_socket_nobody_reads_counts_what_did_not_fit() -> None:
             except BlockingIOError:
                 break
             queued += 1
-        dropped = receive_drops(full)
-        assert dropped is not None and dropped > 0
-        assert queued + dropped == 200  # loopback loses nothing else
-        assert receive_drops(idle) == 0
+        dropped = receive_drops([full, idle])
+        assert dropped[full] > 0
+        assert queued + dropped[full] == 200  # loopback loses nothing else
+        assert dropped[idle] == 0
 
 
 def test_a_closed_socket_has_no_figure() -> None:
-    sock = _bound()
-    sock.close()
-    assert receive_drops(sock) is None
+    closed, open_ = _bound(), _bound()
+    closed.close()
+    with open_:
+        assert receive_drops([closed, open_]) == {open_: 0}
