@@ -76,7 +76,8 @@ class Flow:
         self.last_keepalive: float | None = None  # last answer to our keep-alive
         self.crlf_answers_seen = False  # the peer has answered a CRLFCRLF with CRLF
         self.valid_seen = False  # a valid SIP message arrived (keep-alives do not count)
-        self.crlf_answer = trio.Event()
+        # made by the CRLF keep-alive for each ping it sends; most flows never need one
+        self.crlf_answer: trio.Event | None = None
         self.cancel_scope = trio.CancelScope()
         self.close_reason: str | None = None
         limit = FLOW_QUEUE_LIMIT if queue_limit is None else queue_limit
@@ -111,7 +112,8 @@ class Flow:
         """The peer sent a lone CRLF: the RFC 5626 pong to our CRLFCRLF ping."""
         self.last_keepalive = trio.current_time()
         self.crlf_answers_seen = True
-        self.crlf_answer.set()
+        if self.crlf_answer is not None:
+            self.crlf_answer.set()
 
     def close(self, reason: str) -> None:
         if self.close_reason is None:

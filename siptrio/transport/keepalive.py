@@ -27,14 +27,14 @@ async def crlf_keepalive(flow: Flow, interval: float, timeout: float, stats: Cou
     while True:
         await trio.sleep(interval)
         expect_answer = flow.crlf_answers_seen
-        flow.crlf_answer = trio.Event()
+        answer = flow.crlf_answer = trio.Event()
         if not flow.send_nowait(b"\r\n\r\n"):
             return
         stats[f"keepalives_out.{flow.transport.value}"] += 1
         if not expect_answer:
             continue
         with trio.move_on_after(timeout):
-            await flow.crlf_answer.wait()
+            await answer.wait()
             continue
         stats["keepalive_failures"] += 1
         log.info("flow %s did not answer a CRLF keep-alive within %s s", flow.id, timeout)
