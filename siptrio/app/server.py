@@ -261,8 +261,9 @@ class Server:
                         ", ".join(str(li) for li in wildcard),
                     )
                 # Everything loaded so far lives as long as the server: keep it out of the
-                # cyclic collector's scans, and collect less often (the hot path makes
-                # acyclic objects that reference counting frees at once).
+                # cyclic collector's scans. Young passes short and often, older ones rare
+                # (GC_THRESHOLD, GC_MIDDLE): the hot path makes acyclic objects that
+                # reference counting frees at once.
                 gc.freeze()
                 gc.set_threshold(GC_THRESHOLD, GC_MIDDLE, 10)
                 await nursery.start(self.simulator.run)
