@@ -1011,24 +1011,27 @@ def targets(res: Results) -> list[str]:
             f"{', '.join(fmt(v, digits) for v in kvals)} |"
         )
 
-    if res.register:
-        sums = summarise(res.register, res.rounds)
+    def per_cpu(runs: list[RegisterRun] | list[CallRun], label: str, goal: int) -> None:
+        """The absolute goal, then the same goal as the issue derives it, a third of
+        Kamailio's figure, read against Kamailio in the same round."""
+        sums = summarise(runs, res.rounds)
+        mine = [attr(s.efficient["siptrio"], "per_cpu_second") for s in sums]
+        theirs = [attr(s.efficient["kamailio"], "per_cpu_second") for s in sums]
+        line(f"{label} >= {goal:,} per server CPU-second", mine, theirs, goal, True)
         line(
-            f"REGISTER over UDP >= {TARGET_REGISTER_PER_CPU:,} per server CPU-second",
-            [attr(s.efficient["siptrio"], "per_cpu_second") for s in sums],
-            [attr(s.efficient["kamailio"], "per_cpu_second") for s in sums],
-            TARGET_REGISTER_PER_CPU,
+            f"{label} per server CPU-second >= 1/3 of Kamailio's (ratio, same round)",
+            [ratio(a, b) for a, b in zip(mine, theirs, strict=True)],
+            [NAN for _ in theirs],
+            1 / 3,
             True,
+            3,
         )
+
+    if res.register:
+        per_cpu(res.register, "REGISTER over UDP", TARGET_REGISTER_PER_CPU)
     if res.calls:
         sums = summarise(res.calls, res.rounds)
-        line(
-            f"calls UDP→UDP >= {TARGET_CALLS_PER_CPU:,} per server CPU-second",
-            [attr(s.efficient["siptrio"], "per_cpu_second") for s in sums],
-            [attr(s.efficient["kamailio"], "per_cpu_second") for s in sums],
-            TARGET_CALLS_PER_CPU,
-            True,
-        )
+        per_cpu(res.calls, "calls UDP→UDP", TARGET_CALLS_PER_CPU)
         line(
             f">= {TARGET_CALL_RATE} calls/s with 0 failed calls (and 0 retransmissions)",
             [attr(s.best["siptrio"], "rate") for s in sums],
