@@ -2,14 +2,21 @@
 
 Reports CPU microseconds (process time, steadier than wall time on a shared machine) per operation for a SIPp-shaped REGISTER and INVITE, and the
 same for a reference measured in the same run: ``bytes.split`` of the message into
-lines, the least any parser must do. `.venv/bin/python bench/parse_micro.py`
+lines, the least any parser must do. A whole REGISTER (parse, transaction, registrar,
+the 200 once committed) is also set beside `fused_register.py`, the same checks for
+this one shape in one function. `.venv/bin/python bench/parse_micro.py`
 """
 
 from __future__ import annotations
 
+import gc
 import time
 
+from fused_register import FusedRegistrar
+
+from siptrio.app.server import GC_MIDDLE, GC_THRESHOLD
 from siptrio.core.dispatcher import Dispatcher, DispatcherConfig
+from siptrio.core.events import Persist
 from siptrio.core.types import Peer, Transport
 from siptrio.sip import Request, parse_message_untrusted
 
@@ -49,6 +56,8 @@ def timeit(fn, n: int) -> float:  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, GC_MIDDLE, 10)  # as `siptrio serve` runs
     n = 20000
     peer = Peer(
         transport=Transport.UDP,
@@ -77,6 +86,43 @@ def main() -> None:
     print("|---|---|---|---|")
     for op, us, ref in rows:
         print(f"| {op} | {us:.1f} | {ref:.2f} | {us / ref:.0f}x |")
+
+    # A whole REGISTER, new AOR each: siptrio from bytes to the 200's bytes, and the
+    # sketch written for this one shape (fused_register.py), in alternating rounds.
+    datas = [
+        REGISTER.replace(b"udpuser1", b"w%d" % i).replace(b"-1-0;", b"-w%d-0;" % i)
+        for i in range(2 * n)
+    ]
+
+    def siptrio_whole(batch: list[bytes]) -> float:
+        d = Dispatcher(DispatcherConfig())
+        start = time.process_time()
+        for data in batch:
+            msg = parse_message_untrusted(data)
+            assert isinstance(msg, Request)
+            for action in d.receive_request(msg, peer, 1000.0):
+                if isinstance(action, Persist):
+                    sent = d.committed(action.txn_key, True, 1000.0)
+                    assert sent, "no 200 after the commit"
+        return (time.process_time() - start) / len(batch) * 1e6
+
+    def fused_whole(batch: list[bytes]) -> float:
+        f = FusedRegistrar()
+        start = time.process_time()
+        for data in batch:
+            assert isinstance(f.handle(data, peer, 1000.0), tuple), "the sketch refused it"
+        return (time.process_time() - start) / len(batch) * 1e6
+
+    mine: list[float] = []
+    sketch: list[float] = []
+    for half in (datas[:n], datas[n:]):
+        mine.append(siptrio_whole(half))
+        sketch.append(fused_whole(half))
+    print()
+    print("| whole REGISTER, bytes to 200 (new AOR) | siptrio us | fused sketch us | ratio |")
+    print("|---|---|---|---|")
+    for i, (a, b) in enumerate(zip(mine, sketch, strict=True), 1):
+        print(f"| round {i} | {a:.1f} | {b:.1f} | {a / b:.1f}x |")
 
 
 if __name__ == "__main__":
