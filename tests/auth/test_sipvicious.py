@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import uuid
@@ -36,6 +35,7 @@ import pytest
 import trio
 from support.client import SipClient, new_branch
 from support.digest import authorization, challenges
+from support.ports import free_udp_port
 from support.server import ServerProcess
 
 from siptrio.sip import Response
@@ -143,12 +143,6 @@ def siptrio(tmp_path: Path) -> Iterator[Siptrio]:
 
 
 # --- running sipvicious ---------------------------------------------------------------------------
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def shim_command(tmp_path: Path) -> tuple[list[str], dict[str, str]]:

@@ -35,6 +35,7 @@ from browser import (
     run_siptrio,
     wait_for,
 )
+from support.ports import free_media_port, free_port
 
 pytestmark = [pytest.mark.slow, needs_browser(certutil=True, sipp=True)]
 
@@ -42,38 +43,6 @@ HANGUP_WAIT = 3.0  # uac-webrtc.xml / uas-webrtc.xml wait this long for the brow
 
 
 # --- SIPp ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (SIPp always gets an explicit -p)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
-
-
-def free_media_port() -> int:
-    """An even UDP port P with P + 2 free too: SIPp binds both for -mp P."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
-            a.bind(("127.0.0.1", 0))
-            port = int(a.getsockname()[1]) & ~1
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
-                b.bind(("127.0.0.1", port))
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
-                    c.bind(("127.0.0.1", port + 2))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free media port")
 
 
 @dataclass

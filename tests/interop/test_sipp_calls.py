@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -30,7 +29,8 @@ from pathlib import Path
 import pytest
 import trio
 from support.client import SipClient
-from support.server import ServerProcess
+from support.ports import free_media_port, free_port
+from support.server import ServerProcess, sipp_target
 
 REPO = Path(__file__).resolve().parents[2]
 SIPP_DIR = REPO / "examples" / "sipp"
@@ -48,59 +48,8 @@ needs_sipp = pytest.mark.skipif(
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        [
-            "serve",
-            *("--set", "sip.listen_addr=127.0.0.1"),
-            *("--set", "sip.udp_port=0"),
-            *("--set", "sip.tcp_port=0"),
-            *("--set", f"sip.domains={DOMAIN}"),
-            *("--set", "sip_websocket.enable=false"),
-            *("--set", "admin.enable=false"),
-            *("--set", "control.enable=false"),
-            *("--set", f"registrar.database={tmp_path / 'location.sqlite'}"),
-        ],
-        log_path=tmp_path / "siptrio.log",
-    )
-    try:
-        proc.wait_ready(expect=2)
+    with sipp_target(tmp_path, f"sip.domains={DOMAIN}") as proc:
         yield proc
-    finally:
-        proc.stop()
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (SIPp always gets an explicit -p)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
-
-
-def free_media_port() -> int:
-    """An even UDP port P with P + 2 free too: SIPp binds both for -mp P, or stops."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1] & ~1
-            if port + 2 > 65535:
-                continue
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
-                    b.bind(("127.0.0.1", port))
-                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
-                        c.bind(("127.0.0.1", port + 2))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free media port")
 
 
 def sipp_common(name: str, transport: str, out: Path) -> list[str]:

@@ -18,7 +18,6 @@ import csv
 import random
 import re
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,8 @@ from pathlib import Path
 import pytest
 import trio
 from support.client import SipClient
-from support.server import ServerProcess
+from support.ports import free_port
+from support.server import ServerProcess, sipp_target
 
 from siptrio.store.sqlite import SqliteStore
 
@@ -46,39 +46,8 @@ needs_sipsak = pytest.mark.skipif(shutil.which("sipsak") is None, reason="sipsak
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        [
-            "serve",
-            *("--set", "sip.listen_addr=127.0.0.1"),
-            *("--set", "sip.udp_port=0"),
-            *("--set", "sip.tcp_port=0"),
-            *("--set", "sip_websocket.enable=false"),
-            *("--set", "admin.enable=false"),
-            *("--set", "control.enable=false"),
-            *("--set", f"registrar.database={tmp_path / 'location.sqlite'}"),
-        ],
-        log_path=tmp_path / "siptrio.log",
-    )
-    try:
-        proc.wait_ready(expect=2)
+    with sipp_target(tmp_path) as proc:
         yield proc
-    finally:
-        proc.stop()
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (SIPp always gets an explicit -p)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
 
 
 def sipp_command(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 from support.client import SipClient
+from support.ports import free_media_port
 from support.rtpengine import Rtpengine
 from support.server import RunningServer, running_server
 from support.ua import UA
@@ -224,12 +225,14 @@ async def test_api_shows_media_and_packet_counts(
     await browser.client.send(invite)
     got = await phone.expect_request("INVITE")
     relay_port = int(got.body.decode().split("m=audio ")[1].split()[0])
-    await phone.reply(got, 200, "OK", body=PHONE_ANSWER)
+    # the phone's RTP socket: a free port, the one its answer names
+    rtp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await rtp.bind(("127.0.0.1", free_media_port()))
+    answer = PHONE_ANSWER.replace("m=audio 41000 ", f"m=audio {rtp.getsockname()[1]} ")
+    await phone.reply(got, 200, "OK", body=answer)
     ok = await browser.expect_response("INVITE")
     await browser.client.send(browser.ack(browser.uac_dialog(invite, ok)))
     # the phone streams plain RTP (PCMU, 20 ms) to the relay address rtpengine gave it
-    rtp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-    await rtp.bind(("127.0.0.1", 41000))
     for seq in range(25):
         header = (
             bytes([0x80, 0x00])

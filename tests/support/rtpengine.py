@@ -18,6 +18,8 @@ from typing import Any
 import bencode  # type: ignore[import-untyped]
 import pytest
 
+from support.ports import free_udp_port
+
 
 def missing_rtpengine() -> str | None:
     if shutil.which("rtpengine") is None:
@@ -28,12 +30,6 @@ def missing_rtpengine() -> str | None:
 def needs_rtpengine() -> pytest.MarkDecorator:
     reason = missing_rtpengine()
     return pytest.mark.skipif(reason is not None, reason=reason or "")
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Rtpengine:

@@ -11,8 +11,8 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,3 +116,28 @@ class ServerProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+@contextmanager
+def sipp_target(tmp_path: Path, *settings: str) -> Iterator[ServerProcess]:
+    """``siptrio serve`` for SIPp and sipsak: UDP and TCP on 127.0.0.1 free ports, no
+    WebSocket, admin API or control socket, SQLite under tmp_path; ``settings`` are
+    more ``SECTION.KEY=VALUE`` overrides."""
+    args = ["serve"]
+    for setting in (
+        "sip.listen_addr=127.0.0.1",
+        "sip.udp_port=0",
+        "sip.tcp_port=0",
+        *settings,
+        "sip_websocket.enable=false",
+        "admin.enable=false",
+        "control.enable=false",
+        f"registrar.database={tmp_path / 'location.sqlite'}",
+    ):
+        args += ["--set", setting]
+    proc = ServerProcess(args, log_path=tmp_path / "siptrio.log")
+    try:
+        proc.wait_ready(expect=2)
+        yield proc
+    finally:
+        proc.stop()
