@@ -506,3 +506,25 @@ class Phone:
 
     def close(self) -> None:
         self.page.close()
+
+
+@contextmanager
+def two_phones(
+    server: Siptrio, tmp: Path, sipjs_user: str, jssip_user: str
+) -> Iterator[tuple[Phone, Phone]]:
+    """A SIP.js phone over WS and a JsSIP phone over WSS (trusting the test CA), each in
+    its own browser, both registered."""
+    with chromium(tmp) as browsers:
+        sipjs = Phone(browsers.launch(sipjs_user), server, library="sipjs", user=sipjs_user)
+        jssip = Phone(
+            browsers.launch(jssip_user, trust_ca=server.certs.ca),
+            server,
+            library="jssip",
+            user=jssip_user,
+            ws_url=server.wss_url,
+        )
+        for phone in (sipjs, jssip):
+            phone.register()
+        for phone in (sipjs, jssip):
+            phone.wait_registration("registered")
+        yield sipjs, jssip

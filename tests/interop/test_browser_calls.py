@@ -18,10 +18,10 @@ from browser import (
     DOMAIN,
     Phone,
     Siptrio,
-    chromium,
     header_values,
     needs_browser,
     run_siptrio,
+    two_phones,
     wait_for,
 )
 
@@ -36,20 +36,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Siptrio]:
 
 @pytest.fixture(scope="module")
 def phones(server: Siptrio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Phone]]:
-    with chromium(tmp_path_factory.mktemp("chromium")) as browsers:
-        alice = Phone(browsers.launch("alice"), server, library="sipjs", user="alice")
-        bob = Phone(
-            browsers.launch("bob", trust_ca=server.certs.ca),
-            server,
-            library="jssip",
-            user="bob",
-            ws_url=server.wss_url,
-        )
-        for phone in (alice, bob):
-            phone.register()
-        for phone in (alice, bob):
-            phone.wait_registration("registered")
-        yield {"sipjs": alice, "jssip": bob}
+    with two_phones(server, tmp_path_factory.mktemp("chromium"), "alice", "bob") as (a, b):
+        yield {"sipjs": a, "jssip": b}
 
 
 def new_dialog(server: Siptrio, known: set[str], caller: str) -> dict[str, object]:

@@ -29,10 +29,10 @@ from browser import (
     SIPP_DIR,
     Phone,
     Siptrio,
-    chromium,
     header_values,
     needs_browser,
     run_siptrio,
+    two_phones,
     wait_for,
 )
 from media_helpers import (
@@ -77,20 +77,8 @@ def server(engine: Rtpengine, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="module")
 def phones(server: Siptrio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Phone]]:
     """alice (SIP.js over WS) and bob (JsSIP over WSS), registered."""
-    with chromium(tmp_path_factory.mktemp("chromium")) as browsers:
-        alice = Phone(browsers.launch("alice"), server, library="sipjs", user="alice")
-        bob = Phone(
-            browsers.launch("bob", trust_ca=server.certs.ca),
-            server,
-            library="jssip",
-            user="bob",
-            ws_url=server.wss_url,
-        )
-        for phone in (alice, bob):
-            phone.register()
-        for phone in (alice, bob):
-            phone.wait_registration("registered")
-        yield {"alice": alice, "bob": bob}
+    with two_phones(server, tmp_path_factory.mktemp("chromium"), "alice", "bob") as (a, b):
+        yield {"alice": a, "bob": b}
 
 
 @pytest.fixture(scope="module")

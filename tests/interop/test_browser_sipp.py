@@ -29,10 +29,10 @@ from browser import (
     SIPP_DIR,
     Phone,
     Siptrio,
-    chromium,
     header_values,
     needs_browser,
     run_siptrio,
+    two_phones,
     wait_for,
 )
 from support.ports import free_media_port, free_port
@@ -163,20 +163,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Siptrio]:
 @pytest.fixture(scope="module")
 def phones(server: Siptrio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Phone]]:
     """dave (SIP.js over WS) and erin (JsSIP over WSS), registered."""
-    with chromium(tmp_path_factory.mktemp("chromium")) as browsers:
-        dave = Phone(browsers.launch("dave"), server, library="sipjs", user="dave")
-        erin = Phone(
-            browsers.launch("erin", trust_ca=server.certs.ca),
-            server,
-            library="jssip",
-            user="erin",
-            ws_url=server.wss_url,
-        )
-        for phone in (dave, erin):
-            phone.register()
-        for phone in (dave, erin):
-            phone.wait_registration("registered")
-        yield {"sipjs": dave, "jssip": erin}
+    with two_phones(server, tmp_path_factory.mktemp("chromium"), "dave", "erin") as (a, b):
+        yield {"sipjs": a, "jssip": b}
 
 
 @pytest.fixture(scope="module")
