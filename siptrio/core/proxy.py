@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from ..sip.headers import Via, remember_via
 from ..sip.message import HeaderField, Request, Response, make_response, with_top_via
 from ..sip.transaction import (
     ClientTransaction,
@@ -709,7 +710,11 @@ class Proxy:
         # top, Max-Forwards one less and Route (with the binding's Path) where they stood.
         mf = req.max_forwards
         make = HeaderField.make
-        top = [make("via", self._via(dest, branch))]
+        via = self._via(dest, branch)
+        # The next hop echoes it in every answer: put it where parse_via looks first, as
+        # stamp_via does with the Vias it stamps (the answers then skip a parse each).
+        remember_via(via)
+        top = [make("via", via.text)]
         if self.config.record_route and req.method in DIALOG_CREATING and req.to.tag is None:
             top += [make("record-route", rr) for rr in self._record_routes(ctx.peer, dest)]
         max_forwards: HeaderField | None = make("max-forwards", str((70 if mf is None else mf) - 1))
@@ -737,7 +742,7 @@ class Proxy:
             out.append(make("content-length", str(len(fwd.body))))
         return fwd.with_headers(out)
 
-    def _our_hostport(self, peer: Peer) -> str:
+    def _our_address(self, peer: Peer) -> tuple[str, int]:
         """How we name ourselves (Via sent-by, Record-Route) on the side of ``peer``."""
         t = peer.transport
         if t is Transport.UDP:
@@ -749,7 +754,10 @@ class Proxy:
             host = self.config.advertised_address
         elif host in ("0.0.0.0", "::") and peer.local_host not in ("0.0.0.0", "::"):
             host = peer.local_host  # an accepted connection knows its real local address
-        return _hostport(host, port)
+        return host, port
+
+    def _our_hostport(self, peer: Peer) -> str:
+        return _hostport(*self._our_address(peer))
 
     def _side_uri(self, peer: Peer) -> str:
         """Our address as a Record-Route entry for the side where ``peer`` is."""
@@ -773,10 +781,21 @@ class Proxy:
         b = self._side_uri(outbound)
         return [a] if a == b else [b, a]
 
-    def _via(self, dest: Peer, branch: str) -> str:
+    def _via(self, dest: Peer, branch: str) -> Via:
+        """Our Via for a request to ``dest``: the value parse_via would make of its text."""
         t = dest.transport
-        rport = ";rport" if t is Transport.UDP else ""
-        return f"SIP/2.0/{t.via_name} {self._our_hostport(dest)};branch={branch}{rport}"
+        host, port = self._our_address(dest)
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        udp = t is Transport.UDP
+        return Via(
+            protocol="SIP/2.0",
+            transport=t.via_name,
+            host=host,
+            port=port,
+            params=(("branch", branch), ("rport", None)) if udp else (("branch", branch),),
+            text=f"SIP/2.0/{t.via_name} {host}:{port};branch={branch}{';rport' if udp else ''}",
+        )
 
     # --- responses --------------------------------------------------------------------------
 
@@ -1128,7 +1147,7 @@ class Proxy:
         fwd = req.set("max-forwards", str((70 if mf is None else mf) - 1))
         if mf == 0:
             return []
-        fwd = fwd.prepend("via", self._via(leg.peer, branch))
+        fwd = fwd.prepend("via", self._via(leg.peer, branch).text)  # an ACK: nothing echoes it
         self.stats["forwarded.ACK"] += 1
         if dialog.bridged and dialog.late_offer_pending and has_sdp(req.content_type, req.body):
             # Late offer: this ACK's SDP answers the offer the callee put in its 2xx.

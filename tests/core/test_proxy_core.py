@@ -8,7 +8,7 @@ from siptrio.core.dispatcher import Dispatcher, DispatcherConfig
 from siptrio.core.events import Send
 from siptrio.core.proxy import ProxyConfig
 from siptrio.core.types import Listener, Peer, Transport
-from siptrio.sip import Request, Response, parse_message_untrusted
+from siptrio.sip import Request, Response, headers, parse_message_untrusted
 
 US = Listener(transport=Transport.UDP, host="127.0.0.1", port=5060)
 ALICE = Peer(
@@ -186,3 +186,39 @@ def test_a_finished_call_leaves_nothing_for_the_cyclic_collector() -> None:
         gc.set_debug(flags)
         gc.garbage.clear()
     assert not left & {"Context", "Branch", "ServerTransaction", "ClientTransaction", "Request"}
+
+
+def test_our_via_is_what_parsing_its_text_gives_for_every_transport() -> None:
+    """The proxy hands parse_via its own Via value for the text it sends (answers echo
+    it): the value must be the one parsing would have made."""
+    proxy = dispatcher().proxy
+    for transport in Transport:
+        for local in ("127.0.0.1", "::1"):
+            dest = Peer(
+                transport=transport, host=local, port=7000, local_host=local, local_port=5062
+            )
+            ours = proxy._via(dest, "z9hG4bK-x1")
+            parsed = headers._parse_via(ours.text)
+            assert ours == parsed and ours.text == parsed.text, (transport, local)
+            assert ours.branch == "z9hG4bK-x1"
+            assert (ours.rport == "") is (transport is Transport.UDP)
+
+
+def test_the_answer_to_a_forwarded_request_finds_our_via_parsed_already() -> None:
+    d = dispatcher()
+    (data,) = [
+        a.data
+        for a in d.receive_request(message("sip:x@127.0.0.9:7000"), ALICE, 0.0)
+        if isinstance(a, Send)
+    ]
+    our_line = data.split(b"\r\n")[1]
+    assert our_line.startswith(b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=")
+    text = our_line[len(b"Via: ") :].decode()
+    # nothing has parsed the forwarded request: the proxy put its Via there itself
+    assert headers._via_cache.get(text) == headers._parse_via(text)
+    answer = data.replace(b"MESSAGE sip:x@127.0.0.9:7000 SIP/2.0", b"SIP/2.0 200 OK", 1)
+    answer = answer.replace(b"To: <sip:x@127.0.0.9>", b"To: <sip:x@127.0.0.9>;tag=t9", 1)
+    resp = parse_message_untrusted(answer)
+    assert isinstance(resp, Response)
+    ((peer, up),) = sent(d.receive_response(resp, FAR, 0.1))
+    assert peer == ALICE and isinstance(up, Response) and up.status == 200
