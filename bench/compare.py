@@ -1110,8 +1110,28 @@ def revisions(res: Results) -> str:
     if not start:
         return siptrio_revision() + " when the report was written"
     if end and end != start:
+        if _same_siptrio(start, end):
+            return f"{start} at the start, {end} at the end (commits outside siptrio/ only)"
         return f"{start} at the start, **{end} at the end** (siptrio changed during the run)"
     return start
+
+
+def _same_siptrio(start: str, end: str) -> bool:
+    """Whether two clean "siptrio at <commit>" revisions have the same siptrio/ tree."""
+    prefix = "siptrio at "
+    if not (start.startswith(prefix) and end.startswith(prefix)) or " " in start[len(prefix) :]:
+        return False
+    if " " in end[len(prefix) :]:
+        return False
+    try:
+        diff = subprocess.run(
+            ["git", "diff", "--quiet", start[len(prefix) :], end[len(prefix) :], "--", "siptrio"],
+            cwd=REPO,
+            capture_output=True,
+        )
+    except OSError:
+        return False
+    return diff.returncode == 0
 
 
 def ceiling_notes(res: Results) -> list[str]:
