@@ -137,8 +137,13 @@ def _binding_ref(b: Binding) -> str:
     )
 
 
+def _host_ref(host: str) -> str:
+    """A host as written in a URI or Via: IPv6 addresses in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+    return f"{_host_ref(host)}:{port}"
 
 
 def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -785,8 +790,7 @@ class Proxy:
         """Our Via for a request to ``dest``: the value parse_via would make of its text."""
         t = dest.transport
         host, port = self._our_address(dest)
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
+        host = _host_ref(host)
         udp = t is Transport.UDP
         return Via(
             protocol="SIP/2.0",
