@@ -74,7 +74,15 @@ class Authenticator:
     # --- verification -----------------------------------------------------------------
 
     def verify(self, request: Request, *, proxy: bool, now: float) -> AuthResult:
-        creds = self._credentials(request, proxy)
+        name = "proxy-authorization" if proxy else "authorization"
+        return self.verify_values(request.values(name), request.method, now=now)
+
+    def verify_values(self, values: list[str], method: str, *, now: float) -> AuthResult:
+        """``verify`` for the (Proxy-)Authorization values of a ``method`` request.
+
+        Nothing changes unless it succeeds: only a right answer uses up its nonce-count.
+        """
+        creds = self.credentials(values)
         if creds is None:
             return AuthResult(user=None, reason="no credentials")
         if creds.algorithm not in ALGORITHMS:
@@ -89,7 +97,7 @@ class Authenticator:
         expected = digest_response(
             ha1_value=secret,
             algorithm=creds.algorithm,
-            method=request.method,
+            method=method,
             uri=creds.uri,
             nonce=creds.nonce,
             nc=creds.nc,
@@ -106,9 +114,9 @@ class Authenticator:
             return AuthResult(user=None, failed=True, reason="replayed nonce-count")
         return AuthResult(user=creds.username)
 
-    def _credentials(self, request: Request, proxy: bool) -> Credentials | None:
-        name = "proxy-authorization" if proxy else "authorization"
-        for value in request.values(name):
+    def credentials(self, values: list[str]) -> Credentials | None:
+        """The first Digest credentials for our realm."""
+        for value in values:
             try:
                 creds = parse_credentials(value)
             except SipParseError:

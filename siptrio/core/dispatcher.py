@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import __version__
 from ..sip.errors import SipParseError
-from ..sip.headers import remember_via
+from ..sip.headers import Via, remember_via
 from ..sip.message import Request, Response, make_response, with_top_via
 from ..sip.transaction import ServerTransaction, Timers, TransactionLayer, TxEvent, TxSend
 from ..sip.uri import SipUri
@@ -31,7 +31,7 @@ from .proxy import Proxy, ProxyConfig
 from .registrar import SUPPORTED_OPTIONS, Registrar, RegistrarConfig
 from .types import Listener, Peer
 
-__all__ = ["ALLOW", "Dispatcher", "DispatcherConfig", "stamp_via"]
+__all__ = ["ALLOW", "Dispatcher", "DispatcherConfig", "stamp_via", "stamped_via"]
 
 ALLOW = ", ".join(
     [
@@ -78,7 +78,9 @@ class Dispatcher:
         # peers that never authenticate: the built-in simulated client's socket
         self.trusted: set[tuple[str, int]] = set()
         self.newly_banned: list[str] = []  # for the shell to log
-        self._awaiting_store: dict[Hashable, Response] = {}
+        # REGISTER answers waiting for their bindings to be durable (the fast path's are
+        # already bytes)
+        self._awaiting_store: dict[Hashable, Response | bytes] = {}
 
     def wall(self, now: float) -> float:
         return now + self.wall_offset
@@ -137,6 +139,8 @@ class Dispatcher:
                 "Server Internal Error (binding store write failed)",
                 headers=(("Retry-After", "5"), ("Server", self.config.server_name)),
             )
+        if isinstance(resp, bytes):
+            return self._tx(txn.respond(resp, 200, now))
         return self._tx(txn.respond(resp.serialise(), resp.status, now))
 
     def media_result(
@@ -364,7 +368,17 @@ def stamp_via(request: Request, peer: Peer) -> Request:
     an empty ``rport`` is filled with the source port (and then ``received`` is
     always added, as RFC 3581 requires).
     """
-    via = request.top_via
+    new = stamped_via(request.top_via, peer)
+    if new is None:
+        return request
+    stamped = request.edited(with_top_via(request.headers, new.text), ("via",))
+    if "vias" in request.__dict__:
+        stamped.__dict__["vias"] = (new, *request.vias[1:])
+    return stamped
+
+
+def stamped_via(via: Via, peer: Peer) -> Via | None:
+    """The top Via as stamp_via leaves it (None: unchanged), known to parse_via."""
     host = via.host[1:-1] if via.host.startswith("[") else via.host
     rport = via.rport
     if rport == "":
@@ -372,9 +386,6 @@ def stamp_via(request: Request, peer: Peer) -> Request:
     elif host != peer.host:
         new = via.with_params({"received": peer.host})
     else:
-        return request
+        return None
     remember_via(new)
-    stamped = request.edited(with_top_via(request.headers, new.text), ("via",))
-    if "vias" in request.__dict__:
-        stamped.__dict__["vias"] = (new, *request.vias[1:])
-    return stamped
+    return new

@@ -17,7 +17,7 @@ from .events import BindingEvent, BindingEventKind
 from .location import Binding, Location
 from .types import Peer
 
-__all__ = ["RegisterOutcome", "Registrar", "RegistrarConfig"]
+__all__ = ["RegisterOutcome", "Registrar", "RegistrarConfig", "Reject"]
 
 SUPPORTED_OPTIONS = ("path", "outbound")
 
@@ -40,7 +40,9 @@ class RegisterOutcome:
     events: list[BindingEvent] = field(default_factory=list)
 
 
-class _Reject(Exception):
+class Reject(Exception):
+    """A REGISTER refused with ``status``; the fast path takes it as 'not mine'."""
+
     def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(reason)
         self.status = status
@@ -61,7 +63,7 @@ class Registrar:
     def register(self, request: Request, peer: Peer, now: float) -> RegisterOutcome:
         try:
             return self._register(request, peer, now)
-        except _Reject as r:
+        except Reject as r:
             return RegisterOutcome(response=self._respond(request, r.status, r.reason, r.headers))
         except SipParseError as e:
             return RegisterOutcome(response=self._respond(request, e.status, e.reason))
@@ -75,24 +77,22 @@ class Registrar:
         cfg = self.config
         ruri = request.uri
         if not isinstance(ruri, SipUri):
-            raise _Reject(
-                416, "Unsupported URI Scheme (REGISTER needs a sip: or sips: Request-URI)"
-            )
+            raise Reject(416, "Unsupported URI Scheme (REGISTER needs a sip: or sips: Request-URI)")
         if not serves_domain(cfg.domains, ruri.host):
-            raise _Reject(403, f"Domain {ruri.host} is not served here")
+            raise Reject(403, f"Domain {ruri.host} is not served here")
         to_uri = request.to.uri
         if not isinstance(to_uri, SipUri):
-            raise _Reject(400, "Address-of-record must be a sip: or sips: URI")
+            raise Reject(400, "Address-of-record must be a sip: or sips: URI")
         if not serves_domain(cfg.domains, to_uri.host):
-            raise _Reject(403, f"Domain {to_uri.host} is not served here")
+            raise Reject(403, f"Domain {to_uri.host} is not served here")
         aor = to_uri.aor()
         current = self.location.bindings(aor)
 
         if request.contact_star:
             if request.expires != 0:
-                raise _Reject(400, "Contact * requires Expires: 0")
+                raise Reject(400, "Contact * requires Expires: 0")
             for b in current.values():
-                self._check_order(b, request)
+                self._check_order(b, request.call_id, request.cseq.number)
             return self._apply(request, aor, [], list(current.values()), now, replaced=[])
 
         contacts = request.contacts
@@ -104,70 +104,115 @@ class Registrar:
             c for c in contacts if c.reg_id is not None and self._requested(c, header_expires) != 0
         ]
         if len(with_reg_id) > 1:
-            raise _Reject(400, "More than one Contact with reg-id (RFC 5626 section 6)")
+            raise Reject(400, "More than one Contact with reg-id (RFC 5626 section 6)")
 
         upserts: list[Binding] = []
         deletes: list[Binding] = []
         replaced: list[Binding] = []
         path = tuple(p.text for p in request.paths)
         for contact in contacts:
-            if not isinstance(contact.uri, SipUri) and contact.uri.scheme not in ("tel",):
-                raise _Reject(400, f"Unsupported Contact URI scheme {contact.uri.scheme}")
-            requested = self._requested(contact, header_expires)
-            if requested != 0 and requested < cfg.min_expires:
-                raise _Reject(
-                    423,
-                    f"Interval Too Brief (minimum {cfg.min_expires} s)",
-                    (("Min-Expires", str(cfg.min_expires)),),
-                )
-            expires = min(requested, cfg.max_expires)
-            key = self._binding_key(contact)
-            old = current.get(key)
-            if old is not None:
-                self._check_order(old, request)
-            if expires == 0:
+            old, binding = self.contact_binding(
+                contact,
+                aor,
+                current,
+                header_expires=header_expires,
+                call_id=request.call_id,
+                cseq=request.cseq.number,
+                user_agent=request.user_agent,
+                path=path,
+                peer=peer,
+                now=now,
+            )
+            if binding is None:
                 if old is not None:
                     deletes.append(old)
                 continue
-            q = contact.q
-            binding = Binding(
-                aor=aor,
-                key=key,
-                contact_uri=contact.uri_text,
-                contact_params="".join(
-                    f";{k}" if v is None else f";{k}={v}"
-                    for k, v in contact.params
-                    if k.lower() != "expires"
-                ),
-                q=q,
-                expires_at=now + expires,
-                call_id=request.call_id,
-                cseq=request.cseq.number,
-                instance=contact.instance,
-                reg_id=contact.reg_id,
-                path=path,
-                user_agent=request.user_agent,
-                transport=peer.transport,
-                source_host=peer.host,
-                source_port=peer.port,
-                local_host=peer.local_host,
-                local_port=peer.local_port,
-                flow_id=peer.flow_id,
-                registered_at=old.registered_at if old is not None else now,
-                updated_at=now,
-                node=cfg.node,
-            )
             if old is not None and old.flow_id and old.flow_id != peer.flow_id:
                 replaced.append(old)
             upserts.append(binding)
+        self.check_limit(aor, current, upserts, deletes, now)
+        return self._apply(request, aor, upserts, deletes, now, replaced=replaced)
 
+    def contact_binding(
+        self,
+        contact: NameAddr,
+        aor: str,
+        current: dict[str, Binding],
+        *,
+        header_expires: int | None,
+        call_id: str,
+        cseq: int,
+        user_agent: str | None,
+        path: tuple[str, ...],
+        peer: Peer,
+        now: float,
+    ) -> tuple[Binding | None, Binding | None]:
+        """(the binding it replaces, the new one or None to remove it) for one Contact.
+
+        Raises Reject. The REGISTER fast path (fastreg.py) decides with this too, so
+        both paths keep one set of rules.
+        """
+        cfg = self.config
+        if not isinstance(contact.uri, SipUri) and contact.uri.scheme not in ("tel",):
+            raise Reject(400, f"Unsupported Contact URI scheme {contact.uri.scheme}")
+        requested = self._requested(contact, header_expires)
+        if requested != 0 and requested < cfg.min_expires:
+            raise Reject(
+                423,
+                f"Interval Too Brief (minimum {cfg.min_expires} s)",
+                (("Min-Expires", str(cfg.min_expires)),),
+            )
+        expires = min(requested, cfg.max_expires)
+        key = self._binding_key(contact)
+        old = current.get(key)
+        if old is not None:
+            self._check_order(old, call_id, cseq)
+        if expires == 0:
+            return old, None
+        binding = Binding(
+            aor=aor,
+            key=key,
+            contact_uri=contact.uri_text,
+            contact_params="".join(
+                f";{k}" if v is None else f";{k}={v}"
+                for k, v in contact.params
+                if k.lower() != "expires"
+            ),
+            q=contact.q,
+            expires_at=now + expires,
+            call_id=call_id,
+            cseq=cseq,
+            instance=contact.instance,
+            reg_id=contact.reg_id,
+            path=path,
+            user_agent=user_agent,
+            transport=peer.transport,
+            source_host=peer.host,
+            source_port=peer.port,
+            local_host=peer.local_host,
+            local_port=peer.local_port,
+            flow_id=peer.flow_id,
+            registered_at=old.registered_at if old is not None else now,
+            updated_at=now,
+            node=cfg.node,
+        )
+        return old, binding
+
+    def check_limit(
+        self,
+        aor: str,
+        current: dict[str, Binding],
+        upserts: list[Binding],
+        deletes: list[Binding],
+        now: float,
+    ) -> None:
+        """Raises Reject when new bindings would take the AOR over max_contacts."""
         live_after = {k for k, b in current.items() if b.expires_at > now}
         live_after -= {b.key for b in deletes}
         live_after |= {b.key for b in upserts}
         new_keys = {b.key for b in upserts} - set(current)
-        if new_keys and len(live_after) > cfg.max_contacts:
-            raise _Reject(403, f"Too many contacts for {aor} (limit {cfg.max_contacts})")
-        return self._apply(request, aor, upserts, deletes, now, replaced=replaced)
+        if new_keys and len(live_after) > self.config.max_contacts:
+            raise Reject(403, f"Too many contacts for {aor} (limit {self.config.max_contacts})")
 
     def _requested(self, contact: NameAddr, header_expires: int | None) -> int:
         value = contact.expires
@@ -188,12 +233,9 @@ class Registrar:
         return "uri:" + (uri.key() if isinstance(uri, SipUri) else str(uri))
 
     @staticmethod
-    def _check_order(old: Binding, request: Request) -> None:
-        if old.call_id == request.call_id and request.cseq.number <= old.cseq:
-            raise _Reject(
-                400,
-                f"CSeq {request.cseq.number} is not higher than {old.cseq} for this Call-ID",
-            )
+    def _check_order(old: Binding, call_id: str, cseq: int) -> None:
+        if old.call_id == call_id and cseq <= old.cseq:
+            raise Reject(400, f"CSeq {cseq} is not higher than {old.cseq} for this Call-ID")
 
     def _apply(
         self,

@@ -453,8 +453,13 @@ class Request(Message):
         tag without the core keeping state for it.
         """
         via = self.vias[0]
-        seed = f"{self.call_id}|{self.from_.tag}|{via.branch}|{via.sent_by}|{self.cseq.number}"
-        return hashlib.blake2s(seed.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
+        return tag_for(self.call_id, self.from_.tag, via.branch, via.sent_by, self.cseq.number)
+
+
+def tag_for(call_id: str, from_tag: str | None, branch: str | None, sent_by: str, cseq: int) -> str:
+    """``Request.transaction_tag`` from the parts (the REGISTER fast path has no Request)."""
+    seed = f"{call_id}|{from_tag}|{branch}|{sent_by}|{cseq}"
+    return hashlib.blake2s(seed.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
 
 
 @dataclass(kw_only=True, eq=False)

@@ -336,8 +336,12 @@ class TransactionLayer:
     def find_server(self, request: Request) -> ServerTransaction | None:
         return self.servers.get(server_key(request))
 
-    def new_server(self, request: Request, dest: object, reliable: bool) -> ServerTransaction:
-        key = server_key(request)
+    def new_server(
+        self, request: Request, dest: object, reliable: bool, *, key: Hashable = None
+    ) -> ServerTransaction:
+        """``key``: server_key(request), when the caller has it already."""
+        if key is None:
+            key = server_key(request)
         txn = ServerTransaction(
             key=key,
             request=request,
