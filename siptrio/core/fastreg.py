@@ -1,0 +1,287 @@
+"""The REGISTER fast path: a tidy UDP REGISTER from bytes to its pending 200, in one pass.
+
+Phones refresh their bindings all day, and the general path spends most of a
+REGISTER's cost in its layers: lazy views over a Request, a stamped copy of it, a
+Response built from header fields (bench/README.md). This module owns the one
+decision the general path does not make: whether a datagram is a REGISTER of the
+plain shape almost every phone sends (one Via, one Contact without RFC 5626
+parameters, no Require, Path or body) that adds or refreshes one binding. If so it
+does what the general path would do, with the same parts: the parser's header
+splitting and its Via, name-addr, URI, CSeq and number grammar; stamped_via; the
+registrar's contact_binding and check_limit; the authenticator; the same
+ServerTransaction. What it writes itself is the 200, byte for byte the general
+one.
+
+Anything else, and anything the general path would refuse, returns None before a
+single change is made, and the general path takes the message from the start.
+tests/core/test_fastreg.py runs both paths on the same messages (and on random
+mutations of them) and asserts the same bytes out, the same bindings and the same
+counters.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..sip._abnf import get_param, parse_uint
+from ..sip.errors import SipParseError
+from ..sip.headers import COMPACT_FORMS, NameAddr, Via, parse_cseq
+from ..sip.message import HeaderField, Request, tag_for
+from ..sip.parser import _check_controls
+from ..sip.uri import SipUri, parse_uri_untrusted
+from .dispatcher import Dispatcher, stamped_via
+from .events import Action, BindingEvent, BindingEventKind, Persist, Publish
+from .registrar import SUPPORTED_OPTIONS, Reject, serves_domain
+from .types import Peer
+
+__all__ = ["FastRegister"]
+
+# Headers a REGISTER may carry here, once each. The registrar reads them all.
+_USED = frozenset(
+    {"via", "from", "to", "call-id", "cseq", "contact", "expires", "max-forwards"}
+    | {"content-length", "user-agent", "authorization"}
+)
+# The general path does not look at these in a REGISTER like this one (Supported
+# matters only with Path or reg-id, which are not), so any value and any number of
+# them will do.
+_IGNORED = frozenset({"allow", "allow-events", "supported", "accept", "date", "organization"})
+_NAMES = {n: n for n in _USED | _IGNORED} | {
+    short: long for short, long in COMPACT_FORMS.items() if long in _USED | _IGNORED
+}
+_COPIED = frozenset({"via", "from", "to", "call-id", "cseq"})  # make_response's
+_SUPPORTED = ", ".join(SUPPORTED_OPTIONS)
+
+# Strict subsets of the general grammar (headers._VIA_FAST, headers._NAME_ADDR_FAST,
+# uri._SIP_FAST, _abnf._PARAMS_FAST): no IPv6, no escapes, no quoted or spaced
+# parameters, no URI headers. What they do not match goes the general way.
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_HOST = r"[A-Za-z0-9][A-Za-z0-9\-.]*"
+_USER = r"[A-Za-z0-9\-_.!~*'()&=+$]+"
+_UPARAM = r"[A-Za-z0-9\-_.!~*'()/:&+$]+"
+_PARAMS = rf"((?:;{_TOKEN}(?:={_TOKEN})?)*)"
+_VIA = re.compile(rf"SIP/2\.0/([A-Za-z]+) ({_HOST})(?::([0-9]{{1,5}}))?{_PARAMS}")
+_NAME_ADDR = re.compile(
+    rf'(?:"[^"\\\x00-\x1f\x7f]*"[ \t]*|{_TOKEN}(?:[ \t]+{_TOKEN})*[ \t]*)?'
+    rf"<((sips?):(?:({_USER})@)?({_HOST})(?::([0-9]{{1,5}}))?((?:;{_UPARAM}(?:={_UPARAM})?)*))>"
+    + _PARAMS
+)
+_VALUED = ("branch", "received", "maddr", "ttl")  # Via parameters that need a value
+
+
+def _params(text: str) -> tuple[tuple[str, str | None], ...]:
+    """parse_params for what _PARAMS matched."""
+    if not text:
+        return ()
+    out = []
+    for p in text[1:].split(";"):
+        name, eq, value = p.partition("=")
+        out.append((name, value if eq else None))
+    return tuple(out)
+
+
+def _uri(m: re.Match[str]) -> SipUri:
+    """The SipUri uri._parse_uri makes of what _NAME_ADDR matched."""
+    port = m[5]
+    if port is not None and int(port) > 65535:
+        raise SipParseError("port out of range")  # the general path says so
+    return SipUri(
+        scheme=m[2],
+        user=m[3],
+        password=None,
+        host=m[4],
+        port=int(port) if port is not None else None,
+        params=_params(m[6]),
+        text=m[1],
+    )
+
+
+class FastRegister:
+    def __init__(self, dispatcher: Dispatcher, *, max_size: int, max_headers: int) -> None:
+        self.dispatcher = dispatcher
+        self.max_size = max_size
+        self.max_headers = max_headers
+        server = dispatcher.config.server_name
+        tail = f"Supported: {_SUPPORTED}\r\nServer: {server}\r\nContent-Length: 0\r\n\r\n"
+        self._tail = tail.encode()
+
+    def handle(self, data: bytes, peer: Peer, now: float) -> list[Action] | None:
+        """The actions the general path would return for ``data``, or None: not mine.
+
+        ``data`` must start with ``REGISTER `` (the shell looks before calling).
+        """
+        if peer.flow_id is not None or len(data) > self.max_size:
+            return None  # flows bring RFC 5626 rules (replaced bindings): general path
+        try:
+            return self._handle(data, peer, now)
+        except (SipParseError, Reject, ValueError, KeyError):
+            # ValueError: bytes that are not ASCII; KeyError: a missing header. The
+            # general path finds the same fault and names it.
+            return None
+
+    def _handle(self, data: bytes, peer: Peer, now: float) -> list[Action] | None:
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end + 4 != len(data):
+            return None  # a body, or bytes after the header section
+        head = data[:end]
+        _check_controls(head)
+        lines = head.decode("ascii").split("\r\n")
+        if len(lines) > self.max_headers + 1:
+            return None
+        start = lines[0]
+        if not start.endswith(" SIP/2.0") or start.count(" ") != 2:
+            return None
+        uri_text = start[9:-8]
+        ruri = parse_uri_untrusted(uri_text)  # the same few spellings: cached
+        if not isinstance(ruri, SipUri) or ruri.headers:
+            return None
+
+        # one pass over the header lines, as parser._header_lines splits them
+        h: dict[str, str] = {}
+        fields: list[HeaderField] = []
+        for line in lines[1:]:
+            raw_name, colon, raw_value = line.partition(":")
+            name = _NAMES.get(raw_name.rstrip(" \t").lower())
+            if name is None or not colon:
+                return None  # Require, Path, Route, a folded line ...: the general path
+            value = raw_value.strip(" \t")
+            if name in _USED:
+                if name in h:
+                    return None
+                h[name] = value
+            fields.append(HeaderField(name, line.encode(), value.encode()))
+        if h.get("content-length", "0") != "0":
+            return None
+
+        via_m = _VIA.fullmatch(h["via"])
+        from_m = _NAME_ADDR.fullmatch(h["from"])
+        to_m = _NAME_ADDR.fullmatch(h["to"])
+        contact_m = _NAME_ADDR.fullmatch(h["contact"])
+        if via_m is None or from_m is None or to_m is None or contact_m is None:
+            return None
+        port = via_m[3]
+        via = Via(
+            protocol="SIP/2.0",
+            transport=via_m[1].upper(),
+            host=via_m[2],
+            port=int(port) if port is not None else None,
+            params=_params(via_m[4]),
+            text=h["via"],
+        )
+        if (via.port or 0) > 65535:
+            return None
+        for k, v in via.params:
+            if v is None and k.lower() in _VALUED:
+                return None
+        branch = via.branch
+        if branch is None or not branch.startswith("z9hG4bK") or len(branch) == 7:
+            return None  # RFC 2543 transaction matching
+        _uri(from_m)  # only checked: the From tag is all the answer needs
+        from_tag = get_param(_params(from_m[7]), "tag")
+        to_uri = _uri(to_m)
+        to_tag = get_param(_params(to_m[7]), "tag")
+        call_id = h["call-id"]
+        if not call_id or " " in call_id or "\t" in call_id:
+            return None
+        cseq = parse_cseq(h["cseq"])
+        if cseq.method != "REGISTER":
+            return None
+        if "max-forwards" in h:
+            parse_uint(h["max-forwards"], "Max-Forwards", maximum=255)
+        d = self.dispatcher
+        stats = d.stats
+
+        key = (branch, via.sent_by.lower(), "REGISTER")  # transaction.server_key
+        layer = d.layer
+        txn = layer.servers.get(key)
+        if txn is not None:
+            stats["register_fast"] += 1
+            stats["requests_in.REGISTER"] += 1
+            stats["retransmissions_absorbed"] += 1
+            return d._tx(txn.on_retransmission(now))
+
+        # --- what the registrar would decide; nothing has changed so far --------------
+        contact = NameAddr(
+            display=None,  # contact_binding does not read it
+            uri=_uri(contact_m),
+            uri_text=contact_m[1],
+            params=_params(contact_m[7]),
+            text=h["contact"],
+        )
+        if contact.reg_id is not None or contact.instance is not None:
+            return None  # RFC 5626: Require: outbound in the answer, flows replaced
+        registrar = d.registrar
+        domains = registrar.config.domains
+        if not (serves_domain(domains, ruri.host) and serves_domain(domains, to_uri.host)):
+            return None
+        expires = h.get("expires")
+        wall = d.wall(now)
+        aor = to_uri.aor()
+        current = d.location.bindings(aor)
+        old, binding = registrar.contact_binding(
+            contact,
+            aor,
+            current,
+            header_expires=(
+                parse_uint(expires, "Expires", clamp=True) if expires is not None else None
+            ),
+            call_id=call_id,
+            cseq=cseq.number,
+            user_agent=h.get("user-agent"),
+            path=(),
+            peer=peer,
+            now=wall,
+        )
+        if binding is None or (old is not None and old.flow_id):
+            return None  # removals, and a binding that moves off a flow
+        registrar.check_limit(aor, current, [binding], [], wall)
+        if d.auth.config.enabled and (peer.host, peer.port) not in d.trusted:
+            given = h.get("authorization")
+            if given is None:
+                return None  # the challenge
+            creds = d.auth.credentials([given])
+            if creds is None or creds.username != to_uri.user:
+                return None  # a 403 or a challenge
+            if d.auth.verify_values([given], "REGISTER", now=wall).user is None:
+                return None  # nothing was used up: the general path counts the failure
+            stats["auth_ok"] += 1
+
+        # --- from here on it is taken ----------------------------------------------------
+        stats["register_fast"] += 1
+        stats["requests_in.REGISTER"] += 1
+        new_via = stamped_via(via, peer)
+        if new_via is not None:
+            for i, f in enumerate(fields):
+                if f.name == "via":
+                    fields[i] = HeaderField.make("via", new_via.text)  # message.with_top_via
+                    break
+        request = Request(
+            headers=tuple(fields), body=b"", method="REGISTER", uri=ruri, uri_text=uri_text
+        )
+        txn = layer.new_server(request, peer, reliable=False, key=key)
+        previous = d.location.put(binding)
+        kind = BindingEventKind.ADDED if previous is None else BindingEventKind.REFRESHED
+
+        # make_response(request, 200, "OK", headers=<the registrar's>).serialise()
+        tag = None
+        if to_tag is None:
+            tag = tag_for(call_id, from_tag, branch, via.sent_by, cseq.number)
+        out = ["SIP/2.0 200 OK"]
+        for f, line in zip(fields, lines[1:], strict=True):
+            name = f.name
+            if name in _COPIED:
+                if name == "via" and new_via is not None:
+                    out.append(f"Via: {new_via.text}")
+                elif name == "to" and tag is not None:
+                    out.append(f"To: {h['to']};tag={tag}")
+                else:
+                    out.append(line)
+        for b in d.location.lookup(aor, wall):
+            out.append(f"Contact: {b.contact_header(wall)}")
+        out.append("")
+        d._awaiting_store[key] = "\r\n".join(out).encode() + self._tail
+        stats["register_200"] += 1
+        stats["responses_out.2xx"] += 1
+        return [
+            Persist(upserts=(binding,), txn_key=txn.key),
+            Publish(event=BindingEvent(kind=kind, binding=binding)),
+        ]
