@@ -127,6 +127,7 @@ class RegistrarSection:
     default_expires: int = 3600
     max_expires: int = 7200
     max_contacts: int = 10  # per AOR
+    fast_path: bool = True  # tidy UDP REGISTERs skip the general path (core/fastreg.py)
     database: str = field(default_factory=default_database_path)  # or ":memory:"
     backend: str = "sqlite"  # sqlite | redis
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -552,6 +553,7 @@ _SECTIONS: dict[str, _Section] = {
             "default_expires": _integer(1, 2**32 - 1, "an integer number of seconds"),
             "max_expires": _integer(1, 2**32 - 1, "an integer number of seconds"),
             "max_contacts": _integer(1, 1000),
+            "fast_path": _boolean,
             "database": _path,
             "backend": _choice("sqlite", "redis"),
             "redis_url": _redis_url,

@@ -27,11 +27,12 @@ from ..core.abuse import RateLimiter
 from ..core.auth import AuthConfig
 from ..core.dispatcher import Dispatcher, DispatcherConfig
 from ..core.events import Action, MediaRequest, Persist, Publish, Send
+from ..core.fastreg import FastRegister
 from ..core.location import Binding, Location
 from ..core.media import MediaConfig, MediaMode
 from ..core.proxy import ProxyConfig
 from ..core.registrar import RegistrarConfig
-from ..core.types import Listener, Transport
+from ..core.types import Listener, Peer, Transport
 from ..sip import Request, Response, make_response
 from ..sip.transaction import Timers
 from ..store.redis_store import RedisStore
@@ -162,6 +163,8 @@ class Server:
             self.location,
         )
         self._timer_scope: trio.CancelScope | None = None
+        self.fast: FastRegister | None = None
+        self.intake: Intake | None = None
         self._users_version = -1
         self._nursery: trio.Nursery | None = None
         self.simulator = Simulator(self)
@@ -225,6 +228,14 @@ class Server:
             intake.limiter = RateLimiter(sec.rate_limit, sec.rate_burst)
             intake.exempt = sec.rate_limit_exempt
             intake.handle = self._handle
+            if cfg.registrar.fast_path:
+                self.fast = FastRegister(
+                    self.dispatcher,
+                    max_size=cfg.sip.max_message_size,
+                    max_headers=cfg.sip.max_headers,
+                )
+                intake.fast_register = self._register_fast
+            self.intake = intake
             auth = self.dispatcher.auth
             intake.is_banned = lambda address: auth.is_banned(address, trio.current_time())
             async with trio.open_nursery() as nursery:
@@ -477,6 +488,29 @@ class Server:
             return
         if actions:
             await self.execute(actions)
+
+    async def _register_fast(self, data: bytes, peer: Peer) -> bool:
+        """A UDP REGISTER, offered to the fast path first; False: the general path's."""
+        intake = self.intake
+        assert self.fast is not None and intake is not None
+        now = trio.current_time()
+        if not intake.may_admit(peer.host, now):
+            return False  # the general path drops it, or answers 503
+        try:
+            actions = self.fast.handle(data, peer, now)
+        except Exception:
+            # It changes nothing before it is sure; the general path tries next.
+            self.stats["internal_errors"] += 1
+            log.exception("internal error in the REGISTER fast path, from %s", peer)
+            return False
+        if actions is None:
+            return False
+        intake.admitted(peer.host, now)
+        if self.hub.trace:
+            self.hub.trace_message("recv", data, peer)
+        if actions:
+            await self.execute(actions)
+        return True
 
     async def _timer_loop(self) -> None:
         """One task for every transaction timer: sleep until the earliest deadline."""

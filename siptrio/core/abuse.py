@@ -31,6 +31,12 @@ class RateLimiter:
             self.purge(now)
         return False
 
+    def would_allow(self, address: str, now: float) -> bool:
+        """``allow`` without taking the token: for a path that may still give the
+        message back to the one that calls ``allow``."""
+        tokens, at = self._buckets.get(address, (self.burst, now))
+        return min(self.burst, tokens + (now - at) * self.rate) >= 1.0
+
     def should_tell(self, address: str, now: float) -> bool:
         """At most one 503 a second per address; the rest of the flood is dropped."""
         if now - self._told.get(address, -1e9) >= 1.0:

@@ -59,6 +59,9 @@ class Intake:
         # it is what pushes back on one connection.
         self.handle: Callable[[Inbound], Awaitable[None]] | None = None
         self.is_banned: Callable[[str], bool] = lambda address: False
+        # Set by the server: True when it took a UDP REGISTER by the fast path
+        # (core/fastreg.py); False, and the datagram is parsed as any other.
+        self.fast_register: Callable[[bytes, Peer], Awaitable[bool]] | None = None
 
     def banned(self, address: str) -> bool:
         """Traffic from a banned address is dropped before it costs a parse."""
@@ -91,6 +94,15 @@ class Intake:
             )
             await self.hub.send(reply.serialise(), item.peer)
         return False
+
+    def may_admit(self, host: str, now: float) -> bool:
+        """What ``admit`` would say, with nothing counted: call ``admitted`` if taken."""
+        limiter = self.limiter
+        return limiter is None or limiter.would_allow(host, now) or self._exempt(host)
+
+    def admitted(self, host: str, now: float) -> None:
+        if self.limiter is not None:
+            self.limiter.allow(host, now)
 
     def _exempt(self, host: str) -> bool:
         """Cached per address: an exempt sender over the limit asks on every message."""

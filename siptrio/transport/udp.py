@@ -98,6 +98,7 @@ async def serve_udp(
     hub.udp_sockets[(local_host, local_port)] = sock
     stats = intake.stats
     recvfrom = sock.recvfrom
+    fast = intake.fast_register
     task_status.started()
     try:
         while True:
@@ -125,6 +126,8 @@ async def serve_udp(
                     local_host=local_host,
                     local_port=local_port,
                 )
+                if fast is not None and data.startswith(b"REGISTER ") and await fast(data, peer):
+                    continue
                 result = intake.parse(data, peer)
                 if isinstance(result, Exception):
                     await intake.reject(data, result, peer)
