@@ -22,14 +22,15 @@ counters.
 from __future__ import annotations
 
 import re
+from functools import partial
 
 from ..sip._abnf import get_param, parse_uint
 from ..sip.errors import SipParseError
 from ..sip.headers import COMPACT_FORMS, NameAddr, Via, parse_cseq
-from ..sip.message import HeaderField, Request, tag_for
-from ..sip.parser import _check_controls
+from ..sip.message import LazyRequest, Request, tag_for
+from ..sip.parser import _check_controls, parse_message_untrusted
 from ..sip.uri import SipUri, parse_uri_untrusted
-from .dispatcher import Dispatcher, stamped_via
+from .dispatcher import Dispatcher, stamp_via, stamped_via
 from .events import Action, BindingEvent, BindingEventKind, Persist, Publish
 from .registrar import SUPPORTED_OPTIONS, Reject, serves_domain
 from .types import Peer
@@ -95,6 +96,13 @@ def _uri(m: re.Match[str]) -> SipUri:
     )
 
 
+def _general_request(data: bytes, peer: Peer) -> Request:
+    """The request as the general path keeps it in its transaction: parsed, stamped."""
+    request = parse_message_untrusted(data)
+    assert isinstance(request, Request)
+    return stamp_via(request, peer)
+
+
 class FastRegister:
     def __init__(self, dispatcher: Dispatcher, *, max_size: int, max_headers: int) -> None:
         self.dispatcher = dispatcher
@@ -137,18 +145,18 @@ class FastRegister:
 
         # one pass over the header lines, as parser._header_lines splits them
         h: dict[str, str] = {}
-        fields: list[HeaderField] = []
+        copied: list[tuple[str, str]] = []  # what a response copies, in order
         for line in lines[1:]:
             raw_name, colon, raw_value = line.partition(":")
             name = _NAMES.get(raw_name.rstrip(" \t").lower())
             if name is None or not colon:
                 return None  # Require, Path, Route, a folded line ...: the general path
-            value = raw_value.strip(" \t")
             if name in _USED:
                 if name in h:
                     return None
-                h[name] = value
-            fields.append(HeaderField(name, line.encode(), value.encode()))
+                h[name] = raw_value.strip(" \t")
+                if name in _COPIED:
+                    copied.append((name, line))
         if h.get("content-length", "0") != "0":
             return None
 
@@ -249,14 +257,7 @@ class FastRegister:
         stats["register_fast"] += 1
         stats["requests_in.REGISTER"] += 1
         new_via = stamped_via(via, peer)
-        if new_via is not None:
-            for i, f in enumerate(fields):
-                if f.name == "via":
-                    fields[i] = HeaderField.make("via", new_via.text)  # message.with_top_via
-                    break
-        request = Request(
-            headers=tuple(fields), body=b"", method="REGISTER", uri=ruri, uri_text=uri_text
-        )
+        request = LazyRequest("REGISTER", partial(_general_request, data, peer))
         txn = layer.new_server(request, peer, reliable=False, key=key)
         previous = d.location.put(binding)
         kind = BindingEventKind.ADDED if previous is None else BindingEventKind.REFRESHED
@@ -266,15 +267,13 @@ class FastRegister:
         if to_tag is None:
             tag = tag_for(call_id, from_tag, branch, via.sent_by, cseq.number)
         out = ["SIP/2.0 200 OK"]
-        for f, line in zip(fields, lines[1:], strict=True):
-            name = f.name
-            if name in _COPIED:
-                if name == "via" and new_via is not None:
-                    out.append(f"Via: {new_via.text}")
-                elif name == "to" and tag is not None:
-                    out.append(f"To: {h['to']};tag={tag}")
-                else:
-                    out.append(line)
+        for name, line in copied:
+            if name == "via" and new_via is not None:
+                out.append(f"Via: {new_via.text}")  # message.with_top_via's line
+            elif name == "to" and tag is not None:
+                out.append(f"To: {h['to']};tag={tag}")
+            else:
+                out.append(line)
         for b in d.location.lookup(aor, wall):
             out.append(f"Contact: {b.contact_header(wall)}")
         out.append("")

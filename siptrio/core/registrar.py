@@ -169,21 +169,26 @@ class Registrar:
             self._check_order(old, call_id, cseq)
         if expires == 0:
             return old, None
+        if contact.params:
+            contact_params = "".join(
+                f";{k}" if v is None else f";{k}={v}"
+                for k, v in contact.params
+                if k.lower() != "expires"
+            )
+            q, instance, reg_id = contact.q, contact.instance, contact.reg_id
+        else:  # most phones: nothing to look for
+            contact_params, q, instance, reg_id = "", None, None, None
         binding = Binding(
             aor=aor,
             key=key,
             contact_uri=contact.uri_text,
-            contact_params="".join(
-                f";{k}" if v is None else f";{k}={v}"
-                for k, v in contact.params
-                if k.lower() != "expires"
-            ),
-            q=contact.q,
+            contact_params=contact_params,
+            q=q,
             expires_at=now + expires,
             call_id=call_id,
             cseq=cseq,
-            instance=contact.instance,
-            reg_id=contact.reg_id,
+            instance=instance,
+            reg_id=reg_id,
             path=path,
             user_agent=user_agent,
             transport=peer.transport,
@@ -207,6 +212,8 @@ class Registrar:
         now: float,
     ) -> None:
         """Raises Reject when new bindings would take the AOR over max_contacts."""
+        if len(current) + len(upserts) <= self.config.max_contacts:
+            return  # even all of them live could not be too many
         live_after = {k for k, b in current.items() if b.expires_at > now}
         live_after -= {b.key for b in deletes}
         live_after |= {b.key for b in upserts}

@@ -9,7 +9,15 @@ from __future__ import annotations
 from .errors import SipParseError
 from .framing import KeepAlive, StreamFramer
 from .headers import CSeq, NameAddr, Via, parse_name_addr, parse_via
-from .message import HeaderField, Message, Request, Response, make_response, reason_phrase
+from .message import (
+    HeaderField,
+    LazyRequest,
+    Message,
+    Request,
+    Response,
+    make_response,
+    reason_phrase,
+)
 from .parser import error_response_untrusted, parse_message_untrusted
 from .uri import AbsoluteUri, SipUri, TelUri, Uri, parse_uri_untrusted
 
@@ -18,6 +26,7 @@ __all__ = [
     "CSeq",
     "HeaderField",
     "KeepAlive",
+    "LazyRequest",
     "Message",
     "NameAddr",
     "Request",

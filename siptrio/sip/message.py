@@ -11,7 +11,7 @@ fast path.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Self
 
@@ -59,7 +59,15 @@ else:
             return value
 
 
-__all__ = ["HeaderField", "Message", "Request", "Response", "make_response", "reason_phrase"]
+__all__ = [
+    "HeaderField",
+    "LazyRequest",
+    "Message",
+    "Request",
+    "Response",
+    "make_response",
+    "reason_phrase",
+]
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -454,6 +462,31 @@ class Request(Message):
         """
         via = self.vias[0]
         return tag_for(self.call_id, self.from_.tag, via.branch, via.sent_by, self.cseq.number)
+
+
+class LazyRequest(Request):
+    """A Request made from its bytes only when something reads it.
+
+    The REGISTER fast path answers from the bytes; its server transaction keeps a
+    request only for the rare answer it cannot make itself (a 500 when the store
+    fails). Splitting the header lines for that every time would cost more than the
+    rest of the fast path's parsing. ``load`` gives the request as the general path
+    would have it; on the first read of anything this object becomes that request.
+    ``method`` is known without loading (the transaction asks it on every answer);
+    ``body`` reads b"" before loading (a class default), which is right: the fast
+    path takes only REGISTERs without a body.
+    """
+
+    def __init__(self, method: str, load: Callable[[], Request]) -> None:  # not dataclass's
+        self.__dict__["method"] = method
+        self.__dict__["_load"] = load
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or "_load" not in self.__dict__:
+            raise AttributeError(name)
+        load = self.__dict__.pop("_load")
+        self.__dict__.update(load().__dict__)
+        return getattr(self, name)
 
 
 def tag_for(call_id: str, from_tag: str | None, branch: str | None, sent_by: str, cseq: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from siptrio.sip import (
+    LazyRequest,
     Request,
     Response,
     SipParseError,
@@ -314,3 +315,26 @@ def test_error_reply_extra_headers_and_server() -> None:
     assert resp.values("unsupported") == ["foo"]
     assert resp.values("server") == ["siptrio"]
     assert isinstance(resp, Response) and resp.status == 420
+
+
+def test_lazy_request_loads_once_on_first_read() -> None:
+    data = (
+        b"REGISTER sip:example.com SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-lazy\r\n"
+        b"From: <sip:a@example.com>;tag=1\r\nTo: <sip:a@example.com>\r\n"
+        b"Call-ID: lazy-1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+    )
+    loads: list[int] = []
+
+    def load() -> Request:
+        loads.append(1)
+        return request(data)
+
+    lazy = LazyRequest("REGISTER", load)
+    assert lazy.method == "REGISTER" and lazy.body == b"" and not loads  # known without it
+    assert lazy.call_id == "lazy-1"  # a view: loads
+    assert lazy.serialise() == data and lazy.top_via.branch == "z9hG4bK-lazy"
+    assert isinstance(lazy, Request) and loads == [1]
+    with pytest.raises(AttributeError):
+        lazy.no_such_thing  # noqa: B018
+    assert loads == [1]
