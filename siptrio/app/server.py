@@ -62,7 +62,7 @@ log = logging.getLogger("siptrio.server")
 INBOUND_QUEUE = 4096
 STORE_QUEUE = 8192
 STORE_BATCH = 4096
-COMMIT_GATHER = 0.002  # seconds the store writer waits for more changes to commit together
+COMMIT_GATHER = 0.005  # seconds the store writer waits for more changes to commit together
 BUSY_GAP = 0.002  # ... when the previous commit ended less than this long ago (a burst)
 TICK_SECONDS = 1.0
 # Allocations between young-generation collections. Each one walks every young
@@ -652,9 +652,10 @@ class Server:
             while True:
                 batch = [await queue.receive()]
                 if trio.current_time() - last_end < BUSY_GAP:
-                    # In a burst, let it gather: a couple of milliseconds of latency buy
-                    # one fsync for many REGISTERs instead of one each. A lone REGISTER
-                    # is committed at once.
+                    # In a burst, let it gather: a few milliseconds of latency buy one
+                    # fsync and one thread hand-off for many REGISTERs instead of one
+                    # each (5 ms against 2 ms: about 10 % more REGISTERs per CPU-second
+                    # at 3,000/s). A lone REGISTER is committed at once.
                     await trio.sleep(COMMIT_GATHER)
                 while len(batch) < STORE_BATCH:
                     try:
