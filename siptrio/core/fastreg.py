@@ -5,18 +5,19 @@ REGISTER's cost in its layers: lazy views over a Request, a stamped copy of it, 
 Response built from header fields (bench/README.md). This module owns the one
 decision the general path does not make: whether a datagram is a REGISTER of the
 plain shape almost every phone sends (one Via, one Contact without RFC 5626
-parameters, no Require, Path or body) that adds or refreshes one binding. If so it
-does what the general path would do, with the same parts: the parser's header
-splitting and its Via, name-addr, URI, CSeq and number grammar; stamped_via; the
-registrar's contact_binding and check_limit; the authenticator; the same
-ServerTransaction. What it writes itself is the 200, byte for byte the general
-one.
+parameters, no Require, Path or body, ASCII) that adds or refreshes one binding.
+
+If so it does what the general path would do. The rules are shared: the
+registrar's contact_binding and check_limit, the authenticator, SipUri.aor and
+key, tag_for, the same ServerTransaction. What is written again here, smaller, is
+the reading and the writing: strict subsets of the general grammar (below), the
+Via stamp (stamp_via), and the 200 (make_response), byte for byte.
 
 Anything else, and anything the general path would refuse, returns None before a
 single change is made, and the general path takes the message from the start.
 tests/core/test_fastreg.py runs both paths on the same messages (and on random
 mutations of them) and asserts the same bytes out, the same bindings and the same
-counters.
+counters: that is what keeps the two equal.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from functools import partial
 
 from ..sip._abnf import get_param, parse_uint
 from ..sip.errors import SipParseError
-from ..sip.headers import COMPACT_FORMS, NameAddr, Via, parse_cseq
+from ..sip.headers import COMPACT_FORMS, NameAddr, display_name, parse_cseq
 from ..sip.message import LazyRequest, Request, tag_for
 from ..sip.parser import _check_controls, parse_message_untrusted
 from ..sip.uri import SipUri, parse_uri_untrusted
-from .dispatcher import Dispatcher, stamp_via, stamped_via
+from .dispatcher import Dispatcher, stamp_via
 from .events import Action, BindingEvent, BindingEventKind, Persist, Publish
 from .registrar import SUPPORTED_OPTIONS, Reject, serves_domain
 from .types import Peer
@@ -49,6 +50,8 @@ _IGNORED = frozenset({"allow", "allow-events", "supported", "accept", "date", "o
 _NAMES = {n: n for n in _USED | _IGNORED} | {
     short: long for short, long in COMPACT_FORMS.items() if long in _USED | _IGNORED
 }
+# ... and as most phones spell them, found without rstrip() and lower()
+_NAMES |= {display_name(n): n for n in _USED | _IGNORED}
 _COPIED = frozenset({"via", "from", "to", "call-id", "cseq"})  # make_response's
 _SUPPORTED = ", ".join(SUPPORTED_OPTIONS)
 
@@ -78,6 +81,20 @@ def _params(text: str) -> tuple[tuple[str, str | None], ...]:
         name, eq, value = p.partition("=")
         out.append((name, value if eq else None))
     return tuple(out)
+
+
+def _stamped(
+    transport: str, sent_by: str, params: tuple[tuple[str, str | None], ...], stamp: dict[str, str]
+) -> str:
+    """The Via line stamp_via writes: Via.with_params(stamp), then with_top_via."""
+    out = [f"Via: SIP/2.0/{transport} {sent_by}"]
+    for k, v in params:
+        lk = k.lower()
+        if lk in stamp:
+            v = stamp.pop(lk)
+        out.append(f";{k}" if v is None else f";{k}={v}")
+    out.extend(f";{k}={v}" for k, v in stamp.items())
+    return "".join(out)
 
 
 def _uri(m: re.Match[str]) -> SipUri:
@@ -148,7 +165,7 @@ class FastRegister:
         copied: list[tuple[str, str]] = []  # what a response copies, in order
         for line in lines[1:]:
             raw_name, colon, raw_value = line.partition(":")
-            name = _NAMES.get(raw_name.rstrip(" \t").lower())
+            name = _NAMES.get(raw_name) or _NAMES.get(raw_name.rstrip(" \t").lower())
             if name is None or not colon:
                 return None  # Require, Path, Route, a folded line ...: the general path
             if name in _USED:
@@ -166,24 +183,25 @@ class FastRegister:
         contact_m = _NAME_ADDR.fullmatch(h["contact"])
         if via_m is None or from_m is None or to_m is None or contact_m is None:
             return None
-        port = via_m[3]
-        via = Via(
-            protocol="SIP/2.0",
-            transport=via_m[1].upper(),
-            host=via_m[2],
-            port=int(port) if port is not None else None,
-            params=_params(via_m[4]),
-            text=h["via"],
-        )
-        if (via.port or 0) > 65535:
+        via_port = via_m[3]
+        if via_port is not None and int(via_port) > 65535:
             return None
-        for k, v in via.params:
-            if v is None and k.lower() in _VALUED:
+        via_host = via_m[2]
+        sent_by = via_host if via_port is None else f"{via_host}:{via_port}"
+        via_params = _params(via_m[4])
+        branch = rport = None  # Via.branch and Via.rport: the first of each name
+        for k, v in via_params:
+            lk = k.lower()
+            if v is None and lk in _VALUED:
                 return None
-        branch = via.branch
+            if lk == "branch" and branch is None:
+                branch = v
+            elif lk == "rport" and rport is None:
+                rport = "" if v is None else v
         if branch is None or not branch.startswith("z9hG4bK") or len(branch) == 7:
             return None  # RFC 2543 transaction matching
-        _uri(from_m)  # only checked: the From tag is all the answer needs
+        if from_m[5] is not None and int(from_m[5]) > 65535:
+            return None  # the From tag is all the answer needs; _uri would say this
         from_tag = get_param(_params(from_m[7]), "tag")
         to_uri = _uri(to_m)
         to_tag = get_param(_params(to_m[7]), "tag")
@@ -198,7 +216,7 @@ class FastRegister:
         d = self.dispatcher
         stats = d.stats
 
-        key = (branch, via.sent_by.lower(), "REGISTER")  # transaction.server_key
+        key = (branch, sent_by.lower(), "REGISTER")  # transaction.server_key
         layer = d.layer
         txn = layer.servers.get(key)
         if txn is not None:
@@ -256,7 +274,12 @@ class FastRegister:
         # --- from here on it is taken ----------------------------------------------------
         stats["register_fast"] += 1
         stats["requests_in.REGISTER"] += 1
-        new_via = stamped_via(via, peer)
+        if rport == "":
+            stamp: dict[str, str] | None = {"rport": str(peer.port), "received": peer.host}
+        elif via_host != peer.host:
+            stamp = {"received": peer.host}
+        else:
+            stamp = None
         request = LazyRequest("REGISTER", partial(_general_request, data, peer))
         txn = layer.new_server(request, peer, reliable=False, key=key)
         previous = d.location.put(binding)
@@ -265,11 +288,11 @@ class FastRegister:
         # make_response(request, 200, "OK", headers=<the registrar's>).serialise()
         tag = None
         if to_tag is None:
-            tag = tag_for(call_id, from_tag, branch, via.sent_by, cseq.number)
+            tag = tag_for(call_id, from_tag, branch, sent_by, cseq.number)
         out = ["SIP/2.0 200 OK"]
         for name, line in copied:
-            if name == "via" and new_via is not None:
-                out.append(f"Via: {new_via.text}")  # message.with_top_via's line
+            if name == "via" and stamp is not None:
+                out.append(_stamped(via_m[1].upper(), sent_by, via_params, stamp))
             elif name == "to" and tag is not None:
                 out.append(f"To: {h['to']};tag={tag}")
             else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import operator
 import os
 import sqlite3
 import threading
@@ -451,13 +452,14 @@ def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
+_ATTRIBUTES = operator.attrgetter(*_COLUMNS)  # one C call for the whole row
 _TRANSPORT_AT = _COLUMNS.index("transport")
 _PATH_AT = _COLUMNS.index("path")
 
 
 def _to_row(binding: Binding) -> tuple[Any, ...]:
     """Positional, in _COLUMNS order: binding by position is cheaper than by name."""
-    row = [getattr(binding, name) for name in _COLUMNS]
+    row = list(_ATTRIBUTES(binding))
     row[_TRANSPORT_AT] = binding.transport.value
     row[_PATH_AT] = json.dumps(list(binding.path), ensure_ascii=False) if binding.path else "[]"
     return tuple(row)

@@ -185,6 +185,11 @@ TIDY = {
     "rport-given": register(via="SIP/2.0/UDP 127.0.0.1:5070;rport=5070;branch=z9hG4bKx2"),
     "received": register(via="SIP/2.0/UDP phone.example.com:5070;branch=z9hG4bK-x3"),
     "no-port": register(via="SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK-x4;rport"),
+    "RPORT": register(via="SIP/2.0/udp 127.0.0.1:5070;RPORT;Branch=z9hG4bK-x5"),
+    "received-given": register(
+        via="SIP/2.0/UDP 127.0.0.1:5070;received=10.0.0.9;branch=z9hG4bK-x6;rport"
+    ),
+    "two-rports": register(via="SIP/2.0/UDP 127.0.0.1:5070;rport;branch=z9hG4bK-x7;rport=9"),
     "compact": register(
         names={
             "Via": "v",
