@@ -305,6 +305,40 @@ def test_gives_back_what_it_is_not_for(name: str) -> None:
     assert pair.taken == 0
 
 
+# Edges where either path may answer: only that they answer alike is asserted.
+EDGES = {
+    "max-forwards-0": register().replace(b"Max-Forwards: 70", b"Max-Forwards: 0"),
+    "max-forwards-255": register().replace(b"Max-Forwards: 70", b"Max-Forwards: 255"),
+    "max-forwards-256": register().replace(b"Max-Forwards: 70", b"Max-Forwards: 256"),
+    "expires-min": register(expires="60"),
+    "expires-below-min": register(expires="59"),
+    "contact-expires-0": register(contact="<sip:{user}@127.0.0.1>;expires=0"),
+    "contact-expires-wins": register(contact="<sip:{user}@127.0.0.1>;expires=30", expires="600"),
+    "q-one": register(contact="<sip:{user}@127.0.0.1>;q=1.0"),
+    "q-bad": register(contact="<sip:{user}@127.0.0.1>;q=1.5"),
+    "sips-aor": register().replace(b"<sip:alice@example.com>", b"<sips:alice@example.com>"),
+    "host-case": register().replace(b"@example.com>", b"@EXAMPLE.com>"),
+    "port-65536": register(contact="<sip:{user}@127.0.0.1:65536>"),
+    "via-port-65536": register(via="SIP/2.0/UDP 127.0.0.1:65536;branch=z9hG4bK-p;rport"),
+    "cseq-max": register(cseq=2**32 - 1),
+    "cseq-over": register(cseq=2**32),
+    "empty-call-id": register(call_id=""),
+    "content-length-00": register().replace(b"Content-Length: 0", b"Content-Length: 00"),
+    "duplicate-ignored": register(extra=("Allow: INVITE", "Allow: BYE", "Supported:")),
+    "via-received-empty": register(via="SIP/2.0/UDP 127.0.0.1:5070;received;branch=z9hG4bK-r"),
+    "branch-cookie-only": register(via="SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK"),
+    "ruri-with-headers": register(ruri="sip:example.com?x=y"),
+}
+
+
+@pytest.mark.parametrize("name", list(EDGES))
+def test_edges_answered_alike(name: str) -> None:
+    pair = Pair()
+    pair.send(EDGES[name])
+    pair.send(EDGES[name])  # and its retransmission
+    pair.send(register(cseq=9), now=NOW + 1)
+
+
 def test_flows_and_other_domains_are_not_its_business() -> None:
     pair = Pair(DispatcherConfig(registrar=RegistrarConfig(domains=("example.com",))))
     pair.send(register(ruri="sip:example.org"))
