@@ -281,7 +281,7 @@ class FastRegister:
         else:
             stamp = None
         request = LazyRequest("REGISTER", partial(_general_request, data, peer))
-        txn = layer.new_server(request, peer, reliable=False, key=key)
+        txn = layer.new_server(request, peer, reliable=peer.transport.is_stream, key=key)
         previous = d.location.put(binding)
         kind = BindingEventKind.ADDED if previous is None else BindingEventKind.REFRESHED
 
