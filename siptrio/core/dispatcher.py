@@ -126,6 +126,10 @@ class Dispatcher:
         self.stats["responses_in"] += 1
         return self.proxy.on_response(response, peer, now, self.wall(now))
 
+    def answer_when_stored(self, txn_key: Hashable, answer: Response | bytes) -> None:
+        """Keep a REGISTER's answer until its Persist is committed (see ``committed``)."""
+        self._awaiting_store[txn_key] = answer
+
     def committed(self, txn_key: Hashable, ok: bool, now: float) -> list[Action]:
         """The store finished (or failed) a REGISTER's write: now it may be answered."""
         resp = self._awaiting_store.pop(txn_key, None)
@@ -351,7 +355,7 @@ class Dispatcher:
         if not outcome.upserts and not outcome.deletes:
             self.stats[f"responses_out.{status // 100}xx"] += 1
             return self._tx(txn.respond(outcome.response.serialise(), status, now))
-        self._awaiting_store[txn.key] = outcome.response
+        self.answer_when_stored(txn.key, outcome.response)
         self.stats[f"responses_out.{status // 100}xx"] += 1
         return [
             Persist(

@@ -223,7 +223,7 @@ class FastRegister:
             stats["register_fast"] += 1
             stats["requests_in.REGISTER"] += 1
             stats["retransmissions_absorbed"] += 1
-            return d._tx(txn.on_retransmission(now))
+            return d.proxy.tx_actions(txn.on_retransmission(now), now, d.wall(now))
 
         # --- what the registrar would decide; nothing has changed so far --------------
         contact = NameAddr(
@@ -300,7 +300,7 @@ class FastRegister:
         for b in d.location.lookup(aor, wall):
             out.append(f"Contact: {b.contact_header(wall)}")
         out.append("")
-        d._awaiting_store[key] = "\r\n".join(out).encode() + self._tail
+        d.answer_when_stored(key, "\r\n".join(out).encode() + self._tail)
         stats["register_200"] += 1
         stats["responses_out.2xx"] += 1
         return [
