@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.digest import authorization, challenges
 
 from siptrio.core.auth import AuthConfig
 from siptrio.core.dispatcher import Dispatcher, DispatcherConfig
@@ -28,7 +29,6 @@ from siptrio.core.registrar import RegistrarConfig
 from siptrio.core.types import Peer, Transport
 from siptrio.sip import Request, SipParseError, error_response_untrusted, parse_message_untrusted
 from siptrio.sip.digest import ha1
-from tests.support.digest import authorization, challenges
 
 PEER = Peer(
     transport=Transport.UDP, host="127.0.0.1", port=5070, local_host="127.0.0.1", local_port=5060
