@@ -27,7 +27,7 @@ from functools import partial
 
 from ..sip._abnf import get_param, parse_uint
 from ..sip.errors import SipParseError
-from ..sip.headers import COMPACT_FORMS, NameAddr, display_name, parse_cseq
+from ..sip.headers import COMPACT_FORMS, NameAddr, display_name, parse_cseq, parse_token_list
 from ..sip.message import LazyRequest, Request, tag_for
 from ..sip.parser import _check_controls, parse_message_untrusted
 from ..sip.uri import SipUri, parse_uri_untrusted
@@ -43,15 +43,18 @@ _USED = frozenset(
     {"via", "from", "to", "call-id", "cseq", "contact", "expires", "max-forwards"}
     | {"content-length", "user-agent", "authorization"}
 )
-# The general path does not look at these in a REGISTER like this one (Supported
-# matters only with Path or reg-id, which are not), so any value and any number of
-# them will do.
-_IGNORED = frozenset({"allow", "allow-events", "supported", "accept", "date", "organization"})
-_NAMES = {n: n for n in _USED | _IGNORED} | {
-    short: long for short, long in COMPACT_FORMS.items() if long in _USED | _IGNORED
+# Supported may come in several lines; the registrar reads it for every REGISTER, so
+# it must be a token list (a fault in it is the general path's 400).
+_SUPPORTED_HEADER = "supported"
+# The general path does not look at these in a REGISTER, so any value and any number
+# of them will do.
+_IGNORED = frozenset({"allow", "allow-events", "accept", "date", "organization"})
+_KNOWN = _USED | _IGNORED | {_SUPPORTED_HEADER}
+_NAMES = {n: n for n in _KNOWN} | {
+    short: long for short, long in COMPACT_FORMS.items() if long in _KNOWN
 }
 # ... and as most phones spell them, found without rstrip() and lower()
-_NAMES |= {display_name(n): n for n in _USED | _IGNORED}
+_NAMES |= {display_name(n): n for n in _KNOWN}
 _COPIED = frozenset({"via", "from", "to", "call-id", "cseq"})  # make_response's
 _SUPPORTED = ", ".join(SUPPORTED_OPTIONS)
 
@@ -163,6 +166,7 @@ class FastRegister:
         # one pass over the header lines, as parser._header_lines splits them
         h: dict[str, str] = {}
         copied: list[tuple[str, str]] = []  # what a response copies, in order
+        supported: list[str] = []
         for line in lines[1:]:
             raw_name, colon, raw_value = line.partition(":")
             name = _NAMES.get(raw_name) or _NAMES.get(raw_name.rstrip(" \t").lower())
@@ -174,8 +178,12 @@ class FastRegister:
                 h[name] = raw_value.strip(" \t")
                 if name in _COPIED:
                     copied.append((name, line))
+            elif name == _SUPPORTED_HEADER:
+                supported.append(raw_value.strip(" \t"))
         if h.get("content-length", "0") != "0":
             return None
+        if supported:
+            parse_token_list(supported, "Supported")  # as Request.supported does
 
         via_m = _VIA.fullmatch(h["via"])
         from_m = _NAME_ADDR.fullmatch(h["from"])
@@ -183,11 +191,11 @@ class FastRegister:
         contact_m = _NAME_ADDR.fullmatch(h["contact"])
         if via_m is None or from_m is None or to_m is None or contact_m is None:
             return None
-        via_port = via_m[3]
-        if via_port is not None and int(via_port) > 65535:
+        via_port = int(via_m[3]) if via_m[3] is not None else None
+        if via_port is not None and via_port > 65535:
             return None
         via_host = via_m[2]
-        sent_by = via_host if via_port is None else f"{via_host}:{via_port}"
+        sent_by = via_host if via_port is None else f"{via_host}:{via_port}"  # 0070 is 70
         via_params = _params(via_m[4])
         branch = rport = None  # Via.branch and Via.rport: the first of each name
         for k, v in via_params:

@@ -328,6 +328,9 @@ EDGES = {
     "via-received-empty": register(via="SIP/2.0/UDP 127.0.0.1:5070;received;branch=z9hG4bK-r"),
     "branch-cookie-only": register(via="SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK"),
     "ruri-with-headers": register(ruri="sip:example.com?x=y"),
+    "supported-bad": register(extra=("Supported:;path",)),  # found by the mutations
+    "supported-two-lines": register(extra=("Supported: path", "k: gruu")),
+    "via-port-0070": register(via="SIP/2.0/UDP 127.0.0.1:0070;branch=z9hG4bK-z;rport"),  # ditto
 }
 
 
@@ -427,7 +430,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
 def test_mutations_never_part_the_paths(data: bytes) -> None:
     pair = Pair()
