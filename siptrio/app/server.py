@@ -501,7 +501,9 @@ class Server:
         try:
             actions = self.fast.handle(data, peer, now)
         except Exception:
-            # It changes nothing before it is sure; the general path tries next.
+            # A bug. Up to the point where it takes a REGISTER it has changed nothing,
+            # and the general path answers instead; after it, the general path finds the
+            # transaction and keeps quiet, as for a retransmission.
             self.stats["internal_errors"] += 1
             log.exception("internal error in the REGISTER fast path, from %s", peer)
             return False
