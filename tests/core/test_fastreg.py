@@ -20,29 +20,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.digest import authorization, challenges
+from support.peers import NOW, TCP, UDP, UDP6
 
 from siptrio.core.auth import AuthConfig
 from siptrio.core.dispatcher import Dispatcher, DispatcherConfig
 from siptrio.core.events import Action, Persist, Publish, Send
 from siptrio.core.fastreg import FastRegister
 from siptrio.core.registrar import RegistrarConfig
-from siptrio.core.types import Peer, Transport
+from siptrio.core.types import Peer
 from siptrio.sip import Request, SipParseError, error_response_untrusted, parse_message_untrusted
 from siptrio.sip.digest import ha1
 
-PEER = Peer(
-    transport=Transport.UDP, host="127.0.0.1", port=5070, local_host="127.0.0.1", local_port=5060
-)
-PEER6 = Peer(transport=Transport.UDP, host="::1", port=5070, local_host="::1", local_port=5060)
-TCP = Peer(
-    transport=Transport.TCP,
-    host="127.0.0.1",
-    port=40000,
-    local_host="127.0.0.1",
-    local_port=5060,
-    flow_id="tcp-x-1",
-)
-NOW = 1_000_000.0
 TORTURE = Path(__file__).resolve().parents[3] / "shared" / "torture"
 
 
@@ -135,7 +123,7 @@ class Pair:
                 out += [_norm(x) for x in d.committed(a.txn_key, True, now)]  # the store: done
         return out
 
-    def send(self, data: bytes, peer: Peer = PEER, now: float = NOW) -> list[tuple[Any, ...]]:
+    def send(self, data: bytes, peer: Peer = UDP, now: float = NOW) -> list[tuple[Any, ...]]:
         """Both sides take ``data``; returns what they did, after checking it is the same."""
         before = self.taken
         fast = None
@@ -226,7 +214,7 @@ def test_takes_the_tidy_shapes_and_answers_as_the_general_path(name: str) -> Non
 
 def test_ipv6_is_the_general_paths() -> None:
     pair = Pair()
-    pair.send(register(via="SIP/2.0/UDP [::1]:5070;branch=z9hG4bK-v6;rport"), PEER6)
+    pair.send(register(via="SIP/2.0/UDP [::1]:5070;branch=z9hG4bK-v6;rport"), UDP6)
     assert pair.taken == 0
 
 
@@ -251,10 +239,10 @@ def test_answer_waits_for_the_store() -> None:
     """A retransmission before the commit gets nothing; the 200 comes with the commit."""
     pair = Pair()
     data = register()
-    actions = pair.fast.handle(data, PEER, NOW)
+    actions = pair.fast.handle(data, UDP, NOW)
     assert actions is not None
     persist = [a for a in actions if isinstance(a, Persist)]
-    assert len(persist) == 1 and pair.fast.handle(data, PEER, NOW) == []
+    assert len(persist) == 1 and pair.fast.handle(data, UDP, NOW) == []
     sent = pair.with_fast.committed(persist[0].txn_key, False, NOW)  # the store failed
     assert len(sent) == 1
     assert isinstance(sent[0], Send) and sent[0].data.startswith(b"SIP/2.0 500 ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from support.peers import NOW, TCP, UDP
 
 from siptrio.core.dispatcher import Dispatcher, DispatcherConfig
 from siptrio.core.events import BindingEvent, BindingEventKind, Persist, Publish, Send
@@ -10,19 +11,6 @@ from siptrio.core.proxy import ProxyConfig
 from siptrio.core.registrar import RegistrarConfig
 from siptrio.core.types import Peer, Transport
 from siptrio.sip import Request, Response, parse_message_untrusted
-
-UDP = Peer(
-    transport=Transport.UDP, host="127.0.0.1", port=5070, local_host="127.0.0.1", local_port=5060
-)
-TCP = Peer(
-    transport=Transport.TCP,
-    host="127.0.0.1",
-    port=40000,
-    local_host="127.0.0.1",
-    local_port=5060,
-    flow_id="tcp-x-1",
-)
-NOW = 1_000_000.0
 
 
 def register(
