@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from support.peers import UDP
+
 from siptrio.core.dialogs import LINGER, DialogEventKind, Dialogs, DialogState, Leg
 from siptrio.core.types import Peer, Transport
 
@@ -12,9 +14,6 @@ WS = Peer(
     local_host="127.0.0.1",
     local_port=8080,
     flow_id="ws-1",
-)
-UDP = Peer(
-    transport=Transport.UDP, host="127.0.0.1", port=5070, local_host="127.0.0.1", local_port=5060
 )
 
 

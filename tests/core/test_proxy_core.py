@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from support.peers import UDP
+
 from siptrio.core.dispatcher import Dispatcher, DispatcherConfig
 from siptrio.core.events import Send
 from siptrio.core.proxy import ProxyConfig
@@ -11,9 +13,7 @@ from siptrio.core.types import Listener, Peer, Transport
 from siptrio.sip import Request, Response, headers, parse_message_untrusted
 
 US = Listener(transport=Transport.UDP, host="127.0.0.1", port=5060)
-ALICE = Peer(
-    transport=Transport.UDP, host="127.0.0.1", port=5070, local_host="127.0.0.1", local_port=5060
-)
+ALICE = UDP
 FAR = Peer(
     transport=Transport.UDP, host="127.0.0.9", port=7000, local_host="127.0.0.1", local_port=5060
 )
