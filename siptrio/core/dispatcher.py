@@ -127,7 +127,11 @@ class Dispatcher:
         return self.proxy.on_response(response, peer, now, self.wall(now))
 
     def answer_when_stored(self, txn_key: Hashable, answer: Response | bytes) -> None:
-        """Keep a REGISTER's answer until its Persist is committed (see ``committed``)."""
+        """Keep a REGISTER's answer until its Persist is committed (see ``committed``).
+
+        Bytes are a 200 already serialised (the fast path's); a store failure turns
+        either into a 500.
+        """
         self._awaiting_store[txn_key] = answer
 
     def committed(self, txn_key: Hashable, ok: bool, now: float) -> list[Action]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from support.peers import NOW, TCP, UDP
 
@@ -217,14 +219,7 @@ def test_same_instance_and_reg_id_on_a_new_flow_replaces_the_binding() -> None:
     d = make()
     c = '<sip:x@a.invalid;transport=ws>;reg-id=1;+sip.instance="<urn:uuid:1>"'
     d.receive_request(register(contacts=[c], expires=600), TCP, NOW)
-    other = Peer(
-        transport=Transport.TCP,
-        host="127.0.0.1",
-        port=40001,
-        local_host="127.0.0.1",
-        local_port=5060,
-        flow_id="tcp-x-2",
-    )
+    other = replace(TCP, port=40001, flow_id="tcp-x-2")  # the same phone on a new flow
     c2 = '<sip:y@b.invalid;transport=ws>;reg-id=1;+sip.instance="<urn:uuid:1>"'
     acts = d.receive_request(
         register(contacts=[c2], expires=600, call_id="cid-9", branch="z9hG4bK-r"), other, NOW
