@@ -30,6 +30,7 @@ log = logging.getLogger("siptrio.cluster")
 
 MONITOR_SECONDS = 1.0
 FEED_RETRY = (0.5, 10.0)  # first and longest wait before subscribing again
+SUBSCRIBE_WAIT = 5.0  # how long joining waits for the feed's subscription
 
 
 class Cluster:
@@ -44,18 +45,39 @@ class Cluster:
         # the other nodes' dialogs and flows as they last published them, read once a
         # second: the admin API and the control socket show them without waiting on Redis
         self.remote: dict[str, dict[str, Any]] = {}
+        # one read of the node list at a time (the monitor's and the feed's), so a read
+        # started before a node joined never lands after one that saw it
+        self._nodes_lock = trio.Lock()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Join: subscribe, heartbeat, announce, then read who else is there.
+
+        In that order, two nodes starting together always learn of each other at once:
+        whichever reads the node list first is already subscribed when the other
+        announces itself. (Otherwise a node could learn of another only at its next
+        ``_monitor`` look, and drop the answers that node's requests drew meanwhile:
+        with ``serve --workers`` an answer lands on whichever worker the kernel picks.)
+        """
         internal = self.server.dispatcher.proxy.internal
         assert internal is not None
         self.info = {"host": internal.host, "port": internal.port, "started_at": time.time()}
-        await trio.to_thread.run_sync(self.store.heartbeat, self.info, self.ttl)
-        await self._refresh_nodes()
         try:
             async with trio.open_nursery() as nursery:
+                subscribed = trio.Event()
+                nursery.start_soon(self._feed, subscribed)
+                with trio.move_on_after(SUBSCRIBE_WAIT):
+                    await subscribed.wait()
+                if not subscribed.is_set():
+                    log.warning(
+                        "no subscription to the cluster feed after %g s: other nodes may "
+                        "learn of this one only at their next look",
+                        SUBSCRIBE_WAIT,
+                    )
+                await trio.to_thread.run_sync(self.store.heartbeat, self.info, self.ttl)
+                await trio.to_thread.run_sync(self.store.announce, self.info)
+                await self._refresh_nodes()
                 nursery.start_soon(self._heartbeat)
                 nursery.start_soon(self._monitor)
-                nursery.start_soon(self._feed)
                 task_status.started()
         finally:
             self._stop.set()
@@ -80,6 +102,10 @@ class Cluster:
                 log.exception("cluster heartbeat failed")
 
     async def _refresh_nodes(self) -> None:
+        async with self._nodes_lock:
+            await self._read_nodes()
+
+    async def _read_nodes(self) -> None:
         nodes = await trio.to_thread.run_sync(self.store.nodes)
         self.nodes = nodes
         proxy = self.server.dispatcher.proxy
@@ -116,8 +142,8 @@ class Cluster:
                 except Exception:
                     log.exception("removing node %s's bindings from Redis failed", node)
 
-    async def _feed(self) -> None:
-        """Other nodes' binding changes, from the pub/sub thread into the core."""
+    async def _feed(self, subscribed: trio.Event) -> None:
+        """Other nodes' binding changes and arrivals, from the pub/sub thread into the core."""
         send, receive = trio.open_memory_channel[dict[str, Any]](10_000)
         token = trio.lowlevel.current_trio_token()
 
@@ -125,9 +151,17 @@ class Cluster:
             with contextlib.suppress(trio.WouldBlock, trio.RunFinishedError, trio.Cancelled):
                 trio.from_thread.run_sync(send.send_nowait, note, trio_token=token)
 
+        def on_subscribed() -> None:
+            with contextlib.suppress(trio.RunFinishedError, trio.Cancelled):
+                trio.from_thread.run_sync(subscribed.set, trio_token=token)
+
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._listen, deliver)
+            nursery.start_soon(self._listen, deliver, on_subscribed)
             async for note in receive:
+                if "joined" in note:
+                    with contextlib.suppress(Exception):
+                        await self._refresh_nodes()
+                    continue
                 upserts = [binding_from_json(text) for text in note.get("upserts", [])]
                 deletes = [(str(a), str(k)) for a, k in note.get("deletes", [])]
                 known = self.server.dispatcher.proxy.cluster_nodes
@@ -139,7 +173,7 @@ class Cluster:
                 if actions:
                     await self.server.execute(actions)
 
-    async def _listen(self, deliver: Any) -> None:
+    async def _listen(self, deliver: Any, subscribed: Any) -> None:
         """Subscribe to the feed; when Redis goes away, subscribe again and catch up."""
         delay = FEED_RETRY[0]
         broken = False
@@ -149,7 +183,11 @@ class Cluster:
                     nursery.start_soon(self._catch_up)
                 try:
                     await trio.to_thread.run_sync(
-                        self.store.listen, deliver, self._stop, abandon_on_cancel=True
+                        self.store.listen,
+                        deliver,
+                        self._stop,
+                        subscribed,
+                        abandon_on_cancel=True,
                     )
                     return
                 except Exception as e:

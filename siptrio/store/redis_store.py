@@ -186,14 +186,29 @@ class RedisStore:
 
     # --- the pub/sub feed ------------------------------------------------------------------
 
-    def listen(self, deliver: Callable[[dict[str, Any]], None], stop: threading.Event) -> None:
-        """Block, calling ``deliver`` with every note other nodes publish, until ``stop``."""
-        pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+    def listen(
+        self,
+        deliver: Callable[[dict[str, Any]], None],
+        stop: threading.Event,
+        subscribed: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Block, calling ``deliver`` with every note other nodes publish, until ``stop``.
+
+        ``subscribed`` is called once Redis has confirmed the subscription: from then
+        on nothing another node publishes is missed, which is what lets a node joining
+        the cluster announce itself only after it is listening (``Cluster.run``).
+        """
+        pubsub = self._r.pubsub()
         try:
             pubsub.subscribe(CHANNEL)
             while not stop.is_set():
                 msg = pubsub.get_message(timeout=0.5)
-                if msg is None or msg.get("type") != "message":
+                if msg is None:
+                    continue
+                if msg.get("type") == "subscribe":
+                    subscribed()
+                    continue
+                if msg.get("type") != "message":
                     continue
                 try:
                     note = json.loads(msg["data"])
@@ -203,6 +218,14 @@ class RedisStore:
                     deliver(note)
         finally:
             pubsub.close()
+
+    def announce(self, info: dict[str, Any]) -> None:
+        """Tell the nodes already running that this one is up (and where to reach it)."""
+        note = {"node": self.node, "joined": info}
+        self._call(
+            "announcing this node",
+            lambda: self._r.publish(CHANNEL, json.dumps(note, ensure_ascii=False)),
+        )
 
     # --- nodes ------------------------------------------------------------------------------
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
 import trio
 from cluster_support import Redis, call
 from support.client import SipClient
-from support.server import ServerProcess
+from support.server import ServerProcess, running_server
 from support.ua import UA
+
+from siptrio.app import cluster
 
 BASE = [
     "--set", "sip.listen_addr=127.0.0.1",
@@ -76,3 +79,44 @@ async def test_udp_caller_on_a_reaches_ws_callee_on_b_and_b_dying_gives_480(
         a.stop()
         b.stop()
         assert "Traceback" not in a.output(), a.output()
+
+
+async def test_a_node_that_joins_is_known_at_once_to_those_running(
+    tmp_path: Path, redis_server: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nodes learn of a newcomer from its announcement, not at their next look.
+
+    With the periodic look pushed out of reach, A can learn of B only from what B
+    publishes when it joins. B reads the node list after A's heartbeat: it knows A.
+    (``serve --workers`` depends on this: an answer to a request one worker sent may
+    land on the other, which must know where to hand it.)
+    """
+    monkeypatch.setattr(cluster, "MONITOR_SECONDS", 3600.0)
+
+    def settings(name: str) -> dict[str, str]:
+        return {
+            "registrar.backend": "redis",
+            "registrar.redis_url": redis_server.url,
+            "cluster.node_id": name,
+        }
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with running_server(tmp_path / "a", settings("node-a")) as a:
+        assert a.server.cluster is not None
+        assert a.server.dispatcher.proxy.cluster_nodes == {}
+        async with running_server(tmp_path / "b", settings("node-b")) as b:
+            b_internal = b.server.dispatcher.proxy.internal
+            a_internal = a.server.dispatcher.proxy.internal
+            assert b_internal is not None and a_internal is not None
+            assert b.server.dispatcher.proxy.cluster_nodes == {
+                "node-a": (a_internal.host, a_internal.port)
+            }
+            with trio.fail_after(5):
+                while "node-b" not in a.server.dispatcher.proxy.cluster_nodes:
+                    await trio.sleep(0.01)
+            assert a.server.dispatcher.proxy.cluster_nodes == {
+                "node-b": (b_internal.host, b_internal.port)
+            }
+            # and A trusts B's internal address as it trusts any node's
+            assert (b_internal.host, b_internal.port) in a.server.dispatcher.trusted

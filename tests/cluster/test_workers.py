@@ -28,6 +28,7 @@ import sys
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +91,28 @@ class Workers:
             return json.load(r)
 
 
-@pytest.fixture
-def workers(tmp_path: Path, redis_server: Redis) -> Iterator[Workers]:
-    w = Workers(tmp_path, redis_server)
+@contextmanager
+def started(tmp_path: Path, redis: Redis, *extra: str) -> Iterator[Workers]:
+    w = Workers(tmp_path, redis, *extra)
     try:
         yield w
     finally:
         w.proc.stop()
+        # pytest shows this only when the test failed: what the workers said and saw
+        print(w.proc.output()[-200_000:])
+
+
+@pytest.fixture
+def workers(tmp_path: Path, redis_server: Redis) -> Iterator[Workers]:
+    with started(tmp_path, redis_server) as w:
+        yield w
+
+
+@pytest.fixture
+def traced_workers(tmp_path: Path, redis_server: Redis) -> Iterator[Workers]:
+    """With --sip-trace: a lost message shows in the log, on which worker and from where."""
+    with started(tmp_path, redis_server, "--sip-trace") as w:
+        yield w
 
 
 async def node_of(workers: Workers, aor: str) -> str:
@@ -128,8 +144,9 @@ async def udp_users_on_both_workers(workers: Workers, udp: tuple[str, int]) -> d
 
 
 async def test_calls_between_workers_and_supervision(
-    workers: Workers, nursery: trio.Nursery
+    traced_workers: Workers, nursery: trio.Nursery
 ) -> None:
+    workers = traced_workers
     listeners = await trio.to_thread.run_sync(workers.ready)
     users = await udp_users_on_both_workers(workers, listeners["udp"])
     (node_a, a), (node_b, b) = sorted(users.items())
