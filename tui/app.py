@@ -197,6 +197,7 @@ class MonitorApp(App[None]):
         self.client: ControlClient | None = None
         self.filter_text = ""
         self.ladder_call: str | None = None
+        self.ladder_node: str | None = None  # another node's dialog: no trace here
         self.status_text = "connecting"
         self.last_error: str | None = None
 
@@ -280,6 +281,10 @@ class MonitorApp(App[None]):
             self.draw_summary()
         elif changed == "counters":
             self.draw_summary()
+        elif changed == "cluster":
+            self.draw_summary()
+            self.draw_dialogs()
+            self.draw_flows()
         elif changed == "trace" and self.ladder_call and msg.get("call_id") == self.ladder_call:
             self.draw_ladder()
         elif msg.get("type") == "reply" and not msg.get("ok"):
@@ -322,11 +327,17 @@ class MonitorApp(App[None]):
         )
         g = state.gauges
         rates = state.rates
+        cluster = elsewhere = ""
+        if state.node:
+            cluster = f"   node {state.node}, {len(state.nodes)} in the cluster"
+            elsewhere = (
+                f" (+{len(state.remote_dialogs)} on other nodes)" if state.remote_dialogs else ""
+            )
         self.query_one("#summary", Static).update(
-            f" up {uptime}   listening: {listeners or '-'}\n"
+            f" up {uptime}   listening: {listeners or '-'}{cluster}\n"
             f" in {rates.get('in', 0):.0f}/s  out {rates.get('out', 0):.0f}/s   "
             f"bindings {g.get('bindings', len(state.bindings))}  "
-            f"dialogs {g.get('dialogs', len(state.dialogs))}  "
+            f"dialogs {g.get('dialogs', len(state.dialogs))}{elsewhere}  "
             f"flows {g.get('flows', len(state.flows))}"
         )
 
@@ -335,6 +346,14 @@ class MonitorApp(App[None]):
             return True
         needle = self.filter_text.lower()
         return any(needle in str(v).lower() for v in values if v is not None)
+
+    def _node_column(self, table: DataTable) -> bool:
+        """In a cluster, dialogs and flows say which node holds them (a column added once)."""
+        if not self.state.node:
+            return False
+        if "node" not in {c.key.value for c in table.columns.values()}:
+            table.add_column("Node", key="node", default="")
+        return True
 
     def _sync(self, table: DataTable, rows: dict[str, list[Any]]) -> None:
         """Update rows in place, add new ones, remove gone ones: selection stays put."""
@@ -391,12 +410,18 @@ class MonitorApp(App[None]):
 
     def draw_dialogs(self) -> None:
         now = self.clock()
-        rows = {
-            key: self._dialog_cells(d, now)
-            for key, d in self.state.dialogs.items()
-            if self._matches(d.get("caller"), d.get("callee"), d.get("call_id"), d.get("state"))
-        }
-        self._sync(self.query_one("#dialogs-table", DataTable), rows)
+        table = self.query_one("#dialogs-table", DataTable)
+        nodes = self._node_column(table)
+        state = self.state
+        rows = {}
+        for own, dialogs in ((True, state.dialogs), (False, state.remote_dialogs)):
+            for key, d in dialogs.items():
+                node = state.node if own else d.get("node")
+                if self._matches(
+                    d.get("caller"), d.get("callee"), d.get("call_id"), d.get("state"), node
+                ):
+                    rows[key] = self._dialog_cells(d, now) + ([node or ""] if nodes else [])
+        self._sync(table, rows)
 
     def draw_history(self) -> None:
         now = self.clock()
@@ -409,21 +434,26 @@ class MonitorApp(App[None]):
 
     def draw_flows(self) -> None:
         now = self.clock()
+        table = self.query_one("#flows-table", DataTable)
+        nodes = self._node_column(table)
+        state = self.state
         rows = {}
-        for key, f in self.state.flows.items():
-            if not self._matches(f.get("peer"), f.get("transport"), f.get("id")):
-                continue
-            opened = parse_time(f.get("opened_at"))
-            ka = f.get("last_keepalive_age")
-            rows[key] = [
-                _transport(f.get("transport")),
-                f.get("peer", ""),
-                _seconds(now - opened if opened else f.get("age")),
-                "-" if ka is None else f"{ka:.0f} s ago",
-                str(len(f.get("bindings") or [])),
-                key,
-            ]
-        self._sync(self.query_one("#flows-table", DataTable), rows)
+        for own, flows in ((True, state.flows), (False, state.remote_flows)):
+            for key, f in flows.items():
+                node = state.node if own else f.get("node")
+                if not self._matches(f.get("peer"), f.get("transport"), f.get("id"), node):
+                    continue
+                opened = parse_time(f.get("opened_at"))
+                ka = f.get("last_keepalive_age")
+                rows[key] = [
+                    _transport(f.get("transport")),
+                    f.get("peer", ""),
+                    _seconds(now - opened if opened else f.get("age")),
+                    "-" if ka is None else f"{ka:.0f} s ago",
+                    str(len(f.get("bindings") or [])),
+                    f.get("id", key),
+                ] + ([node or ""] if nodes else [])
+        self._sync(table, rows)
 
     def draw_ladder(self) -> None:
         view = self.query_one("#ladder-view", Static)
@@ -432,6 +462,12 @@ class MonitorApp(App[None]):
             view.update("Select a dialog and press l.")
             return
         messages = self.state.messages_for(self.ladder_call)
+        if not messages and self.ladder_node:
+            view.update(
+                f"{self.ladder_call} is held by node {self.ladder_node}: its SIP messages "
+                "are traced on that node's control socket."
+            )
+            return
         if not messages:
             view.update(f"No SIP messages seen for {self.ladder_call} since the monitor connected.")
             return
@@ -549,12 +585,16 @@ class MonitorApp(App[None]):
         if key is None:
             self.notify("select a dialog first", severity="warning")
             return
-        dialog = self.state.dialogs.get(key) or next(
-            (d for d in self.state.history if d["id"] == key), None
+        remote = self.state.remote_dialogs.get(key)
+        dialog = (
+            self.state.dialogs.get(key)
+            or remote
+            or next((d for d in self.state.history if d["id"] == key), None)
         )
         if dialog is None:
             return
         self.ladder_call = dialog.get("call_id")
+        self.ladder_node = remote.get("node") if remote is not None else None
         self.query_one("#messages", ListView).clear()
         self.draw_ladder()
         self.action_tab("ladder")

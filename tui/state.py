@@ -55,6 +55,12 @@ class MonitorState:
     gauges: dict[str, int] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)
     trace: OrderedDict[str, list[TraceMessage]] = field(default_factory=OrderedDict)
+    # In a cluster: this node's name, every live node, and the other nodes' dialogs and
+    # flows as they last published them, keyed "node|id" (ids repeat across nodes).
+    node: str | None = None
+    nodes: list[str] = field(default_factory=list)
+    remote_dialogs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    remote_flows: dict[str, dict[str, Any]] = field(default_factory=dict)
     snapshot_at: float | None = None
     _last_counters: tuple[float, dict[str, int]] | None = None
 
@@ -66,6 +72,7 @@ class MonitorState:
         self.counters.clear()
         self.gauges.clear()
         self.rates.clear()
+        self._take_cluster(None)
         self._last_counters = None
 
     # --- feeding ----------------------------------------------------------------------
@@ -84,6 +91,7 @@ class MonitorState:
                 self.flows[f["id"]] = f
             self.gauges = dict(msg.get("gauges") or {})
             self._take_counters(msg.get("counters") or {}, now)
+            self._take_cluster(msg.get("cluster"))
             self.snapshot_at = now
             return "snapshot"
         if kind == "binding":
@@ -106,6 +114,9 @@ class MonitorState:
         if kind == "counters":
             self.gauges = dict(msg.get("gauges") or self.gauges)
             self._take_counters(msg.get("counters") or {}, now)
+            if msg.get("cluster") is not None:
+                self._take_cluster(msg["cluster"])
+                return "cluster"
             return "counters"
         if kind == "sip":
             self._trace(msg)
@@ -120,6 +131,23 @@ class MonitorState:
         if d.get("state") == "terminated" and "_ended_seen" not in d:
             d["_ended_seen"] = now
         self.dialogs[d["id"]] = d
+
+    def _take_cluster(self, view: dict[str, Any] | None) -> None:
+        """The other nodes' view replaces the last one whole: there are no events for it."""
+        if not view:
+            self.node = None
+            self.nodes = []
+            self.remote_dialogs = {}
+            self.remote_flows = {}
+            return
+        self.node = str(view.get("node") or "") or None
+        self.nodes = [str(n) for n in view.get("nodes") or []]
+        self.remote_dialogs = {
+            f"{d.get('node')}|{d['id']}": d for d in view.get("dialogs") or [] if d.get("id")
+        }
+        self.remote_flows = {
+            f"{f.get('node')}|{f['id']}": f for f in view.get("flows") or [] if f.get("id")
+        }
 
     def _take_counters(self, counters: dict[str, int], now: float) -> None:
         if self._last_counters is not None:

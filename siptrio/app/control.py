@@ -149,14 +149,18 @@ class ControlServer:
         while True:
             await trio.sleep(COUNTERS_INTERVAL)
             if self.subscribers:
-                self.broadcast(
-                    {
-                        "type": "counters",
-                        "time": iso(time.time()),
-                        "gauges": gauges_view(self.server),
-                        "counters": counters_view(self.server),
-                    }
-                )
+                msg: dict[str, Any] = {
+                    "type": "counters",
+                    "time": iso(time.time()),
+                    "gauges": gauges_view(self.server),
+                    "counters": counters_view(self.server),
+                }
+                cluster = self.server.cluster
+                if cluster is not None:
+                    # the other nodes' dialogs and flows have no events here: their view
+                    # (read from Redis once a second) rides along instead
+                    msg["cluster"] = cluster.view()
+                self.broadcast(msg)
 
     # --- one client ---------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,11 @@ async def test_calls_between_workers_and_supervision(
     ours = {d["call_id"] for d in snap["dialogs"]}
     assert theirs | ours == calls and all(d["node"] == node_b for d in snap["cluster"]["dialogs"])
     assert theirs - ours, "worker 1 held a dialog worker 0 did not"
+    # ... and keeps the TUI current: each counters message carries the cluster view
+    counters = await control_message(
+        workers.control, lambda m: m["type"] == "counters" and "cluster" in m
+    )
+    assert {d["call_id"] for d in counters["cluster"]["dialogs"]} == theirs
     # Worker 1 lists the browser's connection too, once it has read the view the
     # connection's worker last published (they publish and read about once a second).
     with trio.fail_after(5):
@@ -222,6 +227,21 @@ async def test_calls_between_workers_and_supervision(
     assert out.count("[w0] siptrio.server: stopped") == 1, out
     assert out.count("[w1] siptrio.server: stopped") == 1, out
     assert "Traceback" not in out, out
+
+
+async def control_message(path: Path, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The first message from a control socket that ``wanted`` accepts."""
+    stream = await trio.open_unix_socket(str(path))
+    async with stream:
+        data = b""
+        with trio.fail_after(5):
+            while True:
+                while b"\n" in data:
+                    line, data = data.split(b"\n", 1)
+                    msg: dict[str, Any] = json.loads(line)
+                    if wanted(msg):
+                        return msg
+                data += await stream.receive_some(65536)
 
 
 async def control_snapshot(path: Path) -> dict[str, Any]:

@@ -143,9 +143,72 @@ TRACE = [
 ]
 
 
-async def fake_server(path: str) -> asyncio.AbstractServer:
+# Node A of two: node B's dialogs and flows come in the snapshot's cluster view, then in
+# the view each counters message carries (B's call to dave answered, a new one ringing).
+_REMOTE_DIALOG = {
+    "id": "d1",  # B numbers its dialogs too: the same id as one of A's
+    "call_id": "5c1e77@node-b",
+    "state": "early",
+    "caller": "sip:erin@example.com",
+    "callee": "sip:dave@example.com",
+    "caller_transport": "tls",
+    "callee_transport": "wss",
+    "created_at": _at(-40),
+    "answered_at": None,
+    "ended_at": None,
+    "ended_by": None,
+    "node": "node-b",
+}
+_REMOTE_FLOW = {
+    "id": "wss-9f00aa-1",
+    "transport": "wss",
+    "peer": "127.0.0.1:41999",
+    "local": "127.0.0.1:8443",
+    "opened_at": _at(-300),
+    "age": 300,
+    "last_keepalive_age": 12.0,
+    "bindings": [{"aor": "sip:dave@example.com", "contact": "sip:x@y.invalid;transport=ws"}],
+    "node": "node-b",
+}
+CLUSTER_SNAPSHOT: dict[str, Any] = {
+    **SNAPSHOT,
+    "cluster": {
+        "node": "node-a",
+        "nodes": ["node-a", "node-b"],
+        "dialogs": [_REMOTE_DIALOG],
+        "flows": [_REMOTE_FLOW],
+    },
+}
+CLUSTER_COUNTERS: dict[str, Any] = {
+    "type": "counters",
+    "time": T,
+    "gauges": SNAPSHOT["gauges"],
+    "counters": SNAPSHOT["counters"],
+    "cluster": {
+        "node": "node-a",
+        "nodes": ["node-a", "node-b"],
+        "dialogs": [
+            {**_REMOTE_DIALOG, "state": "confirmed", "answered_at": _at(-38)},
+            {
+                **_REMOTE_DIALOG,
+                "id": "d2",
+                "call_id": "0ab3@node-b",
+                "caller": "sip:frank@example.com",
+                "created_at": _at(-1),
+            },
+        ],
+        "flows": [_REMOTE_FLOW],
+    },
+}
+
+
+async def fake_server(
+    path: str, snapshot: dict[str, Any] = SNAPSHOT, *then: dict[str, Any]
+) -> asyncio.AbstractServer:
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write((json.dumps(SNAPSHOT) + "\n").encode())
+        writer.write((json.dumps(snapshot) + "\n").encode())
+        for msg in then:
+            writer.write((json.dumps(msg) + "\n").encode())
         for direction, transport, peer, first, at in TRACE:
             msg = {"type": "sip", "time": _at(at), "direction": direction, "transport": transport, "peer": peer,
                    "local": "127.0.0.1:5060", "first_line": first, "call_id": "a84b4c76e66710@pc33",
@@ -235,3 +298,58 @@ def test_disconnected_screen(snap_compare, tmp_path: Path) -> None:  # type: ign
         await pilot.pause(0.1)
 
     assert snap_compare(app, terminal_size=(100, 12), run_before=before)
+
+
+def test_cluster_dialogs_screen(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Node A's monitor lists node B's dialogs too, with a Node column, kept current by
+    the view each counters message carries."""
+    app = app_for(tmp_path)
+    rows: dict[str, list[str]] = {}
+
+    async def before(pilot) -> None:  # type: ignore[no-untyped-def]
+        pilot.app._fake = await fake_server(SOCKET, CLUSTER_SNAPSHOT, CLUSTER_COUNTERS)
+        for _ in range(100):
+            if len(app.state.remote_dialogs) == 2:
+                break
+            await pilot.pause(0.05)
+        await pilot.press("2")
+        await pilot.pause(0.2)
+        table = app.query_one("#dialogs-table")
+        for key in table.rows:  # type: ignore[attr-defined]
+            rows[str(key.value)] = [str(c) for c in table.get_row(key)]  # type: ignore[attr-defined]
+
+    assert snap_compare(app, terminal_size=(170, 24), run_before=before)
+    assert set(rows) == {"d1", "d2", "node-b|d1", "node-b|d2"}
+    assert rows["d1"][-1] == "node-a" and rows["node-b|d1"][-1] == "node-b"
+    assert rows["node-b|d1"][3] == "confirmed"  # as the counters message had it, not the snapshot
+    assert rows["node-b|d2"][0] == "sip:frank@example.com"
+
+
+def test_a_dialog_of_another_node_says_where_its_trace_is(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app = app_for(tmp_path)
+        async with app.run_test(size=(170, 30)) as pilot:
+            pilot.app._fake = await fake_server(SOCKET, CLUSTER_SNAPSHOT, CLUSTER_COUNTERS)  # type: ignore[attr-defined]
+            for _ in range(100):
+                if len(app.state.remote_dialogs) == 2:
+                    break
+                await pilot.pause(0.05)
+            await pilot.press("2")
+            table = app.query_one("#dialogs-table")
+            table.move_cursor(row=table.get_row_index("node-b|d1"))  # type: ignore[attr-defined]
+            await pilot.press("l")
+            await pilot.pause(0.2)
+            assert app.query_one("#tabs").active == "ladder"  # type: ignore[attr-defined]
+            text = str(app.query_one("#ladder-view").content)  # type: ignore[attr-defined]
+            assert text == (
+                "5c1e77@node-b is held by node node-b: its SIP messages are traced on "
+                "that node's control socket."
+            )
+            # our own dialog still gets its ladder
+            await pilot.press("2")
+            table.move_cursor(row=table.get_row_index("d1"))  # type: ignore[attr-defined]
+            await pilot.press("l")
+            await pilot.pause(0.2)
+            assert "INVITE" in str(app.query_one("#ladder-view").content)  # type: ignore[attr-defined]
+
+    asyncio.run(scenario())

@@ -80,3 +80,31 @@ def test_ladder_puts_the_caller_left_and_the_callee_right() -> None:
     assert "INVITE" in lines[1] and lines[1].index(">") > lines[1].index("INVITE")  # left to right
     assert "100 Trying" in lines[2] and "<" in lines[2]
     assert "200 OK" in lines[4] and lines[4].index("<") < lines[4].index("200 OK")  # right to left
+
+
+def cluster_view(*dialog_ids: str) -> dict[str, object]:
+    return {
+        "node": "a",
+        "nodes": ["a", "b"],
+        "dialogs": [{"id": i, "node": "b", "state": "early"} for i in dialog_ids],
+        "flows": [{"id": "ws-1", "node": "b"}],
+    }
+
+
+def test_other_nodes_come_from_the_cluster_view_and_are_replaced_whole() -> None:
+    s = MonitorState()
+    s.apply({"type": "snapshot", "dialogs": [{"id": "d1", "state": "early"}],
+             "flows": [{"id": "ws-1"}], "cluster": cluster_view("d1", "d2")}, 0)  # fmt: skip
+    assert (s.node, s.nodes) == ("a", ["a", "b"])
+    # ids repeat across nodes: ours by id, theirs by node and id
+    assert list(s.dialogs) == ["d1"] and list(s.remote_dialogs) == ["b|d1", "b|d2"]
+    assert list(s.flows) == ["ws-1"] and list(s.remote_flows) == ["b|ws-1"]
+    assert s.apply({"type": "counters", "counters": {}, "cluster": cluster_view("d2")}, 1) == (
+        "cluster"
+    )
+    assert list(s.remote_dialogs) == ["b|d2"]  # d1 ended on b: gone from its view
+    assert s.apply({"type": "counters", "counters": {}}, 2) == "counters"
+    assert list(s.remote_dialogs) == ["b|d2"]
+    # a single node's snapshot (after a reconnect) has no cluster: nothing of b is left
+    s.apply({"type": "snapshot", "cluster": None}, 3)
+    assert (s.node, s.nodes, s.remote_dialogs, s.remote_flows) == (None, [], {}, {})
