@@ -14,6 +14,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -173,7 +174,9 @@ class Cluster:
                 if actions:
                     await self.server.execute(actions)
 
-    async def _listen(self, deliver: Any, subscribed: Any) -> None:
+    async def _listen(
+        self, deliver: Callable[[dict[str, Any]], None], subscribed: Callable[[], None]
+    ) -> None:
         """Subscribe to the feed; when Redis goes away, subscribe again and catch up."""
         delay = FEED_RETRY[0]
         broken = False
