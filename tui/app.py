@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -347,13 +348,29 @@ class MonitorApp(App[None]):
         needle = self.filter_text.lower()
         return any(needle in str(v).lower() for v in values if v is not None)
 
-    def _node_column(self, table: DataTable) -> bool:
-        """In a cluster, dialogs and flows say which node holds them (a column added once)."""
-        if not self.state.node:
-            return False
-        if "node" not in {c.key.value for c in table.columns.values()}:
+    def _sync_with_nodes(
+        self,
+        table: DataTable,
+        own: dict[str, dict[str, Any]],
+        remote: dict[str, dict[str, Any]],
+        cells: Callable[[dict[str, Any], str | None], list[Any] | None],
+    ) -> None:
+        """Our rows, then the other nodes' (in a cluster, with a Node column added once).
+
+        ``cells`` gives a row's cells, or None when the filter hides it.
+        """
+        node = self.state.node
+        if node and "node" not in {c.key.value for c in table.columns.values()}:
             table.add_column("Node", key="node", default="")
-        return True
+        rows = {}
+        for key, item, holder in [
+            *((k, v, node) for k, v in own.items()),
+            *((k, v, v.get("node")) for k, v in remote.items()),
+        ]:
+            row = cells(item, holder)
+            if row is not None:
+                rows[key] = [*row, holder or ""] if node else row
+        self._sync(table, rows)
 
     def _sync(self, table: DataTable, rows: dict[str, list[Any]]) -> None:
         """Update rows in place, add new ones, remove gone ones: selection stays put."""
@@ -410,18 +427,16 @@ class MonitorApp(App[None]):
 
     def draw_dialogs(self) -> None:
         now = self.clock()
+
+        def cells(d: dict[str, Any], node: str | None) -> list[Any] | None:
+            if not self._matches(
+                d.get("caller"), d.get("callee"), d.get("call_id"), d.get("state"), node
+            ):
+                return None
+            return self._dialog_cells(d, now)
+
         table = self.query_one("#dialogs-table", DataTable)
-        nodes = self._node_column(table)
-        state = self.state
-        rows = {}
-        for own, dialogs in ((True, state.dialogs), (False, state.remote_dialogs)):
-            for key, d in dialogs.items():
-                node = state.node if own else d.get("node")
-                if self._matches(
-                    d.get("caller"), d.get("callee"), d.get("call_id"), d.get("state"), node
-                ):
-                    rows[key] = self._dialog_cells(d, now) + ([node or ""] if nodes else [])
-        self._sync(table, rows)
+        self._sync_with_nodes(table, self.state.dialogs, self.state.remote_dialogs, cells)
 
     def draw_history(self) -> None:
         now = self.clock()
@@ -434,26 +449,23 @@ class MonitorApp(App[None]):
 
     def draw_flows(self) -> None:
         now = self.clock()
+
+        def cells(f: dict[str, Any], node: str | None) -> list[Any] | None:
+            if not self._matches(f.get("peer"), f.get("transport"), f.get("id"), node):
+                return None
+            opened = parse_time(f.get("opened_at"))
+            ka = f.get("last_keepalive_age")
+            return [
+                _transport(f.get("transport")),
+                f.get("peer", ""),
+                _seconds(now - opened if opened else f.get("age")),
+                "-" if ka is None else f"{ka:.0f} s ago",
+                str(len(f.get("bindings") or [])),
+                f.get("id", ""),
+            ]
+
         table = self.query_one("#flows-table", DataTable)
-        nodes = self._node_column(table)
-        state = self.state
-        rows = {}
-        for own, flows in ((True, state.flows), (False, state.remote_flows)):
-            for key, f in flows.items():
-                node = state.node if own else f.get("node")
-                if not self._matches(f.get("peer"), f.get("transport"), f.get("id"), node):
-                    continue
-                opened = parse_time(f.get("opened_at"))
-                ka = f.get("last_keepalive_age")
-                rows[key] = [
-                    _transport(f.get("transport")),
-                    f.get("peer", ""),
-                    _seconds(now - opened if opened else f.get("age")),
-                    "-" if ka is None else f"{ka:.0f} s ago",
-                    str(len(f.get("bindings") or [])),
-                    f.get("id", key),
-                ] + ([node or ""] if nodes else [])
-        self._sync(table, rows)
+        self._sync_with_nodes(table, self.state.flows, self.state.remote_flows, cells)
 
     def draw_ladder(self) -> None:
         view = self.query_one("#ladder-view", Static)
