@@ -59,7 +59,7 @@ class Cluster:
         ``_monitor`` look, and drop the answers that node's requests drew meanwhile:
         with ``serve --workers`` an answer lands on whichever worker the kernel picks.)
         """
-        internal = self.server.dispatcher.proxy.internal
+        internal = self.server.dispatcher.router.internal
         assert internal is not None
         self.info = {"host": internal.host, "port": internal.port, "started_at": time.time()}
         try:
@@ -109,15 +109,15 @@ class Cluster:
     async def _read_nodes(self) -> None:
         nodes = await trio.to_thread.run_sync(self.store.nodes)
         self.nodes = nodes
-        proxy = self.server.dispatcher.proxy
-        proxy.cluster_nodes = {
+        router = self.server.dispatcher.router
+        router.cluster_nodes = {
             name: (str(info["host"]), int(info["port"]))
             for name, info in nodes.items()
             if name != self.node
         }
         trusted = self.server.dispatcher.trusted
         trusted.difference_update(self._trusted_nodes)
-        self._trusted_nodes = {(h, p) for h, p in proxy.cluster_nodes.values()}
+        self._trusted_nodes = {(h, p) for h, p in router.cluster_nodes.values()}
         trusted.update(self._trusted_nodes)
 
     async def _monitor(self) -> None:
@@ -165,7 +165,7 @@ class Cluster:
                     continue
                 upserts = [binding_from_json(text) for text in note.get("upserts", [])]
                 deletes = [(str(a), str(k)) for a, k in note.get("deletes", [])]
-                known = self.server.dispatcher.proxy.cluster_nodes
+                known = self.server.dispatcher.router.cluster_nodes
                 if any(b.node and b.node != self.node and b.node not in known for b in upserts):
                     # a node newer than our last look: learn its address before routing to it
                     with contextlib.suppress(Exception):

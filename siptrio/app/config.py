@@ -30,10 +30,12 @@ __all__ = [
     "Config",
     "ConfigError",
     "ControlConfig",
+    "DnsSection",
     "LoggingConfig",
     "MediaSection",
     "ProxyConfig",
     "RegistrarSection",
+    "RoutesSection",
     "SecuritySection",
     "SipConfig",
     "TlsConfig",
@@ -128,6 +130,7 @@ class RegistrarSection:
     max_expires: int = 7200
     max_contacts: int = 10  # per AOR
     fast_path: bool = True  # tidy UDP REGISTERs skip the general path (core/fastreg.py)
+    nat: str = "auto"  # auto | contact | source: how bindings are reached (core/routing/nat.py)
     database: str = field(default_factory=default_database_path)  # or ":memory:"
     backend: str = "sqlite"  # sqlite | redis
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -138,6 +141,20 @@ class ProxyConfig:
     allowed_destinations: tuple[IPNetwork, ...] = ()
     record_route: bool = True
     max_dialog_duration: float = 43200.0
+    outbound_proxy: str | None = None  # a sip:/sips: URI every non-local request goes to
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoutesSection:
+    """``[routes]``: NAME = MATCH -> HOP[, HOP ...], in the order written."""
+
+    rules: tuple[tuple[str, str], ...] = ()  # (name, text), each checked by parse_rule
+
+
+@dataclass(frozen=True, kw_only=True)
+class DnsSection:
+    servers: tuple[str, ...] = ()  # "IP" or "IP:PORT" ("[v6]:PORT"); empty: /etc/resolv.conf
+    timeout: float = 2.0  # seconds for one lookup, every server tried
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,6 +225,8 @@ class Config:
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     registrar: RegistrarSection = field(default_factory=RegistrarSection)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    routes: RoutesSection = field(default_factory=RoutesSection)
+    dns: DnsSection = field(default_factory=DnsSection)
     admin: AdminConfig = field(default_factory=AdminConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     media: MediaSection = field(default_factory=MediaSection)
@@ -461,6 +480,59 @@ def _networks(text: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def _sip_uri(text: str) -> str | None:
+    from ..core.routing import parse_hop
+
+    if not text.strip():
+        return None
+    try:
+        return str(parse_hop(text))
+    except ValueError as e:
+        raise _BadValue(f"expected a sip: or sips: URI, e.g. sip:proxy.example.net; {e}") from None
+
+
+def _route_rule(name: str) -> Parse:
+    def parse(text: str) -> tuple[str, str]:
+        from ..core.routing import parse_rule
+
+        try:
+            parse_rule(name, text)
+        except ValueError as e:
+            raise _BadValue(
+                f"expected MATCH -> NEXT-HOP[, NEXT-HOP ...] with MATCH one of prefix TEXT, "
+                f"user REGEX, domain NAME, nonlocal, unregistered; {e}"
+            ) from None
+        return (name, " ".join(text.split()))
+
+    return parse
+
+
+def _dns_servers(text: str) -> tuple[str, ...]:
+    out = []
+    for item in _split(text):
+        host, port = item, None
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else None
+        elif item.count(":") == 1:
+            host, port = item.split(":")
+        try:
+            address = _ip(host)
+            if port is not None and not 0 < int(port) < 65536:
+                raise ValueError
+        except (_BadValue, ValueError):
+            raise _BadValue(
+                f"expected a comma-separated list of DNS server addresses, each IP or IP:PORT "
+                f"([IPv6]:PORT), e.g. 127.0.0.1:5353; {item!r} is not one"
+            ) from None
+        out.append(address if port is None else f"{host_ref(address)}:{int(port)}")
+    return tuple(out)
+
+
+def host_ref(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _path(text: str) -> str:
     if not text:
         raise _BadValue("expected a file path")
@@ -484,6 +556,9 @@ class _Section:
     cls: type
     keys: Mapping[str, Parse]
     paths: frozenset[str] = frozenset()  # resolved against the config file's directory
+    # a section whose keys are names the user picks (``[routes]``): each value is parsed
+    # with free(key), and the section's one field gets them all, in the order written
+    free: Callable[[str], Parse] | None = None
 
 
 _SECTIONS: dict[str, _Section] = {
@@ -554,6 +629,7 @@ _SECTIONS: dict[str, _Section] = {
             "max_expires": _integer(1, 2**32 - 1, "an integer number of seconds"),
             "max_contacts": _integer(1, 1000),
             "fast_path": _boolean,
+            "nat": _choice("auto", "contact", "source"),
             "database": _path,
             "backend": _choice("sqlite", "redis"),
             "redis_url": _redis_url,
@@ -577,7 +653,12 @@ _SECTIONS: dict[str, _Section] = {
             "allowed_destinations": _networks,
             "record_route": _boolean,
             "max_dialog_duration": _seconds,
+            "outbound_proxy": _sip_uri,
         },
+    ),
+    "routes": _Section(attribute="routes", cls=RoutesSection, keys={}, free=_route_rule),
+    "dns": _Section(
+        attribute="dns", cls=DnsSection, keys={"servers": _dns_servers, "timeout": _seconds}
     ),
     "admin": _Section(
         attribute="admin",
@@ -678,6 +759,13 @@ def _check_known(where: str, section: str, key: str | None) -> None:
         message += ", ".join(sorted(_SECTIONS)) + _did_you_mean(section, _SECTIONS, "[{}]")
         raise ConfigError(message)
     keys = _SECTIONS[section].keys
+    if key is not None and _SECTIONS[section].free is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}", key):
+            raise ConfigError(
+                f"{where}: [{section}] {key}: a rule name is letters, digits, '.', '_', '+' "
+                f"or '-' (up to 63)"
+            )
+        return
     if key is not None and key not in keys:
         message = f"{where}: [{section}] {key}: unknown key; known keys in [{section}]: "
         message += ", ".join(sorted(keys)) + _did_you_mean(key, keys)
@@ -802,6 +890,20 @@ def _build(settings: Mapping[tuple[str, str], _Setting], source: str | None) -> 
     sections: dict[str, Any] = {}
     for name, spec in _SECTIONS.items():
         values: dict[str, Any] = {}
+        if spec.free is not None:
+            free = spec.free
+            mine = sorted(
+                ((key, setting) for (sec, key), setting in settings.items() if sec == name),
+                key=lambda item: item[1].rank,
+            )
+            rules = []
+            for key, given in mine:
+                try:
+                    rules.append(free(key)(given.text))
+                except _BadValue as e:
+                    raise ConfigError(_value_message(name, key, given, str(e))) from None
+            sections[spec.attribute] = spec.cls(rules=tuple(rules))
+            continue
         for key, parse in spec.keys.items():
             setting = settings.get((name, key))
             if setting is None:

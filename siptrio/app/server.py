@@ -26,17 +26,19 @@ import trio
 from ..core.abuse import RateLimiter
 from ..core.auth import AuthConfig
 from ..core.dispatcher import Dispatcher, DispatcherConfig
-from ..core.events import Action, MediaRequest, Persist, Publish, Send
+from ..core.events import Action, MediaRequest, Persist, Publish, Resolve, Send
 from ..core.fastreg import FastRegister
 from ..core.location import Binding, Location
 from ..core.media import MediaConfig, MediaMode
 from ..core.proxy import ProxyConfig
 from ..core.registrar import RegistrarConfig
+from ..core.routing import NatMode, ResolverConfig, parse_hop, parse_rule
 from ..core.types import Listener, Peer, Transport
 from ..sip import Request, Response, make_response
 from ..sip.transaction import Timers
 from ..store.redis_store import RedisStore
 from ..store.sqlite import SqliteStore
+from ..transport.dns import DnsClient
 from ..transport.hub import FlowClosed, Hub, Inbound, SendFailed
 from ..transport.intake import Intake
 from ..transport.outbound import Connector
@@ -137,6 +139,9 @@ class Server:
                     max_contacts=reg.max_contacts,
                     domains=config.sip.domains,
                     node=self.node if self.clustered else None,
+                    nat=NatMode(reg.nat),
+                    allowed_contacts=config.proxy.allowed_destinations,
+                    trust_contacts=config.auth.enable,
                 ),
                 proxy=ProxyConfig(
                     domains=config.sip.domains,
@@ -145,6 +150,15 @@ class Server:
                     max_dialog_duration=config.proxy.max_dialog_duration,
                     advertised_address=config.sip.advertised_address,
                     node_id=self.node if self.clustered else None,
+                    nat=NatMode(reg.nat),
+                    routes=tuple(parse_rule(name, text) for name, text in config.routes.rules),
+                    outbound_proxy=(
+                        parse_hop(config.proxy.outbound_proxy)
+                        if config.proxy.outbound_proxy
+                        else None
+                    ),
+                    trust_contacts=config.auth.enable,
+                    dns=ResolverConfig(),
                     media=MediaConfig(
                         enabled=bool(config.media.rtpengine),
                         mode=MediaMode(config.media.mode),
@@ -171,6 +185,7 @@ class Server:
         self._nursery: trio.Nursery | None = None
         self.simulator = Simulator(self)
         self.media: NgClient | None = None
+        self.dns = DnsClient(config.dns.servers, config.dns.timeout)
         if config.media.rtpengine:
             self.media = NgClient(
                 [parse_engine(e) for e in config.media.rtpengine], timeout=config.media.timeout
@@ -195,7 +210,7 @@ class Server:
             )
             secret = await trio.to_thread.run_sync(self.store.cluster_secret)
             self.dispatcher.auth._secret = secret  # nonces and flow tokens valid cluster-wide
-            self.dispatcher.proxy.cluster_secret = secret
+            self.dispatcher.router.cluster_secret = secret
         else:
             self.store = await trio.to_thread.run_sync(SqliteStore, cfg.registrar.database)
         try:
@@ -260,7 +275,7 @@ class Server:
                 internal = await self._start_internal(nursery, intake)
                 self.dispatcher.set_listeners(self.listeners + ([internal] if internal else []))
                 if internal is not None:
-                    self.dispatcher.proxy.internal = internal
+                    self.dispatcher.router.internal = internal
                     self.cluster = Cluster(
                         self, self.store, node=self.node, ttl=cfg.cluster.heartbeat_ttl
                     )
@@ -608,6 +623,9 @@ class Server:
             elif isinstance(action, MediaRequest):
                 assert self._nursery is not None
                 self._nursery.start_soon(self._media_request, action)
+            elif isinstance(action, Resolve):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._resolve, action)
         self._rearm_timers()
 
     async def _media_request(self, action: MediaRequest) -> None:
@@ -633,6 +651,20 @@ class Server:
         except Exception:
             self.stats["internal_errors"] += 1
             log.exception("internal error handling an rtpengine answer")
+            return
+        if actions:
+            await self.execute(actions)
+
+    async def _resolve(self, action: Resolve) -> None:
+        """Ask the DNS (off the core loop) and hand the answer back to the core."""
+        answer = await self.dns.query(action.name, action.qtype)
+        if answer.error is not None and answer.error != "nxdomain":
+            log.warning("DNS %s lookup of %s failed: %s", action.qtype, action.name, answer.error)
+        try:
+            actions = self.dispatcher.resolved(action.op, answer, trio.current_time())
+        except Exception:
+            self.stats["internal_errors"] += 1
+            log.exception("internal error handling a DNS answer")
             return
         if actions:
             await self.execute(actions)

@@ -29,6 +29,7 @@ from .events import Action, BindingEvent, BindingEventKind, Persist, Publish
 from .location import Binding, Location
 from .proxy import Proxy, ProxyConfig
 from .registrar import SUPPORTED_OPTIONS, Registrar, RegistrarConfig
+from .routing import Answer, Router
 from .types import Listener, Peer
 
 __all__ = ["ALLOW", "Dispatcher", "DispatcherConfig", "stamp_via", "stamped_via"]
@@ -156,6 +157,14 @@ class Dispatcher:
     ) -> list[Action]:
         """rtpengine answered (or failed to) the MediaRequest ``op``."""
         return self.proxy.media_result(op, reply, error, now, self.wall(now))
+
+    def resolved(self, op: int, answer: Answer, now: float) -> list[Action]:
+        """The DNS answered (or failed to) the Resolve action ``op``."""
+        return self.proxy.resolved(op, answer, now, self.wall(now))
+
+    @property
+    def router(self) -> Router:
+        return self.proxy.router
 
     def send_failed(self, owner: Hashable, reason: str, now: float) -> list[Action]:
         return self.proxy.send_failed(owner, reason, now, self.wall(now))

@@ -25,6 +25,7 @@ __all__ = [
     "MediaRequest",
     "Persist",
     "Publish",
+    "Resolve",
     "Send",
 ]
 
@@ -87,4 +88,14 @@ class MediaRequest:
     command: dict[str, Any] = field(compare=False)
 
 
-Action = Send | Publish | Persist | MediaRequest
+@dataclass(slots=True, kw_only=True, unsafe_hash=True)
+class Resolve:
+    """Ask the DNS for ``qtype`` records of ``name``; the shell answers with
+    ``Dispatcher.resolved(op, answer)`` (an ``rfc3263.Answer``)."""
+
+    op: int
+    name: str
+    qtype: str  # "NAPTR", "SRV", "A" or "AAAA"
+
+
+Action = Send | Publish | Persist | MediaRequest | Resolve

@@ -34,6 +34,7 @@ from ..sip.uri import SipUri, parse_uri_untrusted
 from .dispatcher import Dispatcher, stamp_via
 from .events import Action, BindingEvent, BindingEventKind, Persist, Publish
 from .registrar import SUPPORTED_OPTIONS, Reject, serves_domain
+from .routing.nat import ViaFacts
 from .types import Peer
 
 __all__ = ["FastRegister"]
@@ -262,6 +263,8 @@ class FastRegister:
             cseq=cseq.number,
             user_agent=h.get("user-agent"),
             path=(),
+            path_host=None,
+            via=ViaFacts(host=via_host, port=via_port, rport=rport is not None),
             peer=peer,
             now=wall,
         )

@@ -38,6 +38,7 @@ class Binding:
     registered_at: float
     updated_at: float
     node: str | None = None  # the cluster node that holds its flow (None: single node)
+    nat: bool = False  # behind NAT: reached at its source address, not at its Contact
 
     def expires_in(self, now: float) -> int:
         return max(0, int(self.expires_at - now + 0.5))

@@ -1,32 +1,29 @@
 """The stateful proxy's decisions (RFC 3261 section 16, RFC 5658, RFC 3327), sans-IO.
 
 For each request that is not for the server itself: validate (16.3), strip our own
-Routes (16.4), find targets (16.5: location lookup with forking, or the next hop),
+Routes (16.4), ask the router (routing/) for targets and their next hops (16.5), and
 forward each through a client transaction with our Via and, for dialog-creating
-requests, Record-Route, doubled when the two sides differ (RFC 5658). Responses come
-back through the client transactions; 1xx and every 2xx go upstream at once, the
-best final answer when all branches are done (16.7). CANCEL fans out to pending
-branches (16.10). In-dialog requests follow the dialog table.
-
-No open relay: a request leaves for a host outside our domains only when that
-host is an IP address inside ``allowed_destinations``.
+requests, Record-Route, doubled when the two sides differ (RFC 5658). A next hop named
+by a URI is located first (RFC 3263); a 503, a transport error or a timeout moves a
+branch on to its next hop in a new transaction (RFC 3263 4.3). Responses come back
+through the client transactions; 1xx and every 2xx go upstream at once, the best
+final answer when all branches are done (16.7). CANCEL fans out to pending branches
+(16.10). In-dialog requests follow the dialog table.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
-import ipaddress
 import itertools
 import os
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from ..sip.headers import Via, remember_via
+from ..sip.headers import remember_via
 from ..sip.message import HeaderField, Request, Response, make_response, with_top_via
 from ..sip.transaction import (
     ClientTransaction,
@@ -49,11 +46,25 @@ from .media import (
     offer_command,
     should_bridge,
 )
-from .types import Listener, Peer, Transport
+from .routing import (
+    Candidate,
+    Locate,
+    LocateError,
+    NatMode,
+    Refuse,
+    ResolverConfig,
+    Router,
+    RouteRule,
+    RoutingConfig,
+    Target,
+    node_tag,
+)
+from .routing.rfc3263 import Answer
+from .routing.router import Hop, IPNetwork
+from .types import Listener, Peer
 
-__all__ = ["Proxy", "ProxyConfig"]
+__all__ = ["Proxy", "ProxyConfig", "node_tag"]
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 SUPPORTED_PROXY_OPTIONS: tuple[str, ...] = ()
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 _MAGIC = "z9hG4bK"
@@ -72,6 +83,11 @@ class ProxyConfig:
     advertised_address: str | None = None
     media: MediaConfig = field(default_factory=MediaConfig)
     node_id: str | None = None  # set in a cluster: bindings of other nodes route via them
+    nat: NatMode = NatMode.AUTO
+    routes: tuple[RouteRule, ...] = ()
+    outbound_proxy: SipUri | None = None
+    trust_contacts: bool = False  # authenticated REGISTERs: every Contact is honoured
+    dns: ResolverConfig = field(default_factory=ResolverConfig)
 
 
 @dataclass(eq=False)
@@ -79,10 +95,14 @@ class Branch:
     ctx: Context
     branch: str
     request: Request  # as sent
-    peer: Peer
+    peer: Peer | None  # None until its first next hop is known
     binding: Binding | None
-    txn: ClientTransaction | None  # None while rtpengine rewrites its offer
+    txn: ClientTransaction | None  # None while rtpengine rewrites its offer or DNS answers
+    target: Target | None = None
+    hops: list[Hop] = field(default_factory=list)  # the next hops still to try
+    failure: tuple[int, str] | None = None  # why the last hop failed (when none is left)
     provisional: bool = False
+    ringing: bool = False  # a 101-199 came: the hop is alive, no failover
     final: Response | None = None
     local_failure: tuple[int, str] | None = None
     cancel_pending: bool = False
@@ -117,43 +137,12 @@ class Context:
     live: int = 1
 
 
-def node_tag(node: str) -> str:
-    """Six hex digits naming a cluster node in our branches and Record-Route entries."""
-    return hashlib.sha256(node.encode()).hexdigest()[:6]
-
-
 def _branch_node_tag(resp: Response) -> str | None:
     vias = resp.vias
     branch = vias[0].branch if vias else None
     if not branch or not branch.startswith(_MAGIC):
         return None
     return branch.partition(".")[2][:6] or None
-
-
-def _binding_ref(b: Binding) -> str:
-    """A binding's AOR and key in a URI parameter: base64url, no padding, '~' between."""
-    return "~".join(
-        base64.urlsafe_b64encode(text.encode()).decode().rstrip("=") for text in (b.aor, b.key)
-    )
-
-
-def _host_ref(host: str) -> str:
-    """A host as written in a URI or Via: IPv6 addresses in brackets."""
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"{_host_ref(host)}:{port}"
-
-
-def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    h = host[1:-1] if host.startswith("[") else host
-    if h.lower() == "localhost":
-        h = "127.0.0.1"
-    try:
-        return ipaddress.ip_address(h)
-    except ValueError:
-        return None
 
 
 class Proxy:
@@ -171,68 +160,33 @@ class Proxy:
         self.layer = layer
         self.dialogs = dialogs
         self.stats = stats
-        self.listeners: list[Listener] = []
-        self._own: set[tuple[str, int]] = set()
+        self.router = Router(
+            RoutingConfig(
+                domains=config.domains,
+                allowed_destinations=config.allowed_destinations,
+                advertised_address=config.advertised_address,
+                node_id=config.node_id,
+                nat=config.nat,
+                routes=config.routes,
+                outbound_proxy=config.outbound_proxy,
+                trust_contacts=config.trust_contacts,
+                dns=config.dns,
+            ),
+            location=location,
+            stats=stats,
+        )
         self.branches: dict[Hashable, Branch] = {}
         self._media_ops: dict[int, MediaResume] = {}
-        # cluster: other nodes' internal SIP addresses, and the key that signs flow tokens
-        self.cluster_nodes: dict[str, tuple[str, int]] = {}
-        self.internal: Listener | None = None
-        self.cluster_secret = b""
         # In a cluster our branches and Record-Route entries carry a tag of this node, so
         # that a worker sharing our ports can pass on what the kernel gave it but is ours.
-        self.node_tag = node_tag(config.node_id) if config.node_id else ""
-        self._branch_tag = (self.node_tag or _SECRET[:6]) + _SECRET[:4]
+        self._branch_tag = (self.router.node_tag or _SECRET[:6]) + _SECRET[:4]
         self._op_ids = itertools.count(1)
 
-    # --- our own addresses --------------------------------------------------------------
-
     def set_listeners(self, listeners: list[Listener]) -> None:
-        self.listeners = list(listeners)
-        self._own = {(li.host.lower(), li.port) for li in listeners}
-        if self.config.advertised_address:
-            self._own |= {(self.config.advertised_address, li.port) for li in listeners}
-
-    def is_own(self, uri: SipUri) -> bool:
-        host = uri.host_ip.lower()
-        port = uri.port
-        if port is None:
-            t = uri.transport
-            port = 5061 if uri.scheme == "sips" or t in ("tls",) else 5060
-        return (host, port) in self._own or (
-            host == "localhost" and ("127.0.0.1", port) in self._own
-        )
-
-    def _listener(self, transport: Transport, family_of: str) -> Listener | None:
-        v6 = ":" in family_of
-        fallback = None
-        for li in self.listeners:
-            if li.transport is transport:
-                if (":" in li.host) == v6:
-                    return li
-                fallback = fallback or li
-        return fallback
+        self.router.set_listeners(listeners)
 
     def is_local_domain(self, uri: SipUri) -> bool:
-        """Is this Request-URI ours to look up in the location service?
-
-        With ``domains`` configured only those are; without, our own addresses are,
-        and any domain we hold registrations for (when no other port is named).
-        """
-        host = uri.host_ip.lower()
-        if self.config.domains:
-            return host in self.config.domains
-        if self.is_own(uri):
-            return True
-        return uri.port is None and self.location.serves_domain(host)
-
-    def _is_node(self, uri: SipUri) -> bool:
-        """Another node of the cluster: always reachable, never a relay."""
-        return (uri.host_ip, uri.port or 5060) in self.cluster_nodes.values()
-
-    def relay_allowed(self, host: str) -> bool:
-        ip = ip_of(host)
-        return ip is not None and any(ip in net for net in self.config.allowed_destinations)
+        return self.router.is_local_domain(uri)
 
     # --- entry: a new request that is not for the server itself --------------------------
 
@@ -242,49 +196,37 @@ class Proxy:
         req = txn.request
         ctx = Context(txn=txn, request=req, peer=peer)
         txn.context = ctx
-        out: list[Action] = []
         if bad := [t for t in req.proxy_require if t.lower() not in SUPPORTED_PROXY_OPTIONS]:
-            return out + self._respond(
+            return self._respond(
                 ctx, 420, "Bad Extension", now, headers=(("Unsupported", ", ".join(bad)),)
             )
         if not isinstance(req.uri, SipUri):
-            return out + self._respond(ctx, 416, f"Unsupported URI Scheme {req.uri.scheme}", now)
+            return self._respond(ctx, 416, f"Unsupported URI Scheme {req.uri.scheme}", now)
         mf = req.max_forwards
         if mf == 0:
-            return out + self._respond(ctx, 483, "Too Many Hops", now)
+            return self._respond(ctx, 483, "Too Many Hops", now)
         if self._is_loop(req):
-            return out + self._respond(ctx, 482, "Loop Detected", now)
+            return self._respond(ctx, 482, "Loop Detected", now)
 
         req, last_own = self._preprocess_routes(req)
         ctx.request = req
         if last_own is not None and last_own.param("ft"):
-            return out + self._to_flow(ctx, last_own.param("ft") or "", now, wall)
+            return self._to_flow(ctx, last_own.param("ft") or "", now, wall)
         if last_own is not None and last_own.param("bt"):
-            return out + self._to_binding(ctx, last_own.param("bt") or "", now, wall)
+            return self._to_binding(ctx, last_own.param("bt") or "", now, wall)
         if req.to.tag is not None:
-            return out + self._in_dialog(ctx, last_own, now, wall)
+            return self._in_dialog(ctx, last_own, now, wall)
         if req.routes:
-            return out + self._to_next_hop(ctx, now, wall)
-        uri = req.uri
-        assert isinstance(uri, SipUri)
-        if self.is_local_domain(uri):
-            return out + self._to_bindings(ctx, now, wall)
-        if self.relay_allowed(uri.host):
-            dest = self._dest_for_uri(uri, peer)
-            if dest is None:
-                return out + self._respond(
-                    ctx, 503, "Service Unavailable (cannot reach the target)", now
-                )
-            return out + self._fork(ctx, [(req.uri_text, dest, None, ())], now, wall)
-        self.stats["relay_denied"] += 1
-        return out + self._respond(ctx, 403, "Relaying denied", now)
+            return self._route(ctx, self.router.via_route(req), now, wall)
+        return self._route(ctx, self.router.initial(req, wall), now, wall)
 
     def _is_loop(self, req: Request) -> bool:
         """RFC 3261 16.3 step 4: our Via with the branch this very request would get."""
         mine = None
+        own = self.router.is_own_address
         for via in req.vias[1:] if len(req.vias) > 1 else req.vias:
             host = via.host[1:-1] if via.host.startswith("[") else via.host
-            if (host.lower(), via.port or 5060) in self._own and via.branch:
+            if own(host, via.port or 5060) and via.branch:
                 mine = mine or self._loop_hash(req)
                 if via.branch.startswith(_MAGIC + mine):
                     return True
@@ -308,7 +250,8 @@ class Proxy:
         """RFC 3261 16.4: undo strict routing, then pop every Route of ours on top."""
         last_own: SipUri | None = None
         uri = req.uri
-        if isinstance(uri, SipUri) and self.is_own(uri) and req.routes:
+        is_own = self.router.is_own
+        if isinstance(uri, SipUri) and is_own(uri) and req.routes:
             # A strict router put our Record-Route in the Request-URI (16.4).
             last = req.routes[-1]
             rest = [r.text for r in req.routes[:-1]]
@@ -318,7 +261,7 @@ class Proxy:
         routes = req.routes
         popped = 0
         for r in routes:
-            if isinstance(r.uri, SipUri) and self.is_own(r.uri):
+            if isinstance(r.uri, SipUri) and is_own(r.uri):
                 last_own = r.uri
                 popped += 1
             else:
@@ -330,120 +273,24 @@ class Proxy:
 
     # --- targets ----------------------------------------------------------------------
 
-    def _to_bindings(self, ctx: Context, now: float, wall: float) -> list[Action]:
-        req = ctx.request
-        uri = req.uri
-        assert isinstance(uri, SipUri)
-        aor = uri.aor()
-        bindings = self.location.lookup(aor, wall)
-        if not bindings:
-            if self.location.flow_failed(aor):
-                return self._respond(ctx, 430, "Flow Failed", now)
-            if self.location.known(aor):
-                return self._respond(ctx, 480, "Temporarily Unavailable", now)
-            return self._respond(ctx, 404, "Not Found", now)
-        targets: list[tuple[str, Peer, Binding | None, tuple[str, ...]]] = []
-        for b in bindings:
-            dest = self._dest_for_binding(b)
-            if dest is None:
-                continue
-            if self._remote(b):
-                hp = _hostport(dest.host, dest.port)
-                if b.flow_id is not None:
-                    route = f"<sip:{hp};lr;ft={self.flow_token(b.flow_id)}>"
-                else:
-                    route = f"<sip:{hp};lr;bt={self.flow_token(_binding_ref(b))}>"
-                targets.append((b.contact_uri, dest, b, (*b.path, route)))
-                continue
-            if dest.flow_id is None and (dest.host.lower(), dest.port) in self._own:
-                self.stats["targets_skipped_self"] += 1
-                continue
-            targets.append((b.contact_uri, dest, b, b.path))
-        if not targets:
-            if any(b.reg_id is not None for b in bindings):
-                return self._respond(ctx, 430, "Flow Failed", now)
-            return self._respond(ctx, 480, "Temporarily Unavailable", now)
-        return self._fork(ctx, targets, now, wall)
-
-    def _dest_for_binding(self, b: Binding) -> Peer | None:
-        if self._remote(b):
-            node = self.cluster_nodes.get(b.node or "")
-            if node is None or self.internal is None:
-                return None  # its node is gone (or was never heard of): not usable
-            return self._node_peer(node)
-        return Peer(
-            transport=b.transport,
-            host=b.source_host,
-            port=b.source_port,
-            local_host=b.local_host,
-            local_port=b.local_port,
-            flow_id=b.flow_id,
-        )
-
-    def _dest_for_uri(self, uri: SipUri, came_from: Peer) -> Peer | None:
-        """Where a URI points (no DNS: the host must be an IP address or localhost)."""
-        ip = ip_of(uri.host)
-        if ip is None:
-            return None
-        t = (uri.transport or ("tls" if uri.scheme == "sips" else "udp")).lower()
-        if t in ("ws", "wss"):
-            return None  # WebSocket peers are reached only over their own flow
-        try:
-            transport = Transport(t)
-        except ValueError:
-            return None
-        port = uri.port or (5061 if transport is Transport.TLS else 5060)
-        host = str(ip)
-        li = self._listener(transport if transport is not Transport.TLS else Transport.TLS, host)
-        if li is None:
-            li = self._listener(Transport.UDP, host)
-            if li is None:
-                return None
-        return Peer(
-            transport=transport, host=host, port=port, local_host=li.host, local_port=li.port
-        )
-
-    # --- the cluster: flows held by other nodes ------------------------------------------
-
-    def _node_peer(self, node: tuple[str, int]) -> Peer:
-        internal = self.internal
-        assert internal is not None
-        return Peer(
-            transport=Transport.UDP,
-            host=node[0],
-            port=node[1],
-            local_host=internal.host,
-            local_port=internal.port,
-        )
-
-    def _node_by_tag(self, tag: str | None) -> tuple[str, int] | None:
-        """The internal address of the other node whose tag this is, if any."""
-        if not tag or tag == self.node_tag or self.internal is None:
-            return None
-        for name, addr in self.cluster_nodes.items():
-            if node_tag(name) == tag:
-                return addr
-        return None
-
-    def flow_token(self, flow_id: str) -> str:
-        mac = hmac.new(self.cluster_secret, flow_id.encode(), hashlib.sha256).hexdigest()[:16]
-        return f"{flow_id}.{mac}"
+    def _route(
+        self, ctx: Context, decision: list[Target] | Refuse, now: float, wall: float
+    ) -> list[Action]:
+        if isinstance(decision, Refuse):
+            return self._respond(ctx, decision.status, decision.reason, now)
+        return self._fork(ctx, decision, now, wall)
 
     def _to_flow(self, ctx: Context, token: str, now: float, wall: float) -> list[Action]:
         """A request another node routed here for one of our flows (RFC 5626 flow token)."""
-        flow_id, _, _mac = token.rpartition(".")
-        if not self.cluster_secret or not hmac.compare_digest(
-            self.flow_token(flow_id).encode(), token.encode()
-        ):
-            self.stats["flow_token_bad"] += 1
+        flow_id = self.router.check_token(token)
+        if flow_id is None:
             return self._respond(ctx, 403, "Forbidden (bad flow token)", now)
         bindings = self.location.on_flow(flow_id)
         if not bindings:
             return self._respond(ctx, 430, "Flow Failed", now)
         b = bindings[0]
-        dest = self._dest_for_binding(b)
-        assert dest is not None
-        return self._fork(ctx, [(ctx.request.uri_text, dest, b, ())], now, wall)
+        dest = self.router.source_peer(b)
+        return self._fork(ctx, [Target(ctx.request.uri_text, (), (dest,), b)], now, wall)
 
     def _to_binding(self, ctx: Context, token: str, now: float, wall: float) -> list[Action]:
         """Another node routed here a request for a UDP binding made through us.
@@ -451,11 +298,8 @@ class Proxy:
         We send it from the socket the client registered with: a NAT in front of the
         client lets in only what comes from there.
         """
-        ref, _, _mac = token.rpartition(".")
-        if not self.cluster_secret or not hmac.compare_digest(
-            self.flow_token(ref).encode(), token.encode()
-        ):
-            self.stats["flow_token_bad"] += 1
+        ref = self.router.check_token(token)
+        if ref is None:
             return self._respond(ctx, 403, "Forbidden (bad binding token)", now)
         try:
             aor, key = (
@@ -465,37 +309,12 @@ class Proxy:
         except ValueError:
             return self._respond(ctx, 403, "Forbidden (bad binding token)", now)
         b = self.location.bindings(aor).get(key)
-        if b is None or b.expires_at <= wall or self._remote(b):
+        if b is None or b.expires_at <= wall or self.router.remote(b):
             return self._respond(ctx, 480, "Temporarily Unavailable", now)
-        dest = self._dest_for_binding(b)
-        assert dest is not None
-        return self._fork(ctx, [(ctx.request.uri_text, dest, b, ())], now, wall)
-
-    def _remote(self, b: Binding) -> bool:
-        """Held by another node: its flow, or a UDP socket that is not ours.
-
-        (Workers of ``serve --workers`` share their UDP socket: those bindings are sent
-        to directly.)
-        """
-        return (
-            b.node is not None
-            and self.config.node_id is not None
-            and b.node != self.config.node_id
-            and (b.flow_id is not None or (b.local_host.lower(), b.local_port) not in self._own)
-        )
-
-    def _to_next_hop(self, ctx: Context, now: float, wall: float) -> list[Action]:
-        req = ctx.request
-        top = req.routes[0].uri
-        if not isinstance(top, SipUri):
-            return self._respond(ctx, 416, "Unsupported URI Scheme in Route", now)
-        if not self.relay_allowed(top.host) and not self._is_node(top):
-            self.stats["relay_denied"] += 1
-            return self._respond(ctx, 403, "Relaying denied", now)
-        dest = self._dest_for_uri(top, ctx.peer)
-        if dest is None:
-            return self._respond(ctx, 503, "Service Unavailable (cannot reach the next hop)", now)
-        return self._fork(ctx, [(req.uri_text, dest, None, ())], now, wall)
+        hop = self.router.binding_hop(b)
+        if hop is None:
+            return self._respond(ctx, 480, "Temporarily Unavailable", now)
+        return self._fork(ctx, [Target(ctx.request.uri_text, (), (hop,), b)], now, wall)
 
     def _in_dialog(
         self, ctx: Context, last_own: SipUri | None, now: float, wall: float
@@ -503,20 +322,20 @@ class Proxy:
         req = ctx.request
         found = self.dialogs.find(req.call_id, req.from_.tag, req.to.tag)
         if found is None:
-            node = self._node_by_tag(last_own.param("nd") if last_own is not None else None)
+            router = self.router
+            node = router.node_by_tag(last_own.param("nd") if last_own is not None else None)
             if node is not None:
                 # The dialog is held by a worker sharing our address: route it through there.
                 self.stats["in_dialog_to_node"] += 1
-                return self._fork(ctx, [(req.uri_text, self._node_peer(node), None, ())], now, wall)
+                dest = router.node_peer(node)
+                return self._fork(ctx, [Target(req.uri_text, (), (dest,))], now, wall)
             if req.routes:
-                return self._to_next_hop(ctx, now, wall)
-            uri = req.uri
+                return self._route(ctx, router.via_route(req), now, wall)
             # Outside any dialog we know, only an allowed destination is reachable: a
             # forged Route of ours does not open a relay.
-            if isinstance(uri, SipUri) and self.relay_allowed(uri.host):
-                dest = self._dest_for_uri(uri, ctx.peer)
-                if dest is not None:
-                    return self._fork(ctx, [(req.uri_text, dest, None, ())], now, wall)
+            targets = router.to_uri(req)
+            if targets is not None:
+                return self._fork(ctx, targets, now, wall)
             return self._respond(ctx, 481, "Call/Transaction Does Not Exist", now)
         dialog, from_caller = found
         ctx.from_caller = from_caller
@@ -529,46 +348,123 @@ class Proxy:
         # The other leg: its flow or address (routes left beyond ours go on with it,
         # e.g. to the next node of a cluster).
         leg = dialog.callee if from_caller else dialog.caller
-        return self._fork(ctx, [(req.uri_text, leg.peer, None, ())], now, wall)
+        return self._fork(ctx, [Target(req.uri_text, (), (leg.peer,))], now, wall)
 
     # --- forwarding -------------------------------------------------------------------------
 
     def _fork(
-        self,
-        ctx: Context,
-        targets: list[tuple[str, Peer, Binding | None, tuple[str, ...]]],
-        now: float,
-        wall: float,
+        self, ctx: Context, targets: Sequence[Target], now: float, wall: float
     ) -> list[Action]:
         out: list[Action] = []
         if ctx.request.method == "INVITE" and not ctx.branches:
             # 100 Trying only once the INVITE is really going somewhere: a request we
             # refuse gets its final answer alone.
             out += self._respond(ctx, 100, "Trying", now)
-        loop = self._loop_hash(ctx.txn.request)
-        for target_uri, dest, binding, path in targets:
-            branch = f"{_MAGIC}{loop}.{self._branch_tag}{next(_counter):x}"
-            fwd = self._forwarded(ctx, target_uri, dest, branch, path)
-            b = Branch(ctx=ctx, branch=branch, request=fwd, peer=dest, binding=binding, txn=None)
-            ctx.branches.append(b)
-            if not self._bridges(ctx, dest):
-                out += self._start_branch(b, fwd, now, wall)
-                continue
-            b.bridged = True
-            if not has_sdp(fwd.content_type, fwd.body):
-                b.late_offer = fwd.method == "INVITE"  # the offer will come in the 2xx
-                out += self._start_branch(b, fwd, now, wall)
-                continue
-            req = ctx.request
-            cmd = offer_command(
-                call_id=req.call_id,
-                from_tag=req.from_.tag or "",
-                via_branch=branch,
-                sdp=fwd.body,
-                towards=dest,
+        for target in targets:
+            b = Branch(
+                ctx=ctx,
+                branch="",
+                request=ctx.request,
+                peer=None,
+                binding=target.binding,
+                txn=None,
+                target=target,
+                hops=list(target.hops),
             )
-            out += self._media(cmd, partial(self._offer_done, b, fwd))
+            ctx.branches.append(b)
+            out += self._next_hop(b, now, wall)
         return out
+
+    def _next_hop(self, b: Branch, now: float, wall: float) -> list[Action]:
+        """Send the branch to its next hop (locating it first if a URI names it); when
+        none is left, the branch fails with why the last one did."""
+        ctx = b.ctx
+        if b.done or ctx.final_sent:
+            return []  # cancelled, or answered elsewhere, while we looked
+        if b.hops:
+            hop = b.hops.pop(0)
+            if isinstance(hop, Locate):
+                return self.router.locate(hop, now, wall, partial(self._located, b, hop))
+            return self._launch(b, hop, now, wall)
+        b.local_failure = b.failure or (480, "Temporarily Unavailable")
+        return self._maybe_finish(ctx, now, wall)
+
+    def _located(
+        self,
+        b: Branch,
+        hop: Locate,
+        result: list[Candidate] | LocateError,
+        now: float,
+        wall: float,
+    ) -> list[Action]:
+        if isinstance(result, LocateError):
+            self.stats["dns_unresolved"] += 1
+            b.failure = (result.status, result.reason)
+        else:
+            peers = self.router.peers(hop, result)
+            if isinstance(peers, Refuse):
+                b.failure = (peers.status, peers.reason)
+            else:
+                b.hops[0:0] = peers
+        return self._next_hop(b, now, wall)
+
+    def resolved(self, op: int, answer: Answer, now: float, wall: float) -> list[Action]:
+        """The shell's answer to a Resolve action."""
+        return self.router.resolver.resolved(op, answer, now, wall)
+
+    def _launch(self, b: Branch, dest: Peer, now: float, wall: float) -> list[Action]:
+        """A new client transaction for the branch, towards ``dest``."""
+        ctx = b.ctx
+        target = b.target
+        assert target is not None
+        loop = self._loop_hash(ctx.txn.request)
+        branch = f"{_MAGIC}{loop}.{self._branch_tag}{next(_counter):x}"
+        fwd = self._forwarded(ctx, target.uri, dest, branch, target.route)
+        b.branch = branch
+        b.peer = dest
+        b.request = fwd
+        if not self._bridges(ctx, dest):
+            return self._start_branch(b, fwd, now, wall)
+        b.bridged = True
+        if not has_sdp(fwd.content_type, fwd.body):
+            b.late_offer = fwd.method == "INVITE"  # the offer will come in the 2xx
+            return self._start_branch(b, fwd, now, wall)
+        req = ctx.request
+        cmd = offer_command(
+            call_id=req.call_id,
+            from_tag=req.from_.tag or "",
+            via_branch=branch,
+            sdp=fwd.body,
+            towards=dest,
+        )
+        return self._media(cmd, partial(self._offer_done, b, fwd))
+
+    def _failover(
+        self, b: Branch, status: int, reason: str, now: float, wall: float
+    ) -> list[Action] | None:
+        """RFC 3263 4.3: a 503, a transport error or a timeout moves the branch to its
+        next hop, in a new client transaction. None: no hop is left, or the caller no
+        longer wants one (cancelled, answered, or the hop is ringing)."""
+        ctx = b.ctx
+        if not b.hops or b.ringing or ctx.cancelled or ctx.final_sent or b.cancel_pending:
+            return None
+        out: list[Action] = []
+        old = b.txn
+        if old is not None:
+            self.layer.heap.cancel(old.key, "C")
+        if b.bridged:
+            req = ctx.request
+            old_branch = delete_command(
+                call_id=req.call_id, from_tag=req.from_.tag or "", via_branch=b.branch
+            )
+            out += self._forget_media(old_branch)
+            b.bridged = b.late_offer = False
+            b.rewritten.clear()
+        b.txn = None
+        b.provisional = False
+        b.failure = (status, reason)
+        self.stats["failovers"] += 1
+        return out + self._next_hop(b, now, wall)
 
     def _bridges(self, ctx: Context, dest: Peer) -> bool:
         req = ctx.request
@@ -579,6 +475,7 @@ class Proxy:
     def _start_branch(self, b: Branch, fwd: Request, now: float, wall: float) -> list[Action]:
         """Create the branch's client transaction and send the request."""
         b.request = fwd
+        assert b.peer is not None
         txn = self.layer.new_client(
             branch=b.branch,
             method=fwd.method,
@@ -715,13 +612,13 @@ class Proxy:
         # top, Max-Forwards one less and Route (with the binding's Path) where they stood.
         mf = req.max_forwards
         make = HeaderField.make
-        via = self._via(dest, branch)
+        via = self.router.via(dest, branch)
         # The next hop echoes it in every answer: put it where parse_via looks first, as
         # stamp_via does with the Vias it stamps (the answers then skip a parse each).
         remember_via(via)
         top = [make("via", via.text)]
         if self.config.record_route and req.method in DIALOG_CREATING and req.to.tag is None:
-            top += [make("record-route", rr) for rr in self._record_routes(ctx.peer, dest)]
+            top += [make("record-route", rr) for rr in self.router.record_routes(ctx.peer, dest)]
         max_forwards: HeaderField | None = make("max-forwards", str((70 if mf is None else mf) - 1))
         routes = (
             [make("route", r) for r in (*path, *(r.text for r in req.routes))] if path else None
@@ -747,71 +644,17 @@ class Proxy:
             out.append(make("content-length", str(len(fwd.body))))
         return fwd.with_headers(out)
 
-    def _our_address(self, peer: Peer) -> tuple[str, int]:
-        """How we name ourselves (Via sent-by, Record-Route) on the side of ``peer``."""
-        t = peer.transport
-        if t is Transport.UDP:
-            host, port = peer.local_host, peer.local_port
-        else:
-            li = self._listener(t, peer.host)
-            host, port = (li.host, li.port) if li else (peer.local_host, peer.local_port)
-        if self.config.advertised_address:
-            host = self.config.advertised_address
-        elif host in ("0.0.0.0", "::") and peer.local_host not in ("0.0.0.0", "::"):
-            host = peer.local_host  # an accepted connection knows its real local address
-        return host, port
-
-    def _our_hostport(self, peer: Peer) -> str:
-        return _hostport(*self._our_address(peer))
-
-    def _side_uri(self, peer: Peer) -> str:
-        """Our address as a Record-Route entry for the side where ``peer`` is."""
-        hp = self._our_hostport(peer)
-        if self.node_tag:
-            hp += f";nd={self.node_tag}"
-        t = peer.transport
-        if t is Transport.UDP:
-            return f"<sip:{hp};lr>"
-        if t is Transport.TCP:
-            return f"<sip:{hp};transport=tcp;lr>"
-        if t is Transport.TLS:
-            return f"<sips:{hp};lr>"
-        if t is Transport.WS:
-            return f"<sip:{hp};transport=ws;lr>"
-        return f"<sips:{hp};transport=ws;lr>"
-
-    def _record_routes(self, inbound: Peer, outbound: Peer) -> list[str]:
-        """RFC 5658: one entry per side when the sides differ, top entry facing the callee."""
-        a = self._side_uri(inbound)
-        b = self._side_uri(outbound)
-        return [a] if a == b else [b, a]
-
-    def _via(self, dest: Peer, branch: str) -> Via:
-        """Our Via for a request to ``dest``: the value parse_via would make of its text."""
-        t = dest.transport
-        host, port = self._our_address(dest)
-        host = _host_ref(host)
-        udp = t is Transport.UDP
-        return Via(
-            protocol="SIP/2.0",
-            transport=t.via_name,
-            host=host,
-            port=port,
-            params=(("branch", branch), ("rport", None)) if udp else (("branch", branch),),
-            text=f"SIP/2.0/{t.via_name} {host}:{port};branch={branch}{';rport' if udp else ''}",
-        )
-
     # --- responses --------------------------------------------------------------------------
 
     def on_response(self, resp: Response, peer: Peer, now: float, wall: float) -> list[Action]:
         txn = self.layer.find_client(resp)
         if txn is None:
-            node = self._node_by_tag(_branch_node_tag(resp))
+            node = self.router.node_by_tag(_branch_node_tag(resp))
             if node is not None:
                 # A worker beside us sent the request from our shared port; the kernel
                 # gave us the answer. Hand it to its transaction over there.
                 self.stats["responses_to_node"] += 1
-                return [Send(data=resp.serialise(), peer=self._node_peer(node), message=resp)]
+                return [Send(data=resp.serialise(), peer=self.router.node_peer(node), message=resp)]
             self.stats["responses_stray"] += 1
             return []
         ack = None
@@ -847,8 +690,9 @@ class Proxy:
             if ev.kind is TxKind.TERMINATED:
                 b = self.branches.pop(ev.key, None)
                 if b is not None:
-                    if b.txn is not None:
-                        b.txn.context = None
+                    ended = self.layer.clients.get(ev.key)
+                    if ended is not None:
+                        ended.context = None
                     self._release(b.ctx)
                 else:
                     server = self.layer.servers.get(ev.key)
@@ -858,14 +702,19 @@ class Proxy:
                 self.layer.forget(ev.key)
                 continue
             b = self.branches.get(ev.key)
-            if b is None:
-                continue
+            if b is None or b.txn is None or b.txn.key != ev.key:
+                continue  # (an earlier hop's transaction, after a failover)
             if ev.kind is TxKind.RESPONSE and ev.response is not None:
                 out += self._branch_response(b, ev.response, now, wall)
             elif ev.kind is TxKind.TIMEOUT:
-                if b.txn is not None and b.txn.method == "CANCEL":
+                if b.txn.method == "CANCEL":
                     continue
-                out += self._branch_failed(b, 408, "Request Timeout", now, wall)
+                moved = self._failover(b, 408, "Request Timeout", now, wall)
+                out += (
+                    moved
+                    if moved is not None
+                    else self._branch_failed(b, 408, "Request Timeout", now, wall)
+                )
         return out
 
     @staticmethod
@@ -886,15 +735,17 @@ class Proxy:
 
     def send_failed(self, owner: Hashable, reason: str, now: float, wall: float) -> list[Action]:
         b = self.branches.get(owner)
-        if b is None or b.done:
+        txn = self.layer.clients.get(owner)
+        if b is None or b.done or txn is None or b.txn is not txn:
             return []
         self.stats["transport_errors"] += 1
+        assert b.peer is not None
         status, text = (
             (430, "Flow Failed") if b.peer.flow_id else (503, f"Service Unavailable ({reason})")
         )
-        out = self._branch_failed(b, status, text, now, wall)
-        if b.txn is not None:
-            out += self.tx_actions(b.txn.transport_error(), now, wall)
+        moved = self._failover(b, status, text, now, wall)
+        out = moved if moved is not None else self._branch_failed(b, status, text, now, wall)
+        out += self.tx_actions(txn.transport_error(), now, wall)
         return out
 
     def _branch_failed(
@@ -922,6 +773,7 @@ class Proxy:
         up = _without_top_via(resp)
         if status < 200:
             b.provisional = True
+            b.ringing = b.ringing or status > 100
             if b.cancel_pending and not b.cancel_sent:
                 b.local_failure = None  # let _cancel_branch send it
                 out += self._cancel_branch(b, now, wall)
@@ -965,6 +817,10 @@ class Proxy:
             ctx.final_sent = True
             out += self._respond_raw(ctx, up, now)  # every 2xx goes upstream
             return out
+        if status == 503:
+            moved = self._failover(b, 503, resp.reason, now, wall)
+            if moved is not None:
+                return moved
         b.final = resp
         if txn.is_invite:
             self.layer.heap.cancel(txn.key, "C")
@@ -1035,6 +891,7 @@ class Proxy:
         to_tag = resp.to.tag
         if to_tag is None or req.to.tag is not None or not self.config.record_route:
             return []
+        assert b.peer is not None
         caller = Leg(uri=str(req.from_.uri), tag=req.from_.tag or "", peer=ctx.peer)
         callee = Leg(uri=str(req.to.uri), tag=to_tag, peer=b.peer)
         events = self.dialogs.upsert(
@@ -1121,6 +978,7 @@ class Proxy:
         lines += [f"Route: {r.text}" for r in req.routes]
         lines.append("Content-Length: 0")
         data = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        assert b.peer is not None
         txn = self.layer.new_client(
             branch=b.branch,
             method="CANCEL",
@@ -1151,7 +1009,8 @@ class Proxy:
         fwd = req.set("max-forwards", str((70 if mf is None else mf) - 1))
         if mf == 0:
             return []
-        fwd = fwd.prepend("via", self._via(leg.peer, branch).text)  # an ACK: nothing echoes it
+        # an ACK: nothing echoes our Via
+        fwd = fwd.prepend("via", self.router.via(leg.peer, branch).text)
         self.stats["forwarded.ACK"] += 1
         if dialog.bridged and dialog.late_offer_pending and has_sdp(req.content_type, req.body):
             # Late offer: this ACK's SDP answers the offer the callee put in its 2xx.

@@ -15,6 +15,8 @@ from ..sip.message import Request, Response, make_response
 from ..sip.uri import SipUri
 from .events import BindingEvent, BindingEventKind
 from .location import Binding, Location
+from .routing.nat import NatMode, ViaFacts, classify, ip_of
+from .routing.router import IPNetwork
 from .types import Peer
 
 __all__ = ["RegisterOutcome", "Registrar", "RegistrarConfig", "Reject"]
@@ -30,6 +32,11 @@ class RegistrarConfig:
     max_contacts: int = 10  # per AOR
     domains: tuple[str, ...] = ()  # empty: any domain
     node: str | None = None  # in a cluster: stamped on bindings (who holds their flow)
+    nat: NatMode = NatMode.AUTO
+    # A Contact we would send to at another address than the REGISTER's source must be
+    # inside these, unless REGISTERs are authenticated (trust_contacts)
+    allowed_contacts: tuple[IPNetwork, ...] = ()
+    trust_contacts: bool = False
 
 
 @dataclass(kw_only=True)
@@ -110,6 +117,10 @@ class Registrar:
         deletes: list[Binding] = []
         replaced: list[Binding] = []
         path = tuple(p.text for p in request.paths)
+        top = request.top_via
+        via = ViaFacts(host=top.host, port=top.port, rport=top.rport is not None)
+        first_hop = request.paths[0].uri if request.paths else None
+        path_host = first_hop.host if isinstance(first_hop, SipUri) else None
         for contact in contacts:
             old, binding = self.contact_binding(
                 contact,
@@ -120,6 +131,8 @@ class Registrar:
                 cseq=request.cseq.number,
                 user_agent=request.user_agent,
                 path=path,
+                path_host=path_host,
+                via=via,
                 peer=peer,
                 now=now,
             )
@@ -144,6 +157,8 @@ class Registrar:
         cseq: int,
         user_agent: str | None,
         path: tuple[str, ...],
+        path_host: str | None,
+        via: ViaFacts,
         peer: Peer,
         now: float,
     ) -> tuple[Binding | None, Binding | None]:
@@ -178,6 +193,17 @@ class Registrar:
             q, instance, reg_id = contact.q, contact.instance, contact.reg_id
         else:  # most phones: nothing to look for
             contact_params, q, instance, reg_id = "", None, None, None
+        reach = classify(
+            contact=contact.uri,
+            outbound=instance is not None and reg_id is not None,
+            path=path,
+            path_host=path_host,
+            via=via,
+            peer=peer,
+            mode=cfg.nat,
+        )
+        if not reach.nat and not reach.flow_bound and not cfg.trust_contacts:
+            self._check_aim(path_host if path else contact.uri, peer)
         binding = Binding(
             aor=aor,
             key=key,
@@ -196,12 +222,31 @@ class Registrar:
             source_port=peer.port,
             local_host=peer.local_host,
             local_port=peer.local_port,
-            flow_id=peer.flow_id,
+            flow_id=peer.flow_id if reach.flow_bound else None,
             registered_at=old.registered_at if old is not None else now,
             updated_at=now,
             node=cfg.node,
+            nat=reach.nat,
         )
         return old, binding
+
+    def _check_aim(self, where: object, peer: Peer) -> None:
+        """A Contact (or first Path hop) we will send to must not aim our traffic at a
+        third party: another address than the REGISTER's is allowed only inside
+        ``allowed_contacts``. Host names are checked once resolved (routing)."""
+        host = where.host if isinstance(where, SipUri) else where
+        if not isinstance(host, str):
+            return  # tel: and other schemes are reached at the source
+        ip = ip_of(host)
+        if ip is None or ip == ip_of(peer.host):
+            return
+        if any(ip in net for net in self.config.allowed_contacts):
+            return
+        raise Reject(
+            403,
+            f"Forbidden: Contact address {ip} is not the address this REGISTER came from "
+            f"({peer.host}); allow it in [proxy] allowed_destinations or authenticate",
+        )
 
     def check_limit(
         self,

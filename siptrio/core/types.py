@@ -48,6 +48,8 @@ class Peer:
     local_host: str
     local_port: int
     flow_id: str | None = None
+    # the name a TLS certificate must carry (RFC 5922) when the address came from DNS
+    server_name: str | None = None
 
     @property
     def address(self) -> str:

@@ -88,6 +88,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP INDEX bindings_flow_id",
         "CREATE INDEX bindings_flow_id ON bindings (flow_id) WHERE flow_id IS NOT NULL",
     ),
+    # Routing by the RFCs: whether the binding is behind NAT (reached at its source).
+    # Bindings written before it were all reached at their source: they keep that.
+    (
+        "ALTER TABLE bindings ADD COLUMN nat INTEGER NOT NULL DEFAULT 0",
+        "UPDATE bindings SET nat = 1",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 BUSY_TIMEOUT_MS = 5000  # how long a write waits for another process holding the lock
@@ -469,4 +475,5 @@ def _from_row(row: Sequence[Any]) -> Binding:
     values = dict(zip(_COLUMNS, row, strict=True))
     values["transport"] = Transport(values["transport"])
     values["path"] = tuple(json.loads(values["path"]))
+    values["nat"] = bool(values["nat"])
     return Binding(**values)

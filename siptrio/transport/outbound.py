@@ -68,7 +68,9 @@ class Connector:
                 tcp = await trio.open_tcp_stream(host, port)
                 stream = tcp
                 if transport is Transport.TLS:
-                    tls = trio.SSLStream(tcp, self.tls_context, server_hostname=host)
+                    # a name from DNS is what the certificate must carry (RFC 5922)
+                    name = peer.server_name or host
+                    tls = trio.SSLStream(tcp, self.tls_context, server_hostname=name)
                     try:
                         await tls.do_handshake()
                     except BaseException:

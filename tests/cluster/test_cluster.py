@@ -104,18 +104,18 @@ async def test_a_node_that_joins_is_known_at_once_to_those_running(
     (tmp_path / "b").mkdir()
     async with running_server(tmp_path / "a", settings("node-a")) as a:
         assert a.server.cluster is not None
-        assert a.server.dispatcher.proxy.cluster_nodes == {}
+        assert a.server.dispatcher.router.cluster_nodes == {}
         async with running_server(tmp_path / "b", settings("node-b")) as b:
-            b_internal = b.server.dispatcher.proxy.internal
-            a_internal = a.server.dispatcher.proxy.internal
+            b_internal = b.server.dispatcher.router.internal
+            a_internal = a.server.dispatcher.router.internal
             assert b_internal is not None and a_internal is not None
-            assert b.server.dispatcher.proxy.cluster_nodes == {
+            assert b.server.dispatcher.router.cluster_nodes == {
                 "node-a": (a_internal.host, a_internal.port)
             }
             with trio.fail_after(5):
-                while "node-b" not in a.server.dispatcher.proxy.cluster_nodes:
+                while "node-b" not in a.server.dispatcher.router.cluster_nodes:
                     await trio.sleep(0.01)
-            assert a.server.dispatcher.proxy.cluster_nodes == {
+            assert a.server.dispatcher.router.cluster_nodes == {
                 "node-b": (b_internal.host, b_internal.port)
             }
             # and A trusts B's internal address as it trusts any node's

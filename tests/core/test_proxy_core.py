@@ -197,7 +197,7 @@ def test_our_via_is_what_parsing_its_text_gives_for_every_transport() -> None:
             dest = Peer(
                 transport=transport, host=local, port=7000, local_host=local, local_port=5062
             )
-            ours = proxy._via(dest, "z9hG4bK-x1")
+            ours = proxy.router.via(dest, "z9hG4bK-x1")
             parsed = headers._parse_via(ours.text)
             assert ours == parsed and ours.text == parsed.text, (transport, local)
             assert ours.branch == "z9hG4bK-x1"

@@ -96,7 +96,7 @@ def test_schema_has_a_column_per_binding_field_and_a_version(
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         indexes = [(row[1], row[4]) for row in conn.execute("PRAGMA index_list(bindings)")]
     assert columns == [f.name for f in dataclasses.fields(Binding)]
-    assert version == SCHEMA_VERSION == 4
+    assert version == SCHEMA_VERSION == 5
     assert mode == "wal"
     # partial: only bindings that live on a flow are in it
     assert {name: partial for name, partial in indexes} == {
@@ -272,26 +272,44 @@ def test_data_survives_close_and_reopen(db_path: Path) -> None:
 
 
 def test_a_file_of_schema_version_3_migrates_and_keeps_its_bindings(db_path: Path) -> None:
-    from siptrio.store.sqlite import _MIGRATIONS, _UPSERT, _to_row
+    from siptrio.store.sqlite import _COLUMNS, _MIGRATIONS, _to_row
 
     on_flow = rich_binding()
     plain = make_binding(flow_id=None)
+    old_columns = [c for c in _COLUMNS if c != "nat"]  # as version 3 wrote them
+    insert = (
+        f"INSERT INTO bindings ({', '.join(old_columns)}) "
+        f"VALUES ({', '.join('?' for _ in old_columns)})"
+    )
     with sqlite3.connect(db_path, isolation_level=None) as conn:
         for statements in _MIGRATIONS[:3]:
             for statement in statements:
                 conn.execute(statement)
         conn.execute("PRAGMA user_version = 3")
-        conn.executemany(_UPSERT, [_to_row(on_flow), _to_row(plain)])
+        rows = [
+            tuple(v for c, v in zip(_COLUMNS, _to_row(b), strict=True) if c != "nat")
+            for b in (on_flow, plain)
+        ]
+        conn.executemany(insert, rows)
     conn.close()
+    # Every binding written before NAT detection was reached at its source: it stays so.
+    on_flow_then = dataclasses.replace(on_flow, nat=True)
+    plain_then = dataclasses.replace(plain, nat=True)
     with SqliteStore(str(db_path)) as store:
-        assert store.all() == sorted([on_flow, plain], key=lambda b: (b.aor, b.key))
+        assert store.all() == sorted([on_flow_then, plain_then], key=lambda b: (b.aor, b.key))
         assert store.load(NOW).stale_flows == 1  # found through the new partial index
-        assert store.all() == [plain]
+        assert store.all() == [plain_then]
     with sqlite3.connect(db_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
         names = {row[1] for row in conn.execute("PRAGMA index_list(bindings)")}
     conn.close()
     assert "bindings_expires_at" not in names
+
+
+def test_nat_is_kept(store: SqliteStore) -> None:
+    behind = make_binding(flow_id=None, nat=True)
+    store.apply([behind], [])
+    assert store.all() == [behind]
 
 
 def test_creates_missing_parent_directory(tmp_path: Path) -> None:

@@ -1,0 +1,125 @@
+"""How a binding will be reached, decided once, when it registers.
+
+A registrar can reach a contact three ways: over the connection it registered on (its
+flow), at the address its REGISTER came from (a client behind NAT, which only that
+address and port reach), or at the Contact URI it gave (RFC 3261 section 10: a
+registration on behalf of another address, such as one SIPp registering for another).
+Which one is a fact of the REGISTER, so it is decided here and kept with the binding:
+``nat`` says the source address is the way in, ``flow_bound`` that the flow is.
+
+NAT is detected, not assumed (``NatMode.AUTO``), with the tests of Kamailio's
+``nat_uac_test(19)``: the top Via's sent-by host is not the source address; the Via
+asks for ``rport`` and its sent-by port is not the source port; the Contact names a
+private or shared address (RFC 1918, RFC 6598, fc00::/7) that is not the source.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+
+from ...sip.uri import SipUri, Uri
+from ..types import Peer, Transport
+
+__all__ = ["NatMode", "Reach", "ViaFacts", "classify", "ip_of", "is_private"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_PRIVATE = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
+
+
+class NatMode(enum.Enum):
+    AUTO = "auto"  # detect per binding
+    CONTACT = "contact"  # always the Contact (a LAN without NAT)
+    SOURCE = "source"  # always the source address (everyone is behind NAT)
+
+
+@dataclass(frozen=True, slots=True)
+class ViaFacts:
+    """What NAT detection reads of the top Via, as sent (before ``received`` stamps)."""
+
+    host: str  # sent-by host, brackets kept
+    port: int | None  # sent-by port
+    rport: bool  # the rport parameter is there (RFC 3581)
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    nat: bool
+    flow_bound: bool
+
+
+def ip_of(host: str) -> IPAddress | None:
+    """An IP literal (brackets allowed; ``localhost`` is 127.0.0.1), else None."""
+    h = host[1:-1] if host.startswith("[") else host
+    if h.lower() == "localhost":
+        h = "127.0.0.1"
+    try:
+        return ipaddress.ip_address(h)
+    except ValueError:
+        return None
+
+
+def is_private(ip: IPAddress) -> bool:
+    return any(ip in net for net in _PRIVATE if net.version == ip.version)
+
+
+def _default_port(transport: Transport) -> int:
+    return 5061 if transport.is_secure else 5060
+
+
+def detect_nat(via: ViaFacts, contact: Uri, peer: Peer) -> bool:
+    source = ip_of(peer.host)
+    sent_by = ip_of(via.host)
+    if sent_by is None or sent_by != source:
+        return True
+    if via.rport and (via.port or _default_port(peer.transport)) != peer.port:
+        return True
+    if isinstance(contact, SipUri):
+        if contact.host.lower().endswith(".invalid"):
+            return True  # RFC 7118 browsers: nothing reaches that name but its source
+        ip = ip_of(contact.host)
+        if ip is not None and ip != source and is_private(ip):
+            return True
+    return False
+
+
+def classify(
+    *,
+    contact: Uri,
+    outbound: bool,
+    path: tuple[str, ...],
+    path_host: str | None,
+    via: ViaFacts,
+    peer: Peer,
+    mode: NatMode,
+) -> Reach:
+    """How a new binding is reached. ``path_host`` is the first Path entry's host."""
+    if mode is NatMode.SOURCE:
+        nat = True
+    elif mode is NatMode.CONTACT:
+        nat = False
+    else:
+        nat = detect_nat(via, contact, peer)
+    if peer.flow_id is None:
+        return Reach(nat=nat, flow_bound=False)
+    if peer.transport in (Transport.WS, Transport.WSS) or outbound or nat:
+        return Reach(nat=nat, flow_bound=True)
+    if path:
+        # an edge proxy registered through this connection: its Path is reached over it
+        # when it names the same host
+        hop = ip_of(path_host) if path_host is not None else None
+        return Reach(nat=nat, flow_bound=hop is not None and hop == ip_of(peer.host))
+    if not isinstance(contact, SipUri):
+        return Reach(nat=nat, flow_bound=True)
+    ip = ip_of(contact.host)
+    if ip is None:
+        # a name: browsers' .invalid, or a phone's own; the connection is the sure way
+        flow = mode is NatMode.AUTO or contact.host.lower().endswith(".invalid")
+        return Reach(nat=nat, flow_bound=flow)
+    port = contact.port or _default_port(peer.transport)
+    return Reach(nat=nat, flow_bound=ip == ip_of(peer.host) and port == peer.port)
