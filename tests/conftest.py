@@ -6,3 +6,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def pytest_collection_modifyitems(config: object, items: list[object]) -> None:
+    """``@pytest.mark.loopback_netns``: run the test in a loopback-only namespace."""
+    from functools import partial
+
+    from support import netns
+
+    if netns.inside():
+        return
+    for item in items:
+        if item.get_closest_marker("loopback_netns") is not None:  # type: ignore[attr-defined]
+            item.runtest = partial(netns.run_inside, item.nodeid)  # type: ignore[attr-defined]

@@ -399,7 +399,8 @@ class MonitorApp(App[None]):
                 b.get("aor", ""),
                 b.get("contact", ""),
                 _transport(b.get("transport")),
-                b.get("source", ""),
+                b.get("received", b.get("source", "")),
+                "yes" if b.get("nat") else "",
                 _seconds(left),
                 b.get("user_agent") or "",
             ]
@@ -622,7 +623,8 @@ _BINDING_COLUMNS = [
     ("AOR", "aor"),
     ("Contact", "contact"),
     ("Transport", "transport"),
-    ("Source", "source"),
+    ("Received", "received"),
+    ("NAT", "nat"),
     ("Expires", "expires"),
     ("User agent", "user_agent"),
 ]

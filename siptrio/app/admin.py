@@ -212,12 +212,19 @@ class ServerCollector(Collector):
             ("flows_closed.", "siptrio_flows_closed", "Connections closed", "transport"),
             ("keepalives_out.", "siptrio_keepalives_sent", "Keep-alives sent", "transport"),
             ("keepalives_in.", "siptrio_keepalives_received", "Keep-alives received", "transport"),
+            ("routed.", "siptrio_routed_requests", "Requests a [routes] rule took", "route"),
         ]
         plain = [
             ("responses_in", "siptrio_sip_responses_received", "SIP responses received"),
             ("parse_errors", "siptrio_sip_parse_errors", "Messages that did not parse"),
             ("keepalive_failures", "siptrio_keepalive_failures", "Flows closed by keep-alive"),
             ("internal_errors", "siptrio_internal_errors", "Messages that hit a bug"),
+            ("dns_cache_hits", "siptrio_dns_cache_hits", "DNS questions answered from the cache"),
+            ("dns_cache_misses", "siptrio_dns_cache_misses", "DNS questions not in the cache"),
+            ("dns_queries", "siptrio_dns_queries", "DNS queries sent to a server"),
+            ("dns_failures", "siptrio_dns_failures", "DNS queries that failed (not NXDOMAIN)"),
+            ("failovers", "siptrio_failovers", "Branches moved to their next hop (RFC 3263)"),
+            ("relay_denied", "siptrio_relay_denied", "Requests refused as relaying"),
         ]
         used: set[str] = set()
         for prefix, name, doc, label in labelled:

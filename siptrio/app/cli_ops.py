@@ -148,14 +148,17 @@ def _clients(conn: ControlConnection, args: argparse.Namespace) -> int:
             b["aor"],
             b["contact"],
             b["transport"],
-            b["source"],
+            b.get("received", b["source"]),
+            "yes" if b.get("nat") else "no",
             b["flow"] or "-",
             f"{b['expires_in']}s",
             b["user_agent"] or "-",
         ]
         for b in bindings
     ]
-    _print_table(["AOR", "CONTACT", "TRANSPORT", "SOURCE", "FLOW", "EXPIRES", "USER-AGENT"], rows)
+    _print_table(
+        ["AOR", "CONTACT", "TRANSPORT", "RECEIVED", "NAT", "FLOW", "EXPIRES", "USER-AGENT"], rows
+    )
     print(f"{len(bindings)} binding(s)")
     return 0
 

@@ -70,6 +70,9 @@ def binding_view(b: Binding, now: float) -> dict[str, Any]:
         "q": b.q,
         "transport": b.transport.value,
         "source": hostport(b.source_host, b.source_port),
+        # where the REGISTER came from (RFC 3581) and whether it is reached there (NAT)
+        "received": hostport(b.source_host, b.source_port),
+        "nat": b.nat,
         "local": hostport(b.local_host, b.local_port),
         "flow": b.flow_id,
         "expires_in": b.expires_in(now),

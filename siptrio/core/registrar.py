@@ -197,7 +197,6 @@ class Registrar:
             contact=contact.uri,
             outbound=instance is not None and reg_id is not None,
             path=path,
-            path_host=path_host,
             via=via,
             peer=peer,
             mode=cfg.nat,

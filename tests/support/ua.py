@@ -128,14 +128,16 @@ class UA:
     # --- UAC side ----------------------------------------------------------------------
 
     def invite(
-        self, to_user: str, *, call_id: str | None = None, body: str = SDP
+        self, to_user: str, *, call_id: str | None = None, body: str = SDP, uri: str | None = None
     ) -> tuple[bytes, str]:
+        """An INVITE for ``to_user`` in our domain, or for ``uri`` (a number, a trunk)."""
         call_id = call_id or f"{uuid.uuid4().hex}@test"
         self.client.cseq += 1
+        target = uri or f"sip:{to_user}@{self.domain}"
         msg = self.client.build(
             "INVITE",
-            f"sip:{to_user}@{self.domain}",
-            to=f"<sip:{to_user}@{self.domain}>",
+            target,
+            to=f"<{target}>",
             from_=f"<{self.aor}>",
             headers=(("Contact", self.contact), ("Content-Type", "application/sdp")),
             body=body.encode(),

@@ -19,6 +19,8 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
+from ...sip.errors import SipParseError
+from ...sip.headers import parse_name_addr
 from ...sip.uri import SipUri, Uri
 from ..types import Peer, Transport
 
@@ -72,7 +74,7 @@ def _default_port(transport: Transport) -> int:
     return 5061 if transport.is_secure else 5060
 
 
-def detect_nat(via: ViaFacts, contact: Uri, peer: Peer) -> bool:
+def detect_nat(via: ViaFacts, contact: Uri | None, peer: Peer) -> bool:
     source = ip_of(peer.host)
     sent_by = ip_of(via.host)
     if sent_by is None or sent_by != source:
@@ -93,33 +95,51 @@ def classify(
     contact: Uri,
     outbound: bool,
     path: tuple[str, ...],
-    path_host: str | None,
     via: ViaFacts,
     peer: Peer,
     mode: NatMode,
 ) -> Reach:
-    """How a new binding is reached. ``path_host`` is the first Path entry's host."""
+    """How a new binding is reached (``path``: the Path values the REGISTER carried)."""
     if mode is NatMode.SOURCE:
         nat = True
     elif mode is NatMode.CONTACT:
         nat = False
     else:
-        nat = detect_nat(via, contact, peer)
+        # with a Path the Contact is the edge proxy's business, not ours
+        nat = detect_nat(via, None if path else contact, peer)
     if peer.flow_id is None:
         return Reach(nat=nat, flow_bound=False)
     if peer.transport in (Transport.WS, Transport.WSS) or outbound or nat:
         return Reach(nat=nat, flow_bound=True)
     if path:
         # an edge proxy registered through this connection: its Path is reached over it
-        # when it names the same host
-        hop = ip_of(path_host) if path_host is not None else None
-        return Reach(nat=nat, flow_bound=hop is not None and hop == ip_of(peer.host))
+        # when it names this very connection (or carries RFC 5626's ob)
+        first = path_uri(path[0])
+        if first is None:
+            return Reach(nat=nat, flow_bound=True)
+        return Reach(nat=nat, flow_bound=first.param("ob") is not None or _names(first, peer))
     if not isinstance(contact, SipUri):
         return Reach(nat=nat, flow_bound=True)
-    ip = ip_of(contact.host)
-    if ip is None:
+    if ip_of(contact.host) is None:
         # a name: browsers' .invalid, or a phone's own; the connection is the sure way
         flow = mode is NatMode.AUTO or contact.host.lower().endswith(".invalid")
         return Reach(nat=nat, flow_bound=flow)
-    port = contact.port or _default_port(peer.transport)
-    return Reach(nat=nat, flow_bound=ip == ip_of(peer.host) and port == peer.port)
+    return Reach(nat=nat, flow_bound=_names(contact, peer))
+
+
+def _names(uri: SipUri, peer: Peer) -> bool:
+    """Does ``uri`` name the address the connection comes from (host and port)?"""
+    ip = ip_of(uri.host)
+    return (
+        ip is not None
+        and ip == ip_of(peer.host)
+        and (uri.port or _default_port(peer.transport)) == peer.port
+    )
+
+
+def path_uri(value: str) -> SipUri | None:
+    try:
+        uri = parse_name_addr(value, "Path").uri
+    except SipParseError:
+        return None
+    return uri if isinstance(uri, SipUri) else None
