@@ -39,6 +39,8 @@ from .rules import RouteRule
 __all__ = ["Locate", "Refuse", "Router", "RoutingConfig", "Target", "host_ref", "node_tag"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+HOP_CACHE_SIZE = 10_000  # binding shapes whose next hop is remembered (cleared when full)
+_UNKNOWN = object()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +129,7 @@ class Router:
         self.resolver = Resolver(config.dns, stats=stats)
         self.listeners: list[Listener] = []
         self._own: set[tuple[str, int]] = set()
+        self._hops: dict[tuple[object, ...], Hop | None] = {}
         self._supported: tuple[Transport, ...] = (Transport.TCP, Transport.TLS)
         self._ipv6 = False
         # hosts the operator named as next hops: a Route to them is no relay
@@ -142,6 +145,7 @@ class Router:
     # --- our own addresses --------------------------------------------------------------
 
     def set_listeners(self, listeners: list[Listener]) -> None:
+        self._hops.clear()
         self.listeners = list(listeners)
         self._own = {(li.host.lower(), li.port) for li in listeners}
         if self.config.advertised_address:
@@ -367,7 +371,31 @@ class Router:
     def binding_hop(self, b: Binding) -> Hop | None:
         """RFC 3261 16.5 with RFC 3327 and RFC 5626: the first place to send a binding's
         requests. A flow or a NATed client: where it registered from. A Path: its first
-        entry. Otherwise the Contact."""
+        entry. Otherwise the Contact.
+
+        Remembered per binding shape: every INVITE to a phone asks again, and the answer
+        (a parse, address checks, a Peer) changes only when the binding does."""
+        key = (
+            b.contact_uri,
+            b.path,
+            b.transport,
+            b.source_host,
+            b.source_port,
+            b.local_host,
+            b.local_port,
+            b.flow_id,
+            b.nat,
+        )
+        hops = self._hops
+        hop = hops.get(key, _UNKNOWN)
+        if hop is _UNKNOWN:
+            hop = self._binding_hop(b)
+            if len(hops) >= HOP_CACHE_SIZE:
+                hops.clear()
+            hops[key] = hop
+        return hop  # type: ignore[return-value]
+
+    def _binding_hop(self, b: Binding) -> Hop | None:
         if b.flow_id is not None or b.nat:
             return self.source_peer(b)
         if b.path:
