@@ -22,11 +22,10 @@ import time
 
 from siptrio.core.dispatcher import Dispatcher, DispatcherConfig
 from siptrio.core.events import Persist, Send
+from siptrio.core.proxy import ProxyConfig
 from siptrio.core.registrar import RegistrarConfig
 from siptrio.core.types import Listener, Peer, Transport
 from siptrio.sip import Request, Response, parse_message_untrusted
-
-from siptrio.core.proxy import ProxyConfig
 
 US = Listener(transport=Transport.UDP, host="127.0.0.1", port=5060)
 CALLER = Peer(
