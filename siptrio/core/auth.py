@@ -6,13 +6,21 @@ both are computed the same way and get the same challenge. An address that fails
 ``ban_after`` times within ``ban_window`` is banned for ``ban_time``; the I/O layer
 drops its traffic. Sans-IO: time is ``now``, users come from the store via the
 shell, and nothing here sleeps.
+
+Beside the stored users, time-limited credentials (core/ephemeral.py) authenticate
+without a user record: their password is recomputed from the username under each
+listed secret. A stored user's name wins over an ephemeral reading of it. An
+expired one is told so (the only failure whose reason reaches the client: the
+expiry is in the username the client sent, so saying it gives nothing away): 401
+when its nonce predates the expiry, 403 when the client answered a challenge issued
+after it, since another challenge cannot help.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..sip.digest import (
     ALGORITHMS,
@@ -22,10 +30,13 @@ from ..sip.digest import (
     digest_response,
     ha1,
     make_nonce,
+    nonce_issued,
     parse_credentials,
 )
 from ..sip.errors import SipParseError
 from ..sip.message import Request
+from ..sip.uri import SipUri
+from .ephemeral import EphemeralConfig, EphemeralUsername, make_password, parse_username
 
 __all__ = ["AuthConfig", "AuthResult", "Authenticator"]
 
@@ -40,14 +51,20 @@ class AuthConfig:
     ban_after: int = 10  # failed authentications ...
     ban_window: float = 60.0  # ... within this many seconds ...
     ban_time: float = 600.0  # ... ban the address this long
+    ephemeral: EphemeralConfig = field(default_factory=EphemeralConfig)
+
+
+EXPIRED = "credential expired"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuthResult:
-    user: str | None  # the authenticated user, or None: challenge (again)
+    user: str | None  # the authenticated digest username, or None: challenge (again)
     stale: bool = False
     failed: bool = False  # counts towards a ban
-    reason: str = ""
+    reason: str = ""  # for the log
+    told: str = ""  # what the client may be told, after the status's own phrase
+    final: bool = False  # 403 rather than another challenge: it cannot help
 
 
 class Authenticator:
@@ -93,26 +110,81 @@ class Authenticator:
         if nonce_state == "bad":
             return AuthResult(user=None, failed=True, reason="not our nonce")
         known = self.users.get(creds.username)
-        secret = (known or {}).get(creds.algorithm) or self._dummy[creds.algorithm]
-        expected = digest_response(
-            ha1_value=secret,
-            algorithm=creds.algorithm,
-            method=method,
-            uri=creds.uri,
-            nonce=creds.nonce,
-            nc=creds.nc,
-            cnonce=creds.cnonce,
-            qop=creds.qop,
-        )
+        ephemeral = None if known is not None else self._ephemeral_username(creds.username)
+        if ephemeral is not None:
+            ha1s = [
+                ha1(creds.username, self.config.realm, password, creds.algorithm)
+                for password in self._ephemeral_passwords(creds.username)
+            ]
+        else:
+            ha1s = [(known or {}).get(creds.algorithm) or self._dummy[creds.algorithm]]
         given = creds.response.encode("utf-8", "surrogateescape")
-        right = hmac.compare_digest(expected.encode(), given) and known is not None
+        right = False
+        for ha1_value in ha1s:  # every secret, without stopping at a match
+            expected = digest_response(
+                ha1_value=ha1_value,
+                algorithm=creds.algorithm,
+                method=method,
+                uri=creds.uri,
+                nonce=creds.nonce,
+                nc=creds.nc,
+                cnonce=creds.cnonce,
+                qop=creds.qop,
+            )
+            right |= hmac.compare_digest(expected.encode(), given)
+        right = right and (known is not None or ephemeral is not None)
         if not right:
             return AuthResult(user=None, failed=True, reason="wrong credentials")
+        if ephemeral is not None and ephemeral.expired(now):
+            return self._expired(creds, ephemeral)
         if nonce_state == "stale":
             return AuthResult(user=None, stale=True, reason="stale nonce")
         if not self._fresh_count(creds):
             return AuthResult(user=None, failed=True, reason="replayed nonce-count")
         return AuthResult(user=creds.username)
+
+    def _ephemeral_username(self, username: str) -> EphemeralUsername | None:
+        if not self.config.ephemeral.enabled:
+            return None
+        return parse_username(username, self.config.ephemeral.username_format)
+
+    def _ephemeral_passwords(self, username: str) -> list[str]:
+        eph = self.config.ephemeral
+        return [make_password(secret, username, eph.hash) for secret in eph.secrets]
+
+    def _expired(self, creds: Credentials, ephemeral: EphemeralUsername) -> AuthResult:
+        """Right for a credential that has run out: 403 if the nonce came after its end."""
+        issued = nonce_issued(creds.nonce)
+        final = issued is not None and ephemeral.expired(issued)
+        return AuthResult(
+            user=None,
+            failed=True,
+            final=final,
+            told=EXPIRED,
+            reason=f"credential {creds.username!r} expired",
+        )
+
+    def may_claim(self, username: str, uri: object) -> bool:
+        """Whether ``username``, once authenticated, may use ``uri`` as its own address
+        (the To of its REGISTER, the From of other requests).
+
+        A stored user only its own user part; an ephemeral credential the user part
+        it names (and its domain, for ``user@domain``), or, without
+        ``check_user``, any address.
+        """
+        if not isinstance(uri, SipUri):
+            return False
+        if username in self.users or not self.config.ephemeral.enabled:
+            return uri.user == username
+        ephemeral = self._ephemeral_username(username)
+        if ephemeral is None:
+            return uri.user == username
+        if not self.config.ephemeral.check_user:
+            return True
+        user, at, domain = ephemeral.user.partition("@")
+        if not user or uri.user != user:
+            return False
+        return not at or domain.lower() == uri.host.lower()
 
     def credentials(self, values: list[str]) -> Credentials | None:
         """The first Digest credentials for our realm."""

@@ -318,13 +318,16 @@ class Dispatcher:
                 if self.auth.failed(peer.host, now):
                     self.stats["auth_bans"] += 1
                     self.newly_banned.append(peer.host)
+            if result.final:
+                return self._answer(txn, 403, f"Forbidden: {result.told}", now)
             status, reason = (
                 (407, "Proxy Authentication Required") if proxy else (401, "Unauthorized")
             )
+            reason += f": {result.told}" if result.told else ""
             challenge = self.auth.challenge(proxy=proxy, now=wall, stale=result.stale)
             return self._answer(txn, status, reason, now, headers=tuple(challenge))
         claimed = req.to.uri if req.method == "REGISTER" else req.from_.uri
-        if not isinstance(claimed, SipUri) or claimed.user != result.user:
+        if not self.auth.may_claim(result.user, claimed):
             self.stats["auth_identity_refused"] += 1
             what = (
                 "register only its own address"

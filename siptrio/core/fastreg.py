@@ -276,7 +276,7 @@ class FastRegister:
             if given is None:
                 return None  # the challenge
             creds = d.auth.credentials([given])
-            if creds is None or creds.username != to_uri.user:
+            if creds is None or not d.auth.may_claim(creds.username, to_uri):
                 return None  # a 403 or a challenge
             if d.auth.verify_values([given], "REGISTER", now=wall).user is None:
                 return None  # nothing was used up: the general path counts the failure

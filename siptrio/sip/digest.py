@@ -24,6 +24,7 @@ __all__ = [
     "digest_response",
     "ha1",
     "make_nonce",
+    "nonce_issued",
     "parse_credentials",
 ]
 
@@ -83,6 +84,15 @@ def check_nonce(secret: bytes, nonce: str, now: float, ttl: float) -> str:
     if not (issued - 5 <= now <= issued + ttl):
         return "stale"
     return "ok"
+
+
+def nonce_issued(nonce: str) -> float | None:
+    """When a nonce was made (what its timestamp says); check_nonce says whether it is ours."""
+    stamp = nonce.partition(".")[0]
+    try:
+        return int(stamp, 16) / 1000 if 0 < len(stamp) <= 16 else None
+    except ValueError:
+        return None
 
 
 def challenge_value(realm: str, nonce: str, algorithm: str, *, stale: bool = False) -> str:
