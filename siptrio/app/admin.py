@@ -51,6 +51,13 @@ from ..core.types import Transport
 from ..transport.rtpengine import MediaError
 from ..transport.udp import receive_drops
 from .config import Config
+from .credentials import (
+    CredentialError,
+    CredentialRequest,
+    IssuedCredential,
+    issue_credential,
+    websocket_uris,
+)
 from .simcall import SimCallError
 from .views import (
     CallRequest,
@@ -484,6 +491,33 @@ def create_app(
             return error_response(404, f"no binding of {what}", field="aor")
         now = time.time()
         return JSONResponse({"aor": key, "removed": [binding_view(b, now) for b in removed]})
+
+    @app.post(
+        "/credentials",
+        summary="Issue a time-limited SIP credential (and a TURN one) for a web app's user",
+        description=(
+            "The credential of Kamailio's auth_ephemeral and coturn's REST API: username "
+            "`<expiry>:<user>`, password base64(HMAC(secret, username)), signed with the "
+            "first of `[auth] ephemeral_secrets`. A TTL over `[auth] ephemeral_max_ttl` is "
+            "capped (`capped`, `message`). A web app's backend calls this (set `[admin] "
+            "token`) and hands the answer to the browser."
+        ),
+        response_model=IssuedCredential,
+        responses={409: {"model": ErrorBody, "description": "No [auth] ephemeral_secrets"}},
+    )
+    async def credentials(body: CredentialRequest) -> Response:
+        try:
+            issued = issue_credential(
+                server.config,
+                server.realm,
+                body.user,
+                body.ttl,
+                time.time(),
+                websocket_uris(server.listeners, server.config),
+            )
+        except CredentialError as e:
+            return error_response(e.status, str(e), field=e.field)
+        return JSONResponse(issued, headers={"Cache-Control": "no-store"})
 
     return app
 

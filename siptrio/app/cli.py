@@ -68,11 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     certs.add_argument(
         "--hosts", default="localhost,127.0.0.1,::1", help="comma-separated names and addresses"
     )
+    from .cli_credentials import add_subcommand as add_credentials
     from .cli_ops import add_subcommands
     from .cli_users import add_subcommand as add_users
 
     add_subcommands(sub)
     add_users(sub)
+    add_credentials(sub)
     return p
 
 
@@ -98,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .cli_users import run as run_users
 
         return run_users(args)
+    if args.command == "credentials":
+        from .cli_credentials import run as run_credentials
+
+        return run_credentials(args)
     from .cli_ops import COMMANDS
 
     if args.command in COMMANDS:

@@ -180,6 +180,13 @@ class AuthSection:
     enable: bool = False
     realm: str | None = None  # None: the first [sip] domain, else "siptrio"
     nonce_ttl: float = 300.0
+    # time-limited credentials (core/ephemeral.py): the first secret signs, all verify
+    ephemeral_secrets: tuple[str, ...] = ()
+    ephemeral_hash: str = "sha1"  # sha1 | sha256 | sha384 | sha512
+    ephemeral_username_format: str = "expiry:user"  # or user:expiry
+    ephemeral_check_user: bool = True  # the user part must be the To/From user
+    ephemeral_max_ttl: int = 86400  # POST /credentials caps longer TTLs to this
+    turn_uris: tuple[str, ...] = ()  # turn:/turns: URIs: /credentials adds a TURN credential
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -334,6 +341,40 @@ def _optional_realm(text: str) -> str | None:
             f"got {realm!r}"
         )
     return realm
+
+
+MIN_SECRET = 16  # characters: one issued credential lets anyone try secrets offline
+
+
+def _secrets(text: str) -> tuple[str, ...]:
+    items = _split(text)
+    for index, item in enumerate(items, start=1):
+        if len(item) < MIN_SECRET or any(ord(c) < 32 for c in item):
+            raise _BadValue(
+                f"expected a comma-separated list of secrets of {MIN_SECRET} characters or more "
+                f"(no commas or control characters; e.g. `openssl rand -hex 32`); "
+                f"secret {index} is {len(item)} characters"
+            )
+    if len(set(items)) != len(items):
+        raise _BadValue("expected each secret once; one is listed twice")
+    return tuple(items)
+
+
+_TURN_URI_RE = re.compile(
+    r"turns?:(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?(?:\?transport=(?:udp|tcp))?"
+)
+
+
+def _turn_uris(text: str) -> tuple[str, ...]:
+    items = _split(text)
+    for item in items:
+        if not _TURN_URI_RE.fullmatch(item):
+            raise _BadValue(
+                f"expected a comma-separated list of TURN URIs (RFC 7065), e.g. "
+                f"turn:turn.example.com:3478?transport=udp, turns:turn.example.com:5349; "
+                f"{item!r} is not one"
+            )
+    return tuple(items)
 
 
 def _engines(text: str) -> tuple[str, ...]:
@@ -679,7 +720,17 @@ _SECTIONS: dict[str, _Section] = {
     "auth": _Section(
         attribute="auth",
         cls=AuthSection,
-        keys={"enable": _boolean, "realm": _optional_realm, "nonce_ttl": _seconds},
+        keys={
+            "enable": _boolean,
+            "realm": _optional_realm,
+            "nonce_ttl": _seconds,
+            "ephemeral_secrets": _secrets,
+            "ephemeral_hash": _choice("sha1", "sha256", "sha384", "sha512"),
+            "ephemeral_username_format": _choice("expiry:user", "user:expiry"),
+            "ephemeral_check_user": _boolean,
+            "ephemeral_max_ttl": _integer(1, 2**31 - 1, "an integer number of seconds"),
+            "turn_uris": _turn_uris,
+        },
     ),
     "security": _Section(
         attribute="security",
@@ -953,6 +1004,8 @@ def _check_relations(config: Config, settings: Mapping[tuple[str, str], _Setting
     sip = config.sip
     if sip.t2 < sip.t1:
         fail("sip", ("t1", "t2"), "t2 >= t1")
+    if config.auth.turn_uris and not config.auth.ephemeral_secrets:
+        fail("auth", ("turn_uris",), "[auth] ephemeral_secrets too (TURN credentials need it)")
     reg = config.registrar
     if not reg.min_expires <= reg.default_expires <= reg.max_expires:
         keys = ("min_expires", "default_expires", "max_expires")

@@ -54,6 +54,7 @@ from ..transport.udp import bind_udp, serve_udp
 from ..transport.ws import WsOptions, WsPolicy, serve_ws
 from .cluster import Cluster
 from .config import Config
+from .credentials import ephemeral_config
 from .events import EventBus
 from .simcall import Simulator
 
@@ -173,6 +174,7 @@ class Server:
                     ban_after=config.security.ban_after,
                     ban_window=config.security.ban_window,
                     ban_time=config.security.ban_time,
+                    ephemeral=ephemeral_config(config),
                 ),
                 auth_secret=os.urandom(32),
             ),

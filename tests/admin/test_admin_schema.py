@@ -57,7 +57,8 @@ def fuzz(schema_dict: dict, base_url: str) -> tuple[list[str], dict[str, int]]:
 
 
 async def test_no_route_answers_5xx(tmp_path: Path, nursery: trio.Nursery) -> None:
-    async with ops_server(tmp_path, {"admin.token": TOKEN}) as ops:
+    secrets = {"auth.ephemeral_secrets": "fuzz-secret-0123456789"}  # /credentials issues
+    async with ops_server(tmp_path, {"admin.token": TOKEN, **secrets}) as ops:
         # something to list, kick and call
         bob = await ops.ua(nursery, "tcp", "bob")
         async with ops.http(TOKEN) as http:
