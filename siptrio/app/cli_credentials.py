@@ -27,7 +27,9 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     p.add_argument("user", help='the user part of the address ("alice"), or alice@domain')
     p.add_argument("--ttl", type=int, metavar="SECONDS", help="lifetime (default 3600, capped)")
-    p.add_argument("--config", "-c", metavar="FILE", help="config.ini with [auth] ephemeral_secrets")
+    p.add_argument(
+        "--config", "-c", metavar="FILE", help="config.ini with [auth] ephemeral_secrets"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

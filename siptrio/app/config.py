@@ -180,6 +180,7 @@ class AuthSection:
     enable: bool = False
     realm: str | None = None  # None: the first [sip] domain, else "siptrio"
     nonce_ttl: float = 300.0
+    algorithms: tuple[str, ...] = ("SHA-256", "MD5")  # offered in this order
     # time-limited credentials (core/ephemeral.py): the first secret signs, all verify
     ephemeral_secrets: tuple[str, ...] = ()
     ephemeral_hash: str = "sha1"  # sha1 | sha256 | sha384 | sha512
@@ -341,6 +342,15 @@ def _optional_realm(text: str) -> str | None:
             f"got {realm!r}"
         )
     return realm
+
+
+def _algorithms(text: str) -> tuple[str, ...]:
+    items = [item.upper() for item in _split(text)]
+    if not items or any(i not in ("SHA-256", "MD5") for i in items) or len(set(items)) < len(items):
+        raise _BadValue(
+            "expected SHA-256, MD5 or both, comma-separated, in the order to offer them"
+        )
+    return tuple(items)
 
 
 MIN_SECRET = 16  # characters: one issued credential lets anyone try secrets offline
@@ -724,6 +734,7 @@ _SECTIONS: dict[str, _Section] = {
             "enable": _boolean,
             "realm": _optional_realm,
             "nonce_ttl": _seconds,
+            "algorithms": _algorithms,
             "ephemeral_secrets": _secrets,
             "ephemeral_hash": _choice("sha1", "sha256", "sha384", "sha512"),
             "ephemeral_username_format": _choice("expiry:user", "user:expiry"),

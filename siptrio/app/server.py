@@ -175,6 +175,7 @@ class Server:
                     ban_window=config.security.ban_window,
                     ban_time=config.security.ban_time,
                     ephemeral=ephemeral_config(config),
+                    algorithms=config.auth.algorithms,
                 ),
                 auth_secret=os.urandom(32),
             ),

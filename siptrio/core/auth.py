@@ -52,6 +52,8 @@ class AuthConfig:
     ban_window: float = 60.0  # ... within this many seconds ...
     ban_time: float = 600.0  # ... ban the address this long
     ephemeral: EphemeralConfig = field(default_factory=EphemeralConfig)
+    # offered in this order; SIPp answers only the first and knows only MD5
+    algorithms: tuple[str, ...] = ALGORITHMS
 
 
 EXPIRED = "credential expired"
@@ -81,11 +83,13 @@ class Authenticator:
     # --- challenges -------------------------------------------------------------------
 
     def challenge(self, *, proxy: bool, now: float, stale: bool = False) -> list[tuple[str, str]]:
-        """One challenge per algorithm, SHA-256 first (clients take the first they know)."""
+        """One challenge per algorithm, SHA-256 first by default (clients take the first
+        they know)."""
         name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
         nonce = make_nonce(self._secret, now)
         return [
-            (name, challenge_value(self.config.realm, nonce, a, stale=stale)) for a in ALGORITHMS
+            (name, challenge_value(self.config.realm, nonce, a, stale=stale))
+            for a in self.config.algorithms
         ]
 
     # --- verification -----------------------------------------------------------------
@@ -102,7 +106,7 @@ class Authenticator:
         creds = self.credentials(values)
         if creds is None:
             return AuthResult(user=None, reason="no credentials")
-        if creds.algorithm not in ALGORITHMS:
+        if creds.algorithm not in self.config.algorithms:
             return AuthResult(user=None, failed=True, reason=f"algorithm {creds.algorithm}")
         if creds.qop not in (None, "auth"):
             return AuthResult(user=None, failed=True, reason=f"qop {creds.qop}")

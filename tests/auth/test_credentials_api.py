@@ -266,6 +266,11 @@ async def test_cli_credential_registers_at_a_server_with_that_config(tmp_path: P
             "once; one is listed twice",
         ),
         (
+            "algorithms = SHA-512",
+            'c.ini:3: [auth] algorithms = "SHA-512": expected SHA-256, MD5 or both, '
+            "comma-separated, in the order to offer them",
+        ),
+        (
             "ephemeral_hash = md5",
             'c.ini:3: [auth] ephemeral_hash = "md5": expected one of sha1, sha256, sha384, sha512',
         ),
@@ -311,8 +316,10 @@ def test_config_keys() -> None:
             "auth.ephemeral_username_format": "user:expiry",
             "auth.ephemeral_check_user": "no",
             "auth.turn_uris": "turns:[2001:db8::1]:5349?transport=tcp",
+            "auth.algorithms": "md5, sha-256",
         },
     )
+    assert config.auth.algorithms == ("MD5", "SHA-256")
     assert config.auth.ephemeral_secrets == (SECRET, SECOND)
     assert config.auth.ephemeral_hash == "sha256"
     assert config.auth.ephemeral_username_format == "user:expiry"

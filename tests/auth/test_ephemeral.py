@@ -369,3 +369,21 @@ async def test_calls_with_a_credential(server: RunningServer) -> None:
     got = await callee.expect_request("INVITE")
     await callee.reply(got, 200, "OK", body=SDP)
     assert (await caller.expect_response("INVITE")).status == 200
+
+
+def test_offered_algorithms_are_the_only_ones_accepted() -> None:
+    """[auth] algorithms = MD5: for SIPp, which answers the first challenge, in MD5 only."""
+    auth = Authenticator(
+        AuthConfig(enabled=True, realm=REALM, algorithms=("MD5",)), b"nonce-secret"
+    )
+    auth.users = {"carol": {a: ha1("carol", REALM, "pw", a) for a in ("MD5", "SHA-256")}}
+    values = [v for _, v in auth.challenge(proxy=False, now=NOW)]
+    assert list(challenges(values)) == ["MD5"]
+    nonce = challenges(values)["MD5"]
+    sha = authorization(
+        {**nonce, "algorithm": "SHA-256"}, method="REGISTER", uri=f"sip:{REALM}",
+        user="carol", password="pw", algorithm="SHA-256",
+    )  # fmt: skip
+    assert auth.verify_values([sha], "REGISTER", now=NOW).failed
+    md5 = answer(auth, "carol", "pw")
+    assert auth.verify_values([md5], "REGISTER", now=NOW).user == "carol"
