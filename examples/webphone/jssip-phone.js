@@ -35,8 +35,17 @@ class JsSipPhone {
 
   async register(s) {
     if (!s.user) throw new Error("Enter a user name.");
-    if (s.debug) this.JsSIP.debug.enable("JsSIP:*");
-    const key = JSON.stringify([s.server, s.user, s.domain]);
+    if (s.debug) {
+      this.JsSIP.debug.enable("JsSIP:*");
+      // the debug package remembers this in localStorage (and would log on every later
+      // page of this origin): the page keeps nothing there
+      try {
+        window.localStorage.removeItem("debug");
+      } catch (e) {
+        // storage disabled: nothing was kept either
+      }
+    }
+    const key = JSON.stringify([s.server, s.user, s.domain, s.authUser, s.password]);
     if (this.ua && this.uaKey !== key) {
       this.ua.stop();
       this.ua = null;
@@ -51,6 +60,9 @@ class JsSipPhone {
       sockets: [socket],
       uri: `sip:${s.user}@${s.domain}`,
       display_name: s.user,
+      // digest credentials: a stored user's password, or a credential's name and password
+      authorization_user: s.password ? s.authUser || s.user : null,
+      password: s.password || null,
       register: true, // on every (re)connection
       register_expires: 600,
     });
@@ -73,7 +85,8 @@ class JsSipPhone {
     });
     ua.on("registrationFailed", (e) => {
       const r = e.response;
-      this.ui.setRegistration("failed", r ? `${r.status_code} ${r.reason_phrase}` : e.cause);
+      if (r) this.ui.registrationRefused(r.status_code, r.reason_phrase);
+      else this.ui.setRegistration("failed", e.cause);
     });
     ua.on("newRTCSession", (e) => this.newSession(e.session, e.originator));
     this.ui.setRegistration("registering", `connecting to ${s.server}`);

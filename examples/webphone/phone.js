@@ -33,7 +33,7 @@ class SipJsPhone {
   async register(s) {
     const { UserAgent, Registerer, RegistererState } = this.SIP;
     if (!s.user) throw new Error("Enter a user name.");
-    const key = JSON.stringify([s.server, s.user, s.domain, s.keepAliveInterval]);
+    const key = JSON.stringify([s.server, s.user, s.domain, s.keepAliveInterval, s.authUser, s.password]);
     if (this.ua && this.uaKey !== key) await this.stop();
     if (!this.ua) {
       const uri = UserAgent.makeURI(`sip:${s.user}@${s.domain}`);
@@ -41,6 +41,9 @@ class SipJsPhone {
       this.ua = new UserAgent({
         uri,
         displayName: s.user,
+        // digest credentials: a stored user's password, or a credential's name and password
+        authorizationUsername: s.password ? s.authUser || s.user : undefined,
+        authorizationPassword: s.password || undefined,
         transportOptions: {
           server: s.server,
           keepAliveInterval: s.keepAliveInterval,
@@ -61,7 +64,9 @@ class SipJsPhone {
       this.registerer = new Registerer(this.ua, { expires: 600 });
       this.registerer.stateChange.addListener((state) => {
         if (state === RegistererState.Registered) this.ui.setRegistration("registered");
-        else if (state === RegistererState.Unregistered && this.ui.registration !== "failed") {
+        else if (state === RegistererState.Unregistered && this.ui.registration === "registered") {
+          this.ui.registrationEnded(); // not asked for: a refresh was refused
+        } else if (state === RegistererState.Unregistered && this.ui.registration !== "failed") {
           this.ui.setRegistration("unregistered");
         }
       });
@@ -81,7 +86,7 @@ class SipJsPhone {
       requestDelegate: {
         onReject: (response) => {
           const m = response.message;
-          this.ui.setRegistration("failed", `${m.statusCode} ${m.reasonPhrase}`);
+          this.ui.registrationRefused(m.statusCode, m.reasonPhrase);
         },
       },
     });

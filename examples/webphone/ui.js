@@ -9,6 +9,14 @@
 //   ?user=alice&domain=example.com&server=ws://127.0.0.1:8080&target=bob
 //   &register=1 (register on load)  &keepalive=SECONDS (SIP.js CRLF keep-alive)
 //   &debug=1 (JsSIP's own debug log in the console)
+// but never the password: a URL ends up in the history and in server logs.
+//
+// Credentials live in the form's fields and nowhere else: nothing is written to
+// localStorage, sessionStorage or cookies, where every script of this origin could
+// read them long after the tab is closed. "Get a credential" asks POST /credentials
+// of the server the page came from (siptrio's admin server, when it has no [admin]
+// token: for trying things locally); a web app's page gets its credential from its
+// own backend instead and hands it to window.phone.useCredential(credential).
 
 const $ = (id) => document.getElementById(id);
 
@@ -45,7 +53,11 @@ export class PhoneUi {
       call: { state: "idle" },
       events: [],
       peerConnection: () => (this.phone ? this.phone.peerConnection() : null),
+      useCredential: (credential) => this.useCredential(credential),
+      credential: null, // { username, expires, capped } of the last credential used
+      failure: null, // { status, reason, kind } of the last refused REGISTER
     };
+    this.credential = null;
     window.phone = this.exposed;
     $("server").value = this.params.get("server") || defaultServer();
     $("user").value = this.params.get("user") || "";
@@ -65,6 +77,7 @@ export class PhoneUi {
     this.phone = phone;
     $("account").addEventListener("submit", (e) => {
       e.preventDefault();
+      this.exposed.failure = null;
       this.guard(() => this.phone.register(this.settings()));
     });
     $("unregister").addEventListener("click", () => this.guard(() => this.phone.unregister()));
@@ -77,6 +90,7 @@ export class PhoneUi {
       }
       this.guard(() => this.phone.call(targetUri(target, $("domain").value.trim())));
     });
+    $("get-credential").addEventListener("click", () => this.guard(() => this.getCredential()));
     $("answer").addEventListener("click", () => this.guard(() => this.phone.answer()));
     $("hangup").addEventListener("click", () => this.guard(() => this.phone.hangup()));
     this.refreshButtons();
@@ -90,6 +104,8 @@ export class PhoneUi {
       server: $("server").value.trim(),
       user: $("user").value.trim(),
       domain: $("domain").value.trim() || DEFAULT_DOMAIN,
+      authUser: $("auth-user").value.trim(),
+      password: $("password").value,
       keepAliveInterval: Number.isFinite(keepalive) && keepalive > 0 ? keepalive : 0,
       debug: this.params.get("debug") === "1",
     };
@@ -105,7 +121,99 @@ export class PhoneUi {
     }
   }
 
+  // --- credentials -----------------------------------------------------------------
+
+  /** POST /credentials on this page's server, for the user in the form. */
+  async getCredential() {
+    const user = $("user").value.trim();
+    if (!user) throw new Error("Enter a user name first: the credential is for that user.");
+    const url = new URL("/credentials", window.location.href);
+    let response;
+    try {
+      response = await fetch(url, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ user }),
+        cache: "no-store",
+      });
+    } catch (e) {
+      throw new Error(`cannot reach ${url}: ${e.message}`);
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (e) {
+      body = null;
+    }
+    if (response.status === 401) {
+      throw new Error(
+        "This server's admin API wants a bearer token ([admin] token is set), so this page " +
+          "cannot get a credential by itself: a web app's backend asks POST /credentials and " +
+          "hands the answer to its page. Or type the name and password in.",
+      );
+    }
+    if (!response.ok || !body) {
+      const why = body && body.error ? body.error : response.statusText;
+      throw new Error(`POST /credentials: ${response.status} ${why}`);
+    }
+    this.useCredential(body);
+  }
+
+  /** Fill the form with a credential (the JSON of POST /credentials). */
+  useCredential(credential) {
+    $("auth-user").value = credential.username;
+    $("password").value = credential.password;
+    this.credential = { username: credential.username, expires: credential.expires };
+    this.exposed.credential = { ...this.credential, capped: Boolean(credential.capped) };
+    const until = new Date(credential.expires * 1000).toLocaleTimeString();
+    const p = $("credential");
+    p.textContent =
+      `Credential ${credential.username}, good until ${until}` +
+      (credential.capped && credential.message ? ` (${credential.message})` : "");
+    p.hidden = false;
+    this.log(`credential ${credential.username} until ${until}`);
+  }
+
+  credentialExpired() {
+    return Boolean(this.credential) && Date.now() / 1000 > this.credential.expires;
+  }
+
   // --- what the phone reports -------------------------------------------------------
+
+  /** The server refused a REGISTER: say why in words a user can act on. */
+  registrationRefused(status, reason) {
+    let kind;
+    let advice;
+    if (/expired/i.test(reason) || ((status === 401 || status === 403) && this.credentialExpired())) {
+      kind = "expired";
+      advice = "The credential has expired: get a new one, then register again.";
+    } else if (status === 401 || status === 407) {
+      kind = "wrong-password";
+      advice = $("password").value
+        ? "Wrong name or password: the server did not accept them."
+        : "The server wants a password: type one in, or get a credential.";
+    } else if (status === 403) {
+      kind = "forbidden";
+      advice = `The server refused this registration: ${reason}.`;
+    } else {
+      kind = "failed";
+      advice = `The server answered ${status} ${reason}.`;
+    }
+    this.exposed.failure = { status, reason, kind };
+    this.setRegistration("failed", `${status} ${reason}`);
+    this.notice(advice);
+  }
+
+  /** The registration ended without Unregister: a refresh was refused, most likely. */
+  registrationEnded() {
+    if (this.credentialExpired()) {
+      this.exposed.failure = { status: 0, reason: "credential expired", kind: "expired" };
+      this.setRegistration("failed", "the credential expired");
+      this.notice("The credential has expired: get a new one, then register again.");
+    } else {
+      this.setRegistration("unregistered");
+    }
+  }
 
   setRegistration(state, detail = "") {
     this.registration = state;
