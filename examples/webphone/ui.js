@@ -171,6 +171,7 @@ export class PhoneUi {
       `Credential ${credential.username}, good until ${until}` +
       (credential.capped && credential.message ? ` (${credential.message})` : "");
     p.hidden = false;
+    this.notice("");
     this.log(`credential ${credential.username} until ${until}`);
   }
 
