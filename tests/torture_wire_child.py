@@ -12,7 +12,7 @@ retransmissions of earlier transactions and replay (or withhold) the first answe
 Servers run concurrently, a few at a time, so the silent cases cost one timeout
 in total rather than one each.
 
-    python tests/torture_wire_child.py --torture ../shared/torture --tmp DIR
+    python tests/torture_wire_child.py --torture tests/data/torture --tmp DIR
 """
 
 from __future__ import annotations
