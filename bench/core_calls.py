@@ -24,7 +24,7 @@ from siptrio.core.dispatcher import Dispatcher, DispatcherConfig
 from siptrio.core.events import Persist, Send
 from siptrio.core.proxy import ProxyConfig
 from siptrio.core.registrar import RegistrarConfig
-from siptrio.core.types import Listener, Peer, Transport
+from siptrio.core.types import Clock, Listener, Peer, Transport
 from siptrio.sip import Request, Response, parse_message_untrusted
 
 US = Listener(transport=Transport.UDP, host="127.0.0.1", port=5060)
@@ -123,34 +123,36 @@ def setup() -> Dispatcher:
         DispatcherConfig(
             registrar=RegistrarConfig(domains=("example.com",)),
             proxy=ProxyConfig(domains=("example.com",)),
-            auth_secret=b"bench",
-        )
+        ),
+        secret=b"bench secret",
     )
     d.set_listeners([US])
     reg = parse(REGISTER.encode())
     assert isinstance(reg, Request)
-    actions = d.receive_request(reg, REGISTRAR, 0.0)
+    actions = d.receive_request(reg, REGISTRAR, Clock.at(0.0))
     persist = [a for a in actions if isinstance(a, Persist)]
-    d.committed(persist[0].txn_key, True, 0.0)
+    d.committed(persist[0].txn_key, True, Clock.at(0.0))
     return d
 
 
 def call(d: Dispatcher, n: int, now: float) -> None:
     inv = parse(invite(n))
     assert isinstance(inv, Request)
-    fwd, callee = forwarded(d.receive_request(inv, CALLER, now))
+    fwd, callee = forwarded(d.receive_request(inv, CALLER, Clock.at(now)))
     tag = f"callee{n}"
     for status, reason in ((100, "Trying"), (180, "Ringing")):
-        d.receive_response(parse(answer(fwd, status, reason, tag)), callee, now)  # type: ignore[arg-type]
-    ok = one(d.receive_response(parse(answer(fwd, 200, "OK", tag, SDP)), callee, now), CALLER)  # type: ignore[arg-type]
+        d.receive_response(parse(answer(fwd, status, reason, tag)), callee, Clock.at(now))  # type: ignore[arg-type]
+    ok = one(
+        d.receive_response(parse(answer(fwd, 200, "OK", tag, SDP)), callee, Clock.at(now)), CALLER
+    )  # type: ignore[arg-type]
     assert isinstance(ok, Response) and ok.status == 200
     routes = [r.text for r in reversed(ok.record_routes)]
     ack = parse(in_dialog("ACK", n, 1, routes, tag))
-    one(d.receive_request(ack, CALLER, now), callee)  # type: ignore[arg-type]
+    one(d.receive_request(ack, CALLER, Clock.at(now)), callee)  # type: ignore[arg-type]
     bye = parse(in_dialog("BYE", n, 2, routes, tag))
-    fbye = one(d.receive_request(bye, CALLER, now), callee)  # type: ignore[arg-type]
+    fbye = one(d.receive_request(bye, CALLER, Clock.at(now)), callee)  # type: ignore[arg-type]
     assert isinstance(fbye, Request)
-    one(d.receive_response(parse(answer(fbye, 200, "OK", tag)), callee, now), CALLER)  # type: ignore[arg-type]
+    one(d.receive_response(parse(answer(fbye, 200, "OK", tag)), callee, Clock.at(now)), CALLER)  # type: ignore[arg-type]
 
 
 def run(calls: int) -> float:
@@ -165,7 +167,7 @@ def run(calls: int) -> float:
         now += 0.001
         call(d, n, now)
         if n % 100 == 0:
-            d.fire_timers(now)
+            d.fire_timers(Clock.at(now))
     return (time.process_time() - start) / calls * 1e6
 
 

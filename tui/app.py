@@ -238,6 +238,7 @@ class MonitorApp(App[None]):
         self.query_one("#filter", Input).disabled = True  # hidden until / is pressed
         self.query_one("#bindings-table", DataTable).focus()
         self.show_status()
+        self.draw_summary()  # at once, not at the first tick: a monitor that never connects
         self.set_interval(1.0, self.tick)
         self.connect_loop()
 

@@ -136,7 +136,7 @@ class Cluster:
                 log.warning(
                     "node %s stopped heartbeating: dropping the bindings on its flows", node
                 )
-                actions = self.server.dispatcher.node_gone(node, trio.current_time())
+                actions = self.server.dispatcher.node_gone(node, self.server.clock())
                 await self.server.execute(actions)
                 try:
                     await trio.to_thread.run_sync(self.store.remove_node_flows, node)
@@ -170,7 +170,7 @@ class Cluster:
                     # a node newer than our last look: learn its address before routing to it
                     with contextlib.suppress(Exception):
                         await self._refresh_nodes()
-                actions = self.server.dispatcher.apply_remote(upserts, deletes, trio.current_time())
+                actions = self.server.dispatcher.apply_remote(upserts, deletes, self.server.clock())
                 if actions:
                     await self.server.execute(actions)
 
@@ -214,7 +214,7 @@ class Cluster:
             for b in self.server.location
             if b.node and b.node != self.node and (b.aor, b.key) not in seen
         ]
-        actions = self.server.dispatcher.apply_remote(theirs, gone, trio.current_time())
+        actions = self.server.dispatcher.apply_remote(theirs, gone, self.server.clock())
         await self.server.execute(actions)
         log.info("caught up with the cluster: %d bindings, %d gone", len(theirs), len(gone))
 

@@ -33,7 +33,7 @@ from ..core.media import MediaConfig, MediaMode
 from ..core.proxy import ProxyConfig
 from ..core.registrar import RegistrarConfig
 from ..core.routing import NatMode, ResolverConfig, parse_hop, parse_rule
-from ..core.types import Listener, Peer, Transport
+from ..core.types import Clock, Listener, Peer, Transport
 from ..sip import Request, Response, make_response
 from ..sip.transaction import Timers
 from ..store.redis_store import RedisStore
@@ -177,11 +177,12 @@ class Server:
                     ephemeral=ephemeral_config(config),
                     algorithms=config.auth.algorithms,
                 ),
-                auth_secret=os.urandom(32),
             ),
             self.location,
+            secret=os.urandom(32),
         )
         self._timer_scope: trio.CancelScope | None = None
+        self._wall_offset = 0.0  # time.time() - trio.current_time(), kept by _sync_clock
         self.fast: FastRegister | None = None
         self.intake: Intake | None = None
         self._users_version = -1
@@ -462,7 +463,12 @@ class Server:
 
     def _sync_clock(self) -> None:
         """The core's clock is trio's; bindings need wall time: keep the offset current."""
-        self.dispatcher.wall_offset = time.time() - trio.current_time()
+        self._wall_offset = time.time() - trio.current_time()
+
+    def clock(self) -> Clock:
+        """Now, once per event: trio's clock and the wall time that goes with it."""
+        now = trio.current_time()
+        return Clock(now, now + self._wall_offset)
 
     def _rearm_timers(self) -> None:
         scope = self._timer_scope
@@ -491,10 +497,10 @@ class Server:
         message = item.message
         try:
             if isinstance(message, Request):
-                actions = dispatcher.receive_request(message, item.peer, trio.current_time())
+                actions = dispatcher.receive_request(message, item.peer, self.clock())
             else:
                 assert isinstance(message, Response)
-                actions = dispatcher.receive_response(message, item.peer, trio.current_time())
+                actions = dispatcher.receive_response(message, item.peer, self.clock())
         except Exception:
             # A bug must cost one answer, never the server.
             self.stats["internal_errors"] += 1
@@ -513,11 +519,12 @@ class Server:
         """A UDP REGISTER, offered to the fast path first; False: the general path's."""
         intake = self.intake
         assert self.fast is not None and intake is not None
-        now = trio.current_time()
+        clock = self.clock()
+        now = clock.now
         if not intake.may_admit(peer.host, now):
             return False  # the general path drops it, or answers 503
         try:
-            actions = self.fast.handle(data, peer, now)
+            actions = self.fast.handle(data, peer, clock)
         except Exception:
             # A bug. Up to the point where it takes a REGISTER it has changed nothing,
             # and the general path answers instead; after it, the general path finds the
@@ -542,10 +549,10 @@ class Server:
                 self._timer_scope = scope
                 await trio.sleep_forever()
             self._timer_scope = None
-            now = trio.current_time()
-            if dispatcher.next_deadline() <= now:
+            clock = self.clock()
+            if dispatcher.next_deadline() <= clock.now:
                 try:
-                    actions = dispatcher.fire_timers(now)
+                    actions = dispatcher.fire_timers(clock)
                 except Exception:
                     self.stats["internal_errors"] += 1
                     log.exception("internal error firing timers")
@@ -557,11 +564,10 @@ class Server:
         self, closed: trio.MemoryReceiveChannel[FlowClosed | SendFailed]
     ) -> None:
         async for item in closed:
-            now = trio.current_time()
             if isinstance(item, FlowClosed):
-                actions = self.dispatcher.flow_closed(item.flow_id, now)
+                actions = self.dispatcher.flow_closed(item.flow_id, self.clock())
             else:
-                actions = self.dispatcher.send_failed(item.owner, item.reason, now)
+                actions = self.dispatcher.send_failed(item.owner, item.reason, self.clock())
             if actions:
                 await self.execute(actions)
 
@@ -569,7 +575,7 @@ class Server:
         while True:
             await trio.sleep(TICK_SECONDS)
             self._sync_clock()
-            actions = self.dispatcher.tick(trio.current_time())
+            actions = self.dispatcher.tick(self.clock())
             for address in self.dispatcher.newly_banned:
                 log.warning(
                     "banned %s for %g s after %d failed authentications",
@@ -650,7 +656,7 @@ class Server:
                 error or (reply or {}).get("error-reason") or reply,
             )
         try:
-            actions = self.dispatcher.media_result(action.op, reply, error, trio.current_time())
+            actions = self.dispatcher.media_result(action.op, reply, error, self.clock())
         except Exception:
             self.stats["internal_errors"] += 1
             log.exception("internal error handling an rtpengine answer")
@@ -664,7 +670,7 @@ class Server:
         if answer.error is not None and answer.error != "nxdomain":
             log.warning("DNS %s lookup of %s failed: %s", action.qtype, action.name, answer.error)
         try:
-            actions = self.dispatcher.resolved(action.op, answer, trio.current_time())
+            actions = self.dispatcher.resolved(action.op, answer, self.clock())
         except Exception:
             self.stats["internal_errors"] += 1
             log.exception("internal error handling a DNS answer")
@@ -677,7 +683,7 @@ class Server:
     async def kick(self, aor: str, contact: str | None = None) -> list[Binding]:
         """Remove an AOR's bindings (or the one with this contact URI); returns them."""
         before = list(self.location.bindings(aor).values())
-        actions = self.dispatcher.remove_bindings(aor, contact, trio.current_time())
+        actions = self.dispatcher.remove_bindings(aor, contact, self.clock())
         await self.execute(actions)
         after = self.location.bindings(aor)
         return [b for b in before if b.key not in after]
@@ -747,9 +753,9 @@ class Server:
             log.exception("location store commit of %d changes failed", len(final))
         if not send:
             return
-        now = trio.current_time()
+        clock = self.clock()
         actions: list[Action] = []
         for item in batch:
             if item.txn_key is not None:
-                actions += self.dispatcher.committed(item.txn_key, ok, now)
+                actions += self.dispatcher.committed(item.txn_key, ok, clock)
         await self.execute(actions)

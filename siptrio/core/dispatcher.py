@@ -5,8 +5,9 @@ It stamps the top Via (RFC 3581), puts every request through a server transactio
 twice by the registrar or the proxy), and sends each request to the one part that
 owns it: the registrar, the server's own OPTIONS answer, or the proxy.
 
-Time comes in as ``now``, a monotonic clock that also drives the transaction
-timers; bindings carry wall-clock times, ``now + wall_offset``, which the shell
+Time comes in as a ``Clock`` (core/types.py), read once per event by the shell:
+its monotonic ``now`` drives the transaction timers; bindings carry its ``wall``
+times. (The shell
 keeps current. Nothing here does I/O.
 """
 
@@ -30,7 +31,7 @@ from .location import Binding, Location
 from .proxy import Proxy, ProxyConfig
 from .registrar import SUPPORTED_OPTIONS, Registrar, RegistrarConfig
 from .routing import Answer, Router
-from .types import Listener, Peer
+from .types import Clock, Listener, Peer
 
 __all__ = ["ALLOW", "Dispatcher", "DispatcherConfig", "stamp_via", "stamped_via"]
 
@@ -51,11 +52,16 @@ class DispatcherConfig:
     timers: Timers = field(default_factory=Timers)
     server_name: str = SERVER
     auth: AuthConfig = field(default_factory=AuthConfig)
-    auth_secret: bytes = b""  # the shell passes random bytes: nonces are HMACs under it
 
 
 class Dispatcher:
-    def __init__(self, config: DispatcherConfig, location: Location | None = None) -> None:
+    def __init__(
+        self, config: DispatcherConfig, location: Location | None = None, *, secret: bytes
+    ) -> None:
+        """``secret``: random bytes from the shell. Nonces are HMACs under it and our
+        branches carry a tag made from it, so they differ from any other process's."""
+        if len(secret) < 8:
+            raise ValueError("the core needs a secret of at least 8 random bytes")
         self.config = config
         self.location = location if location is not None else Location()
         self.stats: Counter[str] = Counter()
@@ -73,9 +79,9 @@ class Dispatcher:
             layer=self.layer,
             dialogs=self.dialogs,
             stats=self.stats,
+            secret=secret,
         )
-        self.wall_offset = 0.0
-        self.auth = Authenticator(config.auth, config.auth_secret or b"siptrio-test-secret")
+        self.auth = Authenticator(config.auth, secret)
         # peers that never authenticate: the built-in simulated client's socket
         self.trusted: set[tuple[str, int]] = set()
         self.newly_banned: list[str] = []  # for the shell to log
@@ -83,49 +89,46 @@ class Dispatcher:
         # already bytes)
         self._awaiting_store: dict[Hashable, Response | bytes] = {}
 
-    def wall(self, now: float) -> float:
-        return now + self.wall_offset
-
     def set_listeners(self, listeners: list[Listener]) -> None:
         self.proxy.set_listeners(listeners)
 
     # --- entry points ---------------------------------------------------------------------
 
-    def receive_request(self, request: Request, peer: Peer, now: float) -> list[Action]:
+    def receive_request(self, request: Request, peer: Peer, clock: Clock) -> list[Action]:
         self.stats[f"requests_in.{request.method}"] += 1
         request = stamp_via(request, peer)
-        wall = self.wall(now)
+        now = clock.now
         layer = self.layer
         txn = layer.find_server(request)
         if request.method == "ACK":
             if txn is not None and txn.is_invite:
                 self.stats["ack_absorbed"] += 1  # hop-by-hop ACK for our non-2xx answer
-                return self._tx(txn.on_ack(now))
-            return self.proxy.handle_ack(request, peer, now, wall)
+                return self._tx(txn.on_ack(now), clock)
+            return self.proxy.handle_ack(request, peer, clock)
         if txn is not None:
             self.stats["retransmissions_absorbed"] += 1
-            return self._tx(txn.on_retransmission(now))
+            return self._tx(txn.on_retransmission(now), clock)
         txn = layer.new_server(request, peer, reliable=peer.transport.is_stream)
         try:
             if request.method == "CANCEL":
-                return self.proxy.handle_cancel(txn, peer, now, wall)
+                return self.proxy.handle_cancel(txn, peer, clock)
             if self.auth.config.enabled and (peer.host, peer.port) not in self.trusted:
-                refused = self._authorize(txn, peer, now, wall)
+                refused = self._authorize(txn, peer, clock)
                 if refused is not None:
                     return refused
             if request.method == "REGISTER":
-                return self._register(txn, peer, now, wall)
+                return self._register(txn, peer, clock)
             uri = request.uri
             if request.method == "OPTIONS" and isinstance(uri, SipUri) and uri.user is None:
-                return self._options(txn, now)
-            return self.proxy.handle_request(txn, peer, now, wall)
+                return self._options(txn, clock)
+            return self.proxy.handle_request(txn, peer, clock)
         except SipParseError as e:
             # A header parsed lazily (Contact, Expires, Require, Route ...) was malformed.
-            return self._answer(txn, e.status, e.reason, now)
+            return self._answer(txn, e.status, e.reason, clock)
 
-    def receive_response(self, response: Response, peer: Peer, now: float) -> list[Action]:
+    def receive_response(self, response: Response, peer: Peer, clock: Clock) -> list[Action]:
         self.stats["responses_in"] += 1
-        return self.proxy.on_response(response, peer, now, self.wall(now))
+        return self.proxy.on_response(response, peer, clock)
 
     def answer_when_stored(self, txn_key: Hashable, answer: Response | bytes) -> None:
         """Keep a REGISTER's answer until its Persist is committed (see ``committed``).
@@ -135,7 +138,7 @@ class Dispatcher:
         """
         self._awaiting_store[txn_key] = answer
 
-    def committed(self, txn_key: Hashable, ok: bool, now: float) -> list[Action]:
+    def committed(self, txn_key: Hashable, ok: bool, clock: Clock) -> list[Action]:
         """The store finished (or failed) a REGISTER's write: now it may be answered."""
         resp = self._awaiting_store.pop(txn_key, None)
         txn = self.layer.servers.get(txn_key)
@@ -149,29 +152,28 @@ class Dispatcher:
                 headers=(("Retry-After", "5"), ("Server", self.config.server_name)),
             )
         if isinstance(resp, bytes):
-            return self._tx(txn.respond(resp, 200, now))
-        return self._tx(txn.respond(resp.serialise(), resp.status, now))
+            return self._tx(txn.respond(resp, 200, clock.now), clock)
+        return self._tx(txn.respond(resp.serialise(), resp.status, clock.now), clock)
 
     def media_result(
-        self, op: int, reply: dict[str, Any] | None, error: str | None, now: float
+        self, op: int, reply: dict[str, Any] | None, error: str | None, clock: Clock
     ) -> list[Action]:
         """rtpengine answered (or failed to) the MediaRequest ``op``."""
-        return self.proxy.media_result(op, reply, error, now, self.wall(now))
+        return self.proxy.media_result(op, reply, error, clock)
 
-    def resolved(self, op: int, answer: Answer, now: float) -> list[Action]:
+    def resolved(self, op: int, answer: Answer, clock: Clock) -> list[Action]:
         """The DNS answered (or failed to) the Resolve action ``op``."""
-        return self.proxy.resolved(op, answer, now, self.wall(now))
+        return self.proxy.resolved(op, answer, clock)
 
     @property
     def router(self) -> Router:
         return self.proxy.router
 
-    def send_failed(self, owner: Hashable, reason: str, now: float) -> list[Action]:
-        return self.proxy.send_failed(owner, reason, now, self.wall(now))
+    def send_failed(self, owner: Hashable, reason: str, clock: Clock) -> list[Action]:
+        return self.proxy.send_failed(owner, reason, clock)
 
-    def flow_closed(self, flow_id: str, now: float) -> list[Action]:
-        wall = self.wall(now)
-        ended = self.dialogs.on_flow_closed(flow_id, now, wall)
+    def flow_closed(self, flow_id: str, clock: Clock) -> list[Action]:
+        ended = self.dialogs.on_flow_closed(flow_id, clock.now, clock.wall)
         out: list[Action] = [Publish(event=e) for e in ended]
         out += self._release_media(ended)
         removed = self.location.remove_flow(flow_id)
@@ -183,7 +185,7 @@ class Dispatcher:
             ]
         return out
 
-    def remove_bindings(self, aor: str, contact: str | None, now: float) -> list[Action]:
+    def remove_bindings(self, aor: str, contact: str | None, clock: Clock) -> list[Action]:
         """An operator kicks a client: its bindings go, its flow is told nothing."""
         bindings = list(self.location.bindings(aor).values())
         if contact is not None:
@@ -202,7 +204,7 @@ class Dispatcher:
         ]
 
     def apply_remote(
-        self, upserts: list[Binding], deletes: list[tuple[str, str]], now: float
+        self, upserts: list[Binding], deletes: list[tuple[str, str]], clock: Clock
     ) -> list[Action]:
         """Another node of the cluster changed bindings (already in Redis): mirror them."""
         out: list[Action] = []
@@ -216,7 +218,7 @@ class Dispatcher:
             out.append(Publish(event=BindingEvent(kind=kind, binding=b)))
         return out
 
-    def node_gone(self, node: str, now: float) -> list[Action]:
+    def node_gone(self, node: str, clock: Clock) -> list[Action]:
         """A node stopped heartbeating: the bindings made over its flows cannot be reached."""
         gone = [b for b in self.location if b.node == node and b.flow_id is not None]
         for b in gone:
@@ -229,23 +231,23 @@ class Dispatcher:
     def next_deadline(self) -> float:
         return self.layer.next_deadline()
 
-    def fire_timers(self, now: float) -> list[Action]:
+    def fire_timers(self, clock: Clock) -> list[Action]:
         out: list[Action] = []
-        wall = self.wall(now)
+        now = clock.now
         layer = self.layer
         for owner, name in layer.heap.pop_due(now):
             if name == "C":
-                out += self.proxy.timer_c(owner, now, wall)
+                out += self.proxy.timer_c(owner, clock)
                 continue
             txn = layer.servers.get(owner) or layer.clients.get(owner)
             if txn is not None:
-                out += self._tx(txn.on_timer(name, now))
+                out += self._tx(txn.on_timer(name, now), clock)
         return out
 
-    def tick(self, now: float) -> list[Action]:
+    def tick(self, clock: Clock) -> list[Action]:
         """Once a second: expired bindings and dialogs."""
-        wall = self.wall(now)
-        ended = self.dialogs.expire(now, wall)
+        wall = clock.wall
+        ended = self.dialogs.expire(clock.now, wall)
         out: list[Action] = [Publish(event=e) for e in ended]
         out += self._release_media(ended)
         expired = self.location.purge_expired(wall)
@@ -269,15 +271,15 @@ class Dispatcher:
 
     # --- the server's own answers ----------------------------------------------------------------
 
-    def _tx(self, events: list[TxSend | TxEvent]) -> list[Action]:
-        return self.proxy.tx_actions(events, 0.0, 0.0)
+    def _tx(self, events: list[TxSend | TxEvent], clock: Clock) -> list[Action]:
+        return self.proxy.tx_actions(events, clock)
 
     def _answer(
         self,
         txn: ServerTransaction,
         status: int,
         reason: str,
-        now: float,
+        clock: Clock,
         *,
         headers: tuple[tuple[str, str], ...] = (),
     ) -> list[Action]:
@@ -285,11 +287,9 @@ class Dispatcher:
             txn.request, status, reason, headers=(*headers, ("Server", self.config.server_name))
         )
         self.stats[f"responses_out.{status // 100}xx"] += 1
-        return self._tx(txn.respond(response.serialise(), status, now))
+        return self._tx(txn.respond(response.serialise(), status, clock.now), clock)
 
-    def _authorize(
-        self, txn: ServerTransaction, peer: Peer, now: float, wall: float
-    ) -> list[Action] | None:
+    def _authorize(self, txn: ServerTransaction, peer: Peer, clock: Clock) -> list[Action] | None:
         """Challenge, refuse, or let through (None); RFC 3261 section 22."""
         req = txn.request
         uri = req.uri
@@ -311,21 +311,21 @@ class Dispatcher:
                 return None  # a call from outside to one of ours
             # our users, and anyone who wants to leave through us (toll fraud), authenticate
             proxy = True
-        result = self.auth.verify(req, proxy=proxy, now=wall)
+        result = self.auth.verify(req, proxy=proxy, now=clock.wall)
         if result.user is None:
             if result.failed:
                 self.stats["auth_failures"] += 1
-                if self.auth.failed(peer.host, now):
+                if self.auth.failed(peer.host, clock.now):
                     self.stats["auth_bans"] += 1
                     self.newly_banned.append(peer.host)
             if result.final:
-                return self._answer(txn, 403, f"Forbidden: {result.told}", now)
+                return self._answer(txn, 403, f"Forbidden: {result.told}", clock)
             status, reason = (
                 (407, "Proxy Authentication Required") if proxy else (401, "Unauthorized")
             )
             reason += f": {result.told}" if result.told else ""
-            challenge = self.auth.challenge(proxy=proxy, now=wall, stale=result.stale)
-            return self._answer(txn, status, reason, now, headers=tuple(challenge))
+            challenge = self.auth.challenge(proxy=proxy, now=clock.wall, stale=result.stale)
+            return self._answer(txn, status, reason, clock, headers=tuple(challenge))
         claimed = req.to.uri if req.method == "REGISTER" else req.from_.uri
         if not self.auth.may_claim(result.user, claimed):
             self.stats["auth_identity_refused"] += 1
@@ -334,21 +334,21 @@ class Dispatcher:
                 if req.method == "REGISTER"
                 else "send only as itself"
             )
-            return self._answer(txn, 403, f"Forbidden: {result.user} may {what}", now)
+            return self._answer(txn, 403, f"Forbidden: {result.user} may {what}", clock)
         self.stats["auth_ok"] += 1
         return None
 
-    def _options(self, txn: ServerTransaction, now: float) -> list[Action]:
+    def _options(self, txn: ServerTransaction, clock: Clock) -> list[Action]:
         bad = [t for t in txn.request.require if t.lower() not in SUPPORTED_OPTIONS]
         if bad:
             return self._answer(
-                txn, 420, "Bad Extension", now, headers=(("Unsupported", ", ".join(bad)),)
+                txn, 420, "Bad Extension", clock, headers=(("Unsupported", ", ".join(bad)),)
             )
         return self._answer(
             txn,
             200,
             "OK",
-            now,
+            clock,
             headers=(
                 ("Allow", ALLOW),
                 ("Accept", ACCEPT),
@@ -356,21 +356,19 @@ class Dispatcher:
             ),
         )
 
-    def _register(
-        self, txn: ServerTransaction, peer: Peer, now: float, wall: float
-    ) -> list[Action]:
+    def _register(self, txn: ServerTransaction, peer: Peer, clock: Clock) -> list[Action]:
         request = txn.request
         bad = [t for t in request.require if t.lower() not in SUPPORTED_OPTIONS]
         if bad:
             return self._answer(
-                txn, 420, "Bad Extension", now, headers=(("Unsupported", ", ".join(bad)),)
+                txn, 420, "Bad Extension", clock, headers=(("Unsupported", ", ".join(bad)),)
             )
-        outcome = self.registrar.register(request, peer, wall)
+        outcome = self.registrar.register(request, peer, clock.wall)
         status = outcome.response.status
         self.stats[f"register_{status}"] += 1
         if not outcome.upserts and not outcome.deletes:
             self.stats[f"responses_out.{status // 100}xx"] += 1
-            return self._tx(txn.respond(outcome.response.serialise(), status, now))
+            return self._tx(txn.respond(outcome.response.serialise(), status, clock.now), clock)
         self.answer_when_stored(txn.key, outcome.response)
         self.stats[f"responses_out.{status // 100}xx"] += 1
         return [

@@ -35,7 +35,7 @@ from .dispatcher import Dispatcher, stamp_via
 from .events import Action, BindingEvent, BindingEventKind, Persist, Publish
 from .registrar import SUPPORTED_OPTIONS, Reject, serves_domain
 from .routing.nat import ViaFacts
-from .types import Peer
+from .types import Clock, Peer
 
 __all__ = ["FastRegister"]
 
@@ -133,7 +133,7 @@ class FastRegister:
         tail = f"Supported: {_SUPPORTED}\r\nServer: {server}\r\nContent-Length: 0\r\n\r\n"
         self._tail = tail.encode()
 
-    def handle(self, data: bytes, peer: Peer, now: float) -> list[Action] | None:
+    def handle(self, data: bytes, peer: Peer, clock: Clock) -> list[Action] | None:
         """The actions the general path would return for ``data``, or None: not mine.
 
         ``data`` must start with ``REGISTER `` (the shell looks before calling).
@@ -141,13 +141,13 @@ class FastRegister:
         if peer.flow_id is not None or len(data) > self.max_size:
             return None  # flows bring RFC 5626 rules (replaced bindings): general path
         try:
-            return self._handle(data, peer, now)
+            return self._handle(data, peer, clock)
         except (SipParseError, Reject, ValueError, KeyError):
             # ValueError: bytes that are not ASCII; KeyError: a missing header. The
             # general path finds the same fault and names it.
             return None
 
-    def _handle(self, data: bytes, peer: Peer, now: float) -> list[Action] | None:
+    def _handle(self, data: bytes, peer: Peer, clock: Clock) -> list[Action] | None:
         end = data.find(b"\r\n\r\n")
         if end < 0 or end + 4 != len(data):
             return None  # a body, or bytes after the header section
@@ -232,7 +232,7 @@ class FastRegister:
             stats["register_fast"] += 1
             stats["requests_in.REGISTER"] += 1
             stats["retransmissions_absorbed"] += 1
-            return d.proxy.tx_actions(txn.on_retransmission(now), now, d.wall(now))
+            return d.proxy.tx_actions(txn.on_retransmission(clock.now), clock)
 
         # --- what the registrar would decide; nothing has changed so far --------------
         contact = NameAddr(
@@ -249,7 +249,7 @@ class FastRegister:
         if not (serves_domain(domains, ruri.host) and serves_domain(domains, to_uri.host)):
             return None
         expires = h.get("expires")
-        wall = d.wall(now)
+        wall = clock.wall
         aor = to_uri.aor()
         current = d.location.bindings(aor)
         old, binding = registrar.contact_binding(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
-import os
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -61,15 +60,13 @@ from .routing import (
 )
 from .routing.rfc3263 import Answer
 from .routing.router import Hop, IPNetwork
-from .types import Listener, Peer
+from .types import Clock, Listener, Peer
 
 __all__ = ["Proxy", "ProxyConfig", "node_tag"]
 
 SUPPORTED_PROXY_OPTIONS: tuple[str, ...] = ()
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 _MAGIC = "z9hG4bK"
-_SECRET = os.urandom(8).hex()
-_counter = itertools.count(1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,6 +151,7 @@ class Proxy:
         layer: TransactionLayer,
         dialogs: Dialogs,
         stats: Counter[str],
+        secret: bytes,
     ) -> None:
         self.config = config
         self.location = location
@@ -179,7 +177,9 @@ class Proxy:
         self._media_ops: dict[int, MediaResume] = {}
         # In a cluster our branches and Record-Route entries carry a tag of this node, so
         # that a worker sharing our ports can pass on what the kernel gave it but is ours.
-        self._branch_tag = (self.router.node_tag or _SECRET[:6]) + _SECRET[:4]
+        unique = hashlib.sha256(b"branch tag" + secret).hexdigest()
+        self._branch_tag = (self.router.node_tag or unique[:6]) + unique[6:10]
+        self._branches = itertools.count(1)
         self._op_ids = itertools.count(1)
 
     def set_listeners(self, listeners: list[Listener]) -> None:
@@ -190,35 +190,33 @@ class Proxy:
 
     # --- entry: a new request that is not for the server itself --------------------------
 
-    def handle_request(
-        self, txn: ServerTransaction, peer: Peer, now: float, wall: float
-    ) -> list[Action]:
+    def handle_request(self, txn: ServerTransaction, peer: Peer, clock: Clock) -> list[Action]:
         req = txn.request
         ctx = Context(txn=txn, request=req, peer=peer)
         txn.context = ctx
         if bad := [t for t in req.proxy_require if t.lower() not in SUPPORTED_PROXY_OPTIONS]:
             return self._respond(
-                ctx, 420, "Bad Extension", now, headers=(("Unsupported", ", ".join(bad)),)
+                ctx, 420, "Bad Extension", clock, headers=(("Unsupported", ", ".join(bad)),)
             )
         if not isinstance(req.uri, SipUri):
-            return self._respond(ctx, 416, f"Unsupported URI Scheme {req.uri.scheme}", now)
+            return self._respond(ctx, 416, f"Unsupported URI Scheme {req.uri.scheme}", clock)
         mf = req.max_forwards
         if mf == 0:
-            return self._respond(ctx, 483, "Too Many Hops", now)
+            return self._respond(ctx, 483, "Too Many Hops", clock)
         if self._is_loop(req):
-            return self._respond(ctx, 482, "Loop Detected", now)
+            return self._respond(ctx, 482, "Loop Detected", clock)
 
         req, last_own = self._preprocess_routes(req)
         ctx.request = req
         if last_own is not None and last_own.param("ft"):
-            return self._to_flow(ctx, last_own.param("ft") or "", now, wall)
+            return self._to_flow(ctx, last_own.param("ft") or "", clock)
         if last_own is not None and last_own.param("bt"):
-            return self._to_binding(ctx, last_own.param("bt") or "", now, wall)
+            return self._to_binding(ctx, last_own.param("bt") or "", clock)
         if req.to.tag is not None:
-            return self._in_dialog(ctx, last_own, now, wall)
+            return self._in_dialog(ctx, last_own, clock)
         if req.routes:
-            return self._route(ctx, self.router.via_route(req), now, wall)
-        return self._route(ctx, self.router.initial(req, wall), now, wall)
+            return self._route(ctx, self.router.via_route(req), clock)
+        return self._route(ctx, self.router.initial(req, clock.wall), clock)
 
     def _is_loop(self, req: Request) -> bool:
         """RFC 3261 16.3 step 4: our Via with the branch this very request would get."""
@@ -273,26 +271,24 @@ class Proxy:
 
     # --- targets ----------------------------------------------------------------------
 
-    def _route(
-        self, ctx: Context, decision: list[Target] | Refuse, now: float, wall: float
-    ) -> list[Action]:
+    def _route(self, ctx: Context, decision: list[Target] | Refuse, clock: Clock) -> list[Action]:
         if isinstance(decision, Refuse):
-            return self._respond(ctx, decision.status, decision.reason, now)
-        return self._fork(ctx, decision, now, wall)
+            return self._respond(ctx, decision.status, decision.reason, clock)
+        return self._fork(ctx, decision, clock)
 
-    def _to_flow(self, ctx: Context, token: str, now: float, wall: float) -> list[Action]:
+    def _to_flow(self, ctx: Context, token: str, clock: Clock) -> list[Action]:
         """A request another node routed here for one of our flows (RFC 5626 flow token)."""
         flow_id = self.router.check_token(token)
         if flow_id is None:
-            return self._respond(ctx, 403, "Forbidden (bad flow token)", now)
+            return self._respond(ctx, 403, "Forbidden (bad flow token)", clock)
         bindings = self.location.on_flow(flow_id)
         if not bindings:
-            return self._respond(ctx, 430, "Flow Failed", now)
+            return self._respond(ctx, 430, "Flow Failed", clock)
         b = bindings[0]
         dest = self.router.source_peer(b)
-        return self._fork(ctx, [Target(ctx.request.uri_text, (), (dest,), b)], now, wall)
+        return self._fork(ctx, [Target(ctx.request.uri_text, (), (dest,), b)], clock)
 
-    def _to_binding(self, ctx: Context, token: str, now: float, wall: float) -> list[Action]:
+    def _to_binding(self, ctx: Context, token: str, clock: Clock) -> list[Action]:
         """Another node routed here a request for a UDP binding made through us.
 
         We send it from the socket the client registered with: a NAT in front of the
@@ -300,25 +296,23 @@ class Proxy:
         """
         ref = self.router.check_token(token)
         if ref is None:
-            return self._respond(ctx, 403, "Forbidden (bad binding token)", now)
+            return self._respond(ctx, 403, "Forbidden (bad binding token)", clock)
         try:
             aor, key = (
                 base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)).decode()
                 for part in ref.split("~", 1)
             )
         except ValueError:
-            return self._respond(ctx, 403, "Forbidden (bad binding token)", now)
+            return self._respond(ctx, 403, "Forbidden (bad binding token)", clock)
         b = self.location.bindings(aor).get(key)
-        if b is None or b.expires_at <= wall or self.router.remote(b):
-            return self._respond(ctx, 480, "Temporarily Unavailable", now)
+        if b is None or b.expires_at <= clock.wall or self.router.remote(b):
+            return self._respond(ctx, 480, "Temporarily Unavailable", clock)
         hop = self.router.binding_hop(b)
         if hop is None:
-            return self._respond(ctx, 480, "Temporarily Unavailable", now)
-        return self._fork(ctx, [Target(ctx.request.uri_text, (), (hop,), b)], now, wall)
+            return self._respond(ctx, 480, "Temporarily Unavailable", clock)
+        return self._fork(ctx, [Target(ctx.request.uri_text, (), (hop,), b)], clock)
 
-    def _in_dialog(
-        self, ctx: Context, last_own: SipUri | None, now: float, wall: float
-    ) -> list[Action]:
+    def _in_dialog(self, ctx: Context, last_own: SipUri | None, clock: Clock) -> list[Action]:
         req = ctx.request
         found = self.dialogs.find(req.call_id, req.from_.tag, req.to.tag)
         if found is None:
@@ -328,38 +322,36 @@ class Proxy:
                 # The dialog is held by a worker sharing our address: route it through there.
                 self.stats["in_dialog_to_node"] += 1
                 dest = router.node_peer(node)
-                return self._fork(ctx, [Target(req.uri_text, (), (dest,))], now, wall)
+                return self._fork(ctx, [Target(req.uri_text, (), (dest,))], clock)
             if req.routes:
-                return self._route(ctx, router.via_route(req), now, wall)
+                return self._route(ctx, router.via_route(req), clock)
             # Outside any dialog we know, only an allowed destination is reachable: a
             # forged Route of ours does not open a relay.
             targets = router.to_uri(req)
             if targets is not None:
-                return self._fork(ctx, targets, now, wall)
-            return self._respond(ctx, 481, "Call/Transaction Does Not Exist", now)
+                return self._fork(ctx, targets, clock)
+            return self._respond(ctx, 481, "Call/Transaction Does Not Exist", clock)
         dialog, from_caller = found
         ctx.from_caller = from_caller
         ctx.dialog_key = dialog.key
         ctx.bridged_dialog = dialog.bridged
         if dialog.state is DialogState.TERMINATED:
             if dialog.failed_flow is not None:
-                return self._respond(ctx, 430, "Flow Failed", now)
-            return self._respond(ctx, 481, "Call/Transaction Does Not Exist", now)
+                return self._respond(ctx, 430, "Flow Failed", clock)
+            return self._respond(ctx, 481, "Call/Transaction Does Not Exist", clock)
         # The other leg: its flow or address (routes left beyond ours go on with it,
         # e.g. to the next node of a cluster).
         leg = dialog.callee if from_caller else dialog.caller
-        return self._fork(ctx, [Target(req.uri_text, (), (leg.peer,))], now, wall)
+        return self._fork(ctx, [Target(req.uri_text, (), (leg.peer,))], clock)
 
     # --- forwarding -------------------------------------------------------------------------
 
-    def _fork(
-        self, ctx: Context, targets: Sequence[Target], now: float, wall: float
-    ) -> list[Action]:
+    def _fork(self, ctx: Context, targets: Sequence[Target], clock: Clock) -> list[Action]:
         out: list[Action] = []
         if ctx.request.method == "INVITE" and not ctx.branches:
             # 100 Trying only once the INVITE is really going somewhere: a request we
             # refuse gets its final answer alone.
-            out += self._respond(ctx, 100, "Trying", now)
+            out += self._respond(ctx, 100, "Trying", clock)
         for target in targets:
             b = Branch(
                 ctx=ctx,
@@ -372,10 +364,10 @@ class Proxy:
                 hops=list(target.hops),
             )
             ctx.branches.append(b)
-            out += self._next_hop(b, now, wall)
+            out += self._next_hop(b, clock)
         return out
 
-    def _next_hop(self, b: Branch, now: float, wall: float) -> list[Action]:
+    def _next_hop(self, b: Branch, clock: Clock) -> list[Action]:
         """Send the branch to its next hop (locating it first if a URI names it); when
         none is left, the branch fails with why the last one did."""
         ctx = b.ctx
@@ -384,18 +376,17 @@ class Proxy:
         if b.hops:
             hop = b.hops.pop(0)
             if isinstance(hop, Locate):
-                return self.router.locate(hop, now, wall, partial(self._located, b, hop))
-            return self._launch(b, hop, now, wall)
+                return self.router.locate(hop, clock, partial(self._located, b, hop))
+            return self._launch(b, hop, clock)
         b.local_failure = b.failure or (480, "Temporarily Unavailable")
-        return self._maybe_finish(ctx, now, wall)
+        return self._maybe_finish(ctx, clock)
 
     def _located(
         self,
         b: Branch,
         hop: Locate,
         result: list[Candidate] | LocateError,
-        now: float,
-        wall: float,
+        clock: Clock,
     ) -> list[Action]:
         if isinstance(result, LocateError):
             self.stats["dns_unresolved"] += 1
@@ -406,29 +397,29 @@ class Proxy:
                 b.failure = (peers.status, peers.reason)
             else:
                 b.hops[0:0] = peers
-        return self._next_hop(b, now, wall)
+        return self._next_hop(b, clock)
 
-    def resolved(self, op: int, answer: Answer, now: float, wall: float) -> list[Action]:
+    def resolved(self, op: int, answer: Answer, clock: Clock) -> list[Action]:
         """The shell's answer to a Resolve action."""
-        return self.router.resolver.resolved(op, answer, now, wall)
+        return self.router.resolver.resolved(op, answer, clock)
 
-    def _launch(self, b: Branch, dest: Peer, now: float, wall: float) -> list[Action]:
+    def _launch(self, b: Branch, dest: Peer, clock: Clock) -> list[Action]:
         """A new client transaction for the branch, towards ``dest``."""
         ctx = b.ctx
         target = b.target
         assert target is not None
         loop = self._loop_hash(ctx.txn.request)
-        branch = f"{_MAGIC}{loop}.{self._branch_tag}{next(_counter):x}"
+        branch = f"{_MAGIC}{loop}.{self._branch_tag}{next(self._branches):x}"
         fwd = self._forwarded(ctx, target.uri, dest, branch, target.route)
         b.branch = branch
         b.peer = dest
         b.request = fwd
         if not self._bridges(ctx, dest):
-            return self._start_branch(b, fwd, now, wall)
+            return self._start_branch(b, fwd, clock)
         b.bridged = True
         if not has_sdp(fwd.content_type, fwd.body):
             b.late_offer = fwd.method == "INVITE"  # the offer will come in the 2xx
-            return self._start_branch(b, fwd, now, wall)
+            return self._start_branch(b, fwd, clock)
         req = ctx.request
         cmd = offer_command(
             call_id=req.call_id,
@@ -439,9 +430,7 @@ class Proxy:
         )
         return self._media(cmd, partial(self._offer_done, b, fwd))
 
-    def _failover(
-        self, b: Branch, status: int, reason: str, now: float, wall: float
-    ) -> list[Action] | None:
+    def _failover(self, b: Branch, status: int, reason: str, clock: Clock) -> list[Action] | None:
         """RFC 3263 4.3: a 503, a transport error or a timeout moves the branch to its
         next hop, in a new client transaction. None: no hop is left, or the caller no
         longer wants one (cancelled, answered, or the hop is ringing)."""
@@ -464,7 +453,7 @@ class Proxy:
         b.provisional = False
         b.failure = (status, reason)
         self.stats["failovers"] += 1
-        return out + self._next_hop(b, now, wall)
+        return out + self._next_hop(b, clock)
 
     def _bridges(self, ctx: Context, dest: Peer) -> bool:
         req = ctx.request
@@ -472,7 +461,7 @@ class Proxy:
             return ctx.bridged_dialog  # in-dialog: the dialog decided when it began
         return req.method == "INVITE" and should_bridge(self.config.media, ctx.peer, dest)
 
-    def _start_branch(self, b: Branch, fwd: Request, now: float, wall: float) -> list[Action]:
+    def _start_branch(self, b: Branch, fwd: Request, clock: Clock) -> list[Action]:
         """Create the branch's client transaction and send the request."""
         b.request = fwd
         assert b.peer is not None
@@ -488,9 +477,9 @@ class Proxy:
         self.branches[txn.key] = b
         b.ctx.live += 1
         self.stats[f"forwarded.{fwd.method}"] += 1
-        out = self.tx_actions(txn.start(now), now, wall)
+        out = self.tx_actions(txn.start(clock.now), clock)
         if fwd.method == "INVITE":
-            self.layer.heap.start(now + self.config.timer_c, txn.key, "C")
+            self.layer.heap.start(clock.now + self.config.timer_c, txn.key, "C")
         return out
 
     # --- media (rtpengine) ------------------------------------------------------------------
@@ -502,7 +491,7 @@ class Proxy:
         return [MediaRequest(op=op, command=command)]
 
     def media_result(
-        self, op: int, reply: dict[str, Any] | None, error: str | None, now: float, wall: float
+        self, op: int, reply: dict[str, Any] | None, error: str | None, clock: Clock
     ) -> list[Action]:
         resume = self._media_ops.pop(op, None)
         if resume is None:
@@ -512,11 +501,11 @@ class Proxy:
             error = str(reply.get("error-reason") or f"rtpengine answered {reply.get('result')!r}")
         if error is not None:
             self.stats["media.failures"] += 1
-        return resume(reply or {}, error, now, wall)
+        return resume(reply or {}, error, clock)
 
     def _forget_media(self, command: dict[str, Any]) -> list[Action]:
         """A delete nobody waits for."""
-        return self._media(command, lambda reply, error, now, wall: [])
+        return self._media(command, lambda reply, error, clock: [])
 
     def media_delete_dialog(self, d: Dialog) -> list[Action]:
         if not d.bridged:
@@ -529,8 +518,7 @@ class Proxy:
         fwd: Request,
         reply: dict[str, Any],
         error: str | None,
-        now: float,
-        wall: float,
+        clock: Clock,
     ) -> list[Action]:
         ctx = b.ctx
         req = ctx.request
@@ -542,19 +530,17 @@ class Proxy:
                     call_id=req.call_id, from_tag=req.from_.tag or "", via_branch=b.branch
                 )
             )
-            return cleanup + self._maybe_finish(ctx, now, wall)
+            return cleanup + self._maybe_finish(ctx, clock)
         if error is not None:
             if self.config.media.fail_open:
                 b.bridged = False
-                return self._start_branch(b, fwd, now, wall)
+                return self._start_branch(b, fwd, clock)
             b.local_failure = (503, f"Service Unavailable (media relay: {error})"[:200])
-            return self._maybe_finish(ctx, now, wall)
+            return self._maybe_finish(ctx, clock)
         sdp = _sdp_bytes(reply.get("sdp"))
-        return self._start_branch(b, fwd.with_body(sdp, "application/sdp"), now, wall)
+        return self._start_branch(b, fwd.with_body(sdp, "application/sdp"), clock)
 
-    def _rewrite_response_sdp(
-        self, b: Branch, resp: Response, now: float, wall: float
-    ) -> list[Action] | None:
+    def _rewrite_response_sdp(self, b: Branch, resp: Response, clock: Clock) -> list[Action] | None:
         """Bridged branch, SDP in a 1xx/2xx: ask rtpengine first, then carry on."""
         if not b.bridged or resp.status == 100 or resp.status >= 300:
             return None
@@ -562,7 +548,7 @@ class Proxy:
             return None
         if resp.body in b.rewritten:  # a retransmitted 2xx: same answer again
             return self._branch_response(
-                b, _with_sdp(resp, b.rewritten[resp.body]), now, wall, media_done=True
+                b, _with_sdp(resp, b.rewritten[resp.body]), clock, media_done=True
             )
         ctx = b.ctx
         req = ctx.request
@@ -587,15 +573,13 @@ class Proxy:
             )
         original = resp.body
 
-        def resume(
-            reply: dict[str, Any], error: str | None, now: float, wall: float
-        ) -> list[Action]:
+        def resume(reply: dict[str, Any], error: str | None, clock: Clock) -> list[Action]:
             if error is not None:
                 # The callee has answered: refusing now helps nobody. Pass it on as it is.
-                return self._branch_response(b, resp, now, wall, media_done=True)
+                return self._branch_response(b, resp, clock, media_done=True)
             sdp = _sdp_bytes(reply.get("sdp"))
             b.rewritten[original] = sdp
-            return self._branch_response(b, _with_sdp(resp, sdp), now, wall, media_done=True)
+            return self._branch_response(b, _with_sdp(resp, sdp), clock, media_done=True)
 
         return self._media(cmd, resume)
 
@@ -646,7 +630,7 @@ class Proxy:
 
     # --- responses --------------------------------------------------------------------------
 
-    def on_response(self, resp: Response, peer: Peer, now: float, wall: float) -> list[Action]:
+    def on_response(self, resp: Response, peer: Peer, clock: Clock) -> list[Action]:
         txn = self.layer.find_client(resp)
         if txn is None:
             node = self.router.node_by_tag(_branch_node_tag(resp))
@@ -660,7 +644,7 @@ class Proxy:
         ack = None
         if txn.is_invite and resp.status >= 300 and isinstance(txn.context, Branch):
             ack = self._hop_ack(txn.context, resp)
-        return self.tx_actions(txn.on_response(resp, ack, now), now, wall)
+        return self.tx_actions(txn.on_response(resp, ack, clock.now), clock)
 
     def _hop_ack(self, b: Branch, resp: Response) -> bytes:
         """RFC 3261 17.1.1.3: the ACK for a non-2xx answer, same branch as the INVITE."""
@@ -678,7 +662,7 @@ class Proxy:
         lines.append("Content-Length: 0")
         return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
-    def tx_actions(self, events: list[TxSend | TxEvent], now: float, wall: float) -> list[Action]:
+    def tx_actions(self, events: list[TxSend | TxEvent], clock: Clock) -> list[Action]:
         """Turn transaction output into actions, and feed TU events to the branches."""
         out: list[Action] = []
         for ev in events:
@@ -705,15 +689,15 @@ class Proxy:
             if b is None or b.txn is None or b.txn.key != ev.key:
                 continue  # (an earlier hop's transaction, after a failover)
             if ev.kind is TxKind.RESPONSE and ev.response is not None:
-                out += self._branch_response(b, ev.response, now, wall)
+                out += self._branch_response(b, ev.response, clock)
             elif ev.kind is TxKind.TIMEOUT:
                 if b.txn.method == "CANCEL":
                     continue
-                moved = self._failover(b, 408, "Request Timeout", now, wall)
+                moved = self._failover(b, 408, "Request Timeout", clock)
                 out += (
                     moved
                     if moved is not None
-                    else self._branch_failed(b, 408, "Request Timeout", now, wall)
+                    else self._branch_failed(b, 408, "Request Timeout", clock)
                 )
         return out
 
@@ -724,16 +708,16 @@ class Proxy:
         if ctx.live == 0:
             ctx.branches.clear()
 
-    def timer_c(self, key: Hashable, now: float, wall: float) -> list[Action]:
+    def timer_c(self, key: Hashable, clock: Clock) -> list[Action]:
         """Timer C (16.6 step 11): an INVITE branch that never finishes is cancelled."""
         b = self.branches.get(key)
         if b is None or b.done:
             return []
         if b.provisional:
-            return self._cancel_branch(b, now, wall)
-        return self._branch_failed(b, 408, "Request Timeout", now, wall)
+            return self._cancel_branch(b, clock)
+        return self._branch_failed(b, 408, "Request Timeout", clock)
 
-    def send_failed(self, owner: Hashable, reason: str, now: float, wall: float) -> list[Action]:
+    def send_failed(self, owner: Hashable, reason: str, clock: Clock) -> list[Action]:
         b = self.branches.get(owner)
         txn = self.layer.clients.get(owner)
         if b is None or b.done or txn is None or b.txn is not txn:
@@ -743,28 +727,26 @@ class Proxy:
         status, text = (
             (430, "Flow Failed") if b.peer.flow_id else (503, f"Service Unavailable ({reason})")
         )
-        moved = self._failover(b, status, text, now, wall)
-        out = moved if moved is not None else self._branch_failed(b, status, text, now, wall)
-        out += self.tx_actions(txn.transport_error(), now, wall)
+        moved = self._failover(b, status, text, clock)
+        out = moved if moved is not None else self._branch_failed(b, status, text, clock)
+        out += self.tx_actions(txn.transport_error(), clock)
         return out
 
-    def _branch_failed(
-        self, b: Branch, status: int, reason: str, now: float, wall: float
-    ) -> list[Action]:
+    def _branch_failed(self, b: Branch, status: int, reason: str, clock: Clock) -> list[Action]:
         if b.done:
             return []
         b.local_failure = (status, reason)
-        return self._maybe_finish(b.ctx, now, wall)
+        return self._maybe_finish(b.ctx, clock)
 
     def _branch_response(
-        self, b: Branch, resp: Response, now: float, wall: float, *, media_done: bool = False
+        self, b: Branch, resp: Response, clock: Clock, *, media_done: bool = False
     ) -> list[Action]:
         txn = b.txn
         assert txn is not None
         if txn.method == "CANCEL":
             return []  # the answer to our own CANCEL: nothing to forward
         if not media_done:
-            pending = self._rewrite_response_sdp(b, resp, now, wall)
+            pending = self._rewrite_response_sdp(b, resp, clock)
             if pending is not None:
                 return pending
         ctx = b.ctx
@@ -776,33 +758,37 @@ class Proxy:
             b.ringing = b.ringing or status > 100
             if b.cancel_pending and not b.cancel_sent:
                 b.local_failure = None  # let _cancel_branch send it
-                out += self._cancel_branch(b, now, wall)
+                out += self._cancel_branch(b, clock)
                 b.local_failure = b.local_failure or (487, "Request Terminated")
             if status == 100:
                 return out
             if txn.is_invite and not ctx.final_sent:
                 # Once the caller has its final answer (a CANCEL that beat the callee's
                 # first provisional), an early dialog would never be ended: none is made.
-                out += self._dialog_from_response(b, resp, confirmed=False, now=now, wall=wall)
+                out += self._dialog_from_response(b, resp, confirmed=False, clock=clock)
             if not ctx.final_sent:
-                out += self._respond_raw(ctx, up, now)
+                out += self._respond_raw(ctx, up, clock)
             return out
         if status < 300:
             b.final = resp
             if txn.is_invite:
                 self.layer.heap.cancel(txn.key, "C")
-                out += self._dialog_from_response(b, resp, confirmed=True, now=now, wall=wall)
+                out += self._dialog_from_response(b, resp, confirmed=True, clock=clock)
                 for d in self.dialogs.early_of(ctx.txn.key):
                     if d.callee.tag != resp.to.tag:
                         ended = self.dialogs.end(
-                            d, by="callee", reason="answered elsewhere", now=now, wall=wall
+                            d,
+                            by="callee",
+                            reason="answered elsewhere",
+                            now=clock.now,
+                            wall=clock.wall,
                         )
                         out += self._publish(ended)
                 if not ctx.got_2xx:
                     ctx.got_2xx = True
                     for other in ctx.branches:
                         if other is not b and not other.done:
-                            out += self._cancel_branch(other, now, wall)
+                            out += self._cancel_branch(other, clock)
                         if other is not b and other.bridged:
                             req = ctx.request
                             out += self._forget_media(  # the losers' media branches
@@ -813,12 +799,12 @@ class Proxy:
                                 )
                             )
             else:
-                out += self._in_dialog_done(ctx, status, now, wall)
+                out += self._in_dialog_done(ctx, status, clock)
             ctx.final_sent = True
-            out += self._respond_raw(ctx, up, now)  # every 2xx goes upstream
+            out += self._respond_raw(ctx, up, clock)  # every 2xx goes upstream
             return out
         if status == 503:
-            moved = self._failover(b, 503, resp.reason, now, wall)
+            moved = self._failover(b, 503, resp.reason, clock)
             if moved is not None:
                 return moved
         b.final = resp
@@ -827,11 +813,11 @@ class Proxy:
             if status >= 600 and not ctx.got_2xx:
                 for other in ctx.branches:
                     if other is not b and not other.done:
-                        out += self._cancel_branch(other, now, wall)
-        out += self._maybe_finish(ctx, now, wall)
+                        out += self._cancel_branch(other, clock)
+        out += self._maybe_finish(ctx, clock)
         return out
 
-    def _maybe_finish(self, ctx: Context, now: float, wall: float) -> list[Action]:
+    def _maybe_finish(self, ctx: Context, clock: Clock) -> list[Action]:
         if ctx.final_sent or not all(b.done for b in ctx.branches):
             return []
         best: Response | None = None
@@ -853,10 +839,10 @@ class Proxy:
             if up.status == 503:
                 up = _restatus(up, 500, "Server Internal Error (downstream 503)")
             status = up.status
-            out += self._respond_raw(ctx, up, now)
+            out += self._respond_raw(ctx, up, clock)
         else:
             status, reason = local or (480, "Temporarily Unavailable")
-            out += self._respond(ctx, status, reason, now)
+            out += self._respond(ctx, status, reason, clock)
         if ctx.request.method == "INVITE" and ctx.request.to.tag is None:
             if any(b.bridged for b in ctx.branches) and status >= 300:
                 req = ctx.request
@@ -866,13 +852,13 @@ class Proxy:
             for d in self.dialogs.early_of(ctx.txn.key):
                 by = "caller" if ctx.cancelled else "callee"
                 out += self._publish(
-                    self.dialogs.end(d, by=by, reason=f"{status}", now=now, wall=wall)
+                    self.dialogs.end(d, by=by, reason=f"{status}", now=clock.now, wall=clock.wall)
                 )
         else:
-            out += self._in_dialog_done(ctx, status, now, wall)
+            out += self._in_dialog_done(ctx, status, clock)
         return out
 
-    def _in_dialog_done(self, ctx: Context, status: int, now: float, wall: float) -> list[Action]:
+    def _in_dialog_done(self, ctx: Context, status: int, clock: Clock) -> list[Action]:
         """A BYE's final answer ends its dialog, whatever the answer was."""
         if ctx.request.method != "BYE" or ctx.dialog_key is None:
             return []
@@ -880,11 +866,11 @@ class Proxy:
         if d is None:
             return []
         by = "caller" if ctx.from_caller else "callee"
-        ended = self.dialogs.end(d, by=by, reason=f"BYE ({status})", now=now, wall=wall)
+        ended = self.dialogs.end(d, by=by, reason=f"BYE ({status})", now=clock.now, wall=clock.wall)
         return self._publish(ended) + self.media_delete_dialog(d)
 
     def _dialog_from_response(
-        self, b: Branch, resp: Response, *, confirmed: bool, now: float, wall: float
+        self, b: Branch, resp: Response, *, confirmed: bool, clock: Clock
     ) -> list[Action]:
         ctx = b.ctx
         req = ctx.request
@@ -899,8 +885,8 @@ class Proxy:
             caller=caller,
             callee=callee,
             confirmed=confirmed,
-            now=now,
-            wall=wall,
+            now=clock.now,
+            wall=clock.wall,
             invite_key=ctx.txn.key,
         )
         d = self.dialogs.get((req.call_id, caller.tag, to_tag))
@@ -916,9 +902,7 @@ class Proxy:
 
     # --- CANCEL and ACK ------------------------------------------------------------------------
 
-    def handle_cancel(
-        self, txn: ServerTransaction, peer: Peer, now: float, wall: float
-    ) -> list[Action]:
+    def handle_cancel(self, txn: ServerTransaction, peer: Peer, clock: Clock) -> list[Action]:
         """RFC 3261 16.10: 200 to the CANCEL, CANCEL to every pending branch."""
         req = txn.request
         key = txn.key
@@ -936,14 +920,14 @@ class Proxy:
                 "Call/Transaction Does Not Exist",
                 headers=(("Server", self.config.server_name),),
             )
-            return self.tx_actions(txn.respond(resp.serialise(), 481, now), now, wall)
-        out = self.tx_actions(txn.respond(ok.serialise(), 200, now), now, wall)
+            return self.tx_actions(txn.respond(resp.serialise(), 481, clock.now), clock)
+        out = self.tx_actions(txn.respond(ok.serialise(), 200, clock.now), clock)
         ctx = inv.context
         ctx.cancelled = True
         pending = [b for b in ctx.branches if not b.done]
         if not pending and not ctx.final_sent:
             ctx.final_sent = True
-            return out + self._respond(ctx, 487, "Request Terminated", now)
+            return out + self._respond(ctx, 487, "Request Terminated", clock)
         for b in pending:
             if not b.provisional:
                 # RFC 3261 9.1: no CANCEL before a provisional response; one goes out if
@@ -951,11 +935,11 @@ class Proxy:
                 b.cancel_pending = True
                 b.local_failure = (487, "Request Terminated")
             else:
-                out += self._cancel_branch(b, now, wall)
-        out += self._maybe_finish(ctx, now, wall)
+                out += self._cancel_branch(b, clock)
+        out += self._maybe_finish(ctx, clock)
         return out
 
-    def _cancel_branch(self, b: Branch, now: float, wall: float) -> list[Action]:
+    def _cancel_branch(self, b: Branch, clock: Clock) -> list[Action]:
         if b.txn is None:  # still waiting for rtpengine: it will not be sent
             b.local_failure = b.local_failure or (487, "Request Terminated")
             return []
@@ -991,9 +975,9 @@ class Proxy:
         self.branches[txn.key] = cb
         cb.ctx.live += 1
         self.stats["cancels_sent"] += 1
-        return self.tx_actions(txn.start(now), now, wall)
+        return self.tx_actions(txn.start(clock.now), clock)
 
-    def handle_ack(self, req: Request, peer: Peer, now: float, wall: float) -> list[Action]:
+    def handle_ack(self, req: Request, peer: Peer, clock: Clock) -> list[Action]:
         """An ACK that matched no INVITE transaction: a 2xx ACK, routed statelessly."""
         req, _ = self._preprocess_routes(req)
         found = self.dialogs.find(req.call_id, req.from_.tag, req.to.tag)
@@ -1024,9 +1008,7 @@ class Proxy:
                 towards=dialog.callee.peer,
             )
 
-            def resume(
-                reply: dict[str, Any], error: str | None, now: float, wall: float
-            ) -> list[Action]:
+            def resume(reply: dict[str, Any], error: str | None, clock: Clock) -> list[Action]:
                 body = (
                     fwd
                     if error is not None
@@ -1044,7 +1026,7 @@ class Proxy:
         ctx: Context,
         status: int,
         reason: str,
-        now: float,
+        clock: Clock,
         *,
         headers: tuple[tuple[str, str], ...] = (),
     ) -> list[Action]:
@@ -1054,14 +1036,14 @@ class Proxy:
         if status >= 200:
             ctx.final_sent = True
         self.stats[f"responses_out.{status // 100}xx"] += 1
-        return self.tx_actions(ctx.txn.respond(resp.serialise(), status, now), now, 0.0)
+        return self.tx_actions(ctx.txn.respond(resp.serialise(), status, clock.now), clock)
 
-    def _respond_raw(self, ctx: Context, resp: Response, now: float) -> list[Action]:
+    def _respond_raw(self, ctx: Context, resp: Response, clock: Clock) -> list[Action]:
         self.stats[f"responses_out.{resp.status // 100}xx"] += 1
-        return self.tx_actions(ctx.txn.respond(resp.serialise(), resp.status, now), now, 0.0)
+        return self.tx_actions(ctx.txn.respond(resp.serialise(), resp.status, clock.now), clock)
 
 
-MediaResume = Callable[[dict[str, Any], str | None, float, float], list[Action]]
+MediaResume = Callable[[dict[str, Any], str | None, Clock], list[Action]]
 
 
 def _sdp_bytes(value: object) -> bytes:

@@ -5,7 +5,25 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["Listener", "Peer", "Transport"]
+__all__ = ["Clock", "Listener", "Peer", "Transport"]
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """The time of one event, read once by the shell and passed in.
+
+    ``now`` is monotonic (trio's clock): transaction timers and every deadline run on
+    it. ``wall`` is seconds since the epoch at the same instant: bindings and dialogs
+    carry it, because they outlive the process and people read them.
+    """
+
+    now: float
+    wall: float
+
+    @classmethod
+    def at(cls, now: float, wall: float | None = None) -> Clock:
+        """For tests and tools: ``wall`` defaults to ``now``."""
+        return cls(now, now if wall is None else wall)
 
 
 class Transport(enum.Enum):

@@ -20,14 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.digest import authorization, challenges
-from support.peers import NOW, TCP, UDP, UDP6
+from support.peers import NOW, SECRET, TCP, UDP, UDP6
 
 from siptrio.core.auth import AuthConfig
 from siptrio.core.dispatcher import Dispatcher, DispatcherConfig
 from siptrio.core.events import Action, Persist, Publish, Send
 from siptrio.core.fastreg import FastRegister
 from siptrio.core.registrar import RegistrarConfig
-from siptrio.core.types import Peer
+from siptrio.core.types import Clock, Peer
 from siptrio.sip import Request, SipParseError, error_response_untrusted, parse_message_untrusted
 from siptrio.sip.digest import ha1
 
@@ -87,9 +87,9 @@ class Pair:
     """One dispatcher with the fast path in front, one without; same config, same clock."""
 
     def __init__(self, config: DispatcherConfig | None = None) -> None:
-        config = config or DispatcherConfig(auth_secret=b"same secret")
-        self.with_fast = Dispatcher(config)
-        self.general = Dispatcher(config)
+        config = config or DispatcherConfig()
+        self.with_fast = Dispatcher(config, secret=SECRET)
+        self.general = Dispatcher(config, secret=SECRET)
         self.fast = FastRegister(self.with_fast, max_size=65535, max_headers=256)
         for d in (self.with_fast, self.general):
             d.auth.users = {
@@ -109,9 +109,9 @@ class Pair:
         except SipParseError as e:
             return [("reply", error_response_untrusted(data, e, server="siptrio"))]
         if isinstance(msg, Request):
-            actions = d.receive_request(msg, peer, now)
+            actions = d.receive_request(msg, peer, Clock.at(now))
         else:
-            actions = d.receive_response(msg, peer, now)
+            actions = d.receive_response(msg, peer, Clock.at(now))
         return Pair._settle(d, actions, now)
 
     @staticmethod
@@ -120,7 +120,9 @@ class Pair:
         for a in actions:
             out.append(_norm(a))
             if isinstance(a, Persist) and a.txn_key is not None:
-                out += [_norm(x) for x in d.committed(a.txn_key, True, now)]  # the store: done
+                out += [
+                    _norm(x) for x in d.committed(a.txn_key, True, Clock.at(now))
+                ]  # the store: done
         return out
 
     def send(self, data: bytes, peer: Peer = UDP, now: float = NOW) -> list[tuple[Any, ...]]:
@@ -128,7 +130,7 @@ class Pair:
         before = self.taken
         fast = None
         if data.startswith(b"REGISTER "):
-            actions = self.fast.handle(data, peer, now)
+            actions = self.fast.handle(data, peer, Clock.at(now))
             if actions is not None:
                 assert self.taken == before + 1
                 fast = self._settle(self.with_fast, actions, now)
@@ -143,8 +145,8 @@ class Pair:
     def tick(self, now: float) -> None:
         """Timers and housekeeping on both sides (Timer J ends the transactions)."""
         for d in (self.with_fast, self.general):
-            d.fire_timers(now)
-            d.tick(now)
+            d.fire_timers(Clock.at(now))
+            d.tick(Clock.at(now))
         self.assert_same_state()
 
     def assert_same_state(self) -> None:
@@ -239,11 +241,11 @@ def test_answer_waits_for_the_store() -> None:
     """A retransmission before the commit gets nothing; the 200 comes with the commit."""
     pair = Pair()
     data = register()
-    actions = pair.fast.handle(data, UDP, NOW)
+    actions = pair.fast.handle(data, UDP, Clock.at(NOW))
     assert actions is not None
     persist = [a for a in actions if isinstance(a, Persist)]
-    assert len(persist) == 1 and pair.fast.handle(data, UDP, NOW) == []
-    sent = pair.with_fast.committed(persist[0].txn_key, False, NOW)  # the store failed
+    assert len(persist) == 1 and pair.fast.handle(data, UDP, Clock.at(NOW)) == []
+    sent = pair.with_fast.committed(persist[0].txn_key, False, Clock.at(NOW))  # the store failed
     assert len(sent) == 1
     assert isinstance(sent[0], Send) and sent[0].data.startswith(b"SIP/2.0 500 ")
 
@@ -345,7 +347,7 @@ def test_flows_and_other_domains_are_not_its_business() -> None:
 
 
 def test_authenticated_register() -> None:
-    config = DispatcherConfig(auth=AuthConfig(enabled=True, realm="siptrio"), auth_secret=b"k")
+    config = DispatcherConfig(auth=AuthConfig(enabled=True, realm="siptrio"))
     pair = Pair(config)
     out = pair.send(register(cseq=1))  # no credentials: the general path challenges
     assert pair.taken == 0

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 
-from support.peers import UDP
+from support.peers import SECRET, UDP
 
 from siptrio.core.dispatcher import Dispatcher, DispatcherConfig
 from siptrio.core.events import Send
 from siptrio.core.proxy import ProxyConfig
-from siptrio.core.types import Listener, Peer, Transport
+from siptrio.core.types import Clock, Listener, Peer, Transport
 from siptrio.sip import Request, Response, headers, parse_message_untrusted
 
 US = Listener(transport=Transport.UDP, host="127.0.0.1", port=5060)
@@ -23,7 +23,8 @@ def dispatcher() -> Dispatcher:
     d = Dispatcher(
         DispatcherConfig(
             proxy=ProxyConfig(allowed_destinations=(ipaddress.ip_network("127.0.0.0/8"),))
-        )
+        ),
+        secret=SECRET,
     )
     d.set_listeners([US])
     return d
@@ -55,7 +56,7 @@ def sent(actions: list[object]) -> list[tuple[Peer, Request | Response]]:
 
 def test_a_request_that_comes_back_unchanged_is_a_loop_482() -> None:
     d = dispatcher()
-    ((peer, fwd),) = sent(d.receive_request(message("sip:x@127.0.0.9:7000"), ALICE, 0.0))
+    ((peer, fwd),) = sent(d.receive_request(message("sip:x@127.0.0.9:7000"), ALICE, Clock.at(0.0)))
     assert peer.host == "127.0.0.9" and isinstance(fwd, Request)
     assert fwd.top_via.host == "127.0.0.1" and fwd.max_forwards == 69
     # the far end (misconfigured) sends it straight back with the same Request-URI
@@ -67,13 +68,13 @@ def test_a_request_that_comes_back_unchanged_is_a_loop_482() -> None:
         )
     )
     assert isinstance(back, Request)
-    ((peer, answer),) = sent(d.receive_request(back, FAR, 0.1))
+    ((peer, answer),) = sent(d.receive_request(back, FAR, Clock.at(0.1)))
     assert isinstance(answer, Response) and answer.status == 482 and peer == FAR
 
 
 def test_a_spiral_with_a_new_request_uri_is_not_a_loop() -> None:
     d = dispatcher()
-    ((_, fwd),) = sent(d.receive_request(message("sip:x@127.0.0.9:7000"), ALICE, 0.0))
+    ((_, fwd),) = sent(d.receive_request(message("sip:x@127.0.0.9:7000"), ALICE, Clock.at(0.0)))
     assert isinstance(fwd, Request)
     text = fwd.serialise().replace(
         b"MESSAGE sip:x@127.0.0.9:7000", b"MESSAGE sip:y@127.0.0.9:7001", 1
@@ -85,7 +86,7 @@ def test_a_spiral_with_a_new_request_uri_is_not_a_loop() -> None:
     )
     back = parse_message_untrusted(text)
     assert isinstance(back, Request)
-    ((peer, again),) = sent(d.receive_request(back, FAR, 0.1))
+    ((peer, again),) = sent(d.receive_request(back, FAR, Clock.at(0.1)))
     assert isinstance(again, Request) and peer.port == 7001
 
 
@@ -93,7 +94,7 @@ def test_strict_router_request_uri_is_restored_from_the_last_route() -> None:
     """RFC 3261 16.4: our own URI in the Request-URI means a strict router went before."""
     d = dispatcher()
     req = message("sip:127.0.0.1:5060", route="<sip:x@127.0.0.9:7000>", to_tag="tb")
-    ((peer, fwd),) = sent(d.receive_request(req, ALICE, 0.0))
+    ((peer, fwd),) = sent(d.receive_request(req, ALICE, Clock.at(0.0)))
     assert isinstance(fwd, Request)
     assert fwd.uri_text == "sip:x@127.0.0.9:7000" and not fwd.has("route")
     assert (peer.host, peer.port) == ("127.0.0.9", 7000)
@@ -102,7 +103,7 @@ def test_strict_router_request_uri_is_restored_from_the_last_route() -> None:
 def test_our_own_loose_route_is_removed_before_forwarding() -> None:
     d = dispatcher()
     req = message("sip:x@127.0.0.9:7000", route="<sip:127.0.0.1:5060;lr>")
-    ((_, fwd),) = sent(d.receive_request(req, ALICE, 0.0))
+    ((_, fwd),) = sent(d.receive_request(req, ALICE, Clock.at(0.0)))
     assert isinstance(fwd, Request) and not fwd.has("route")
 
 
@@ -113,7 +114,7 @@ def test_stray_response_is_dropped_and_counted() -> None:
         b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: s1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     )
     assert isinstance(resp, Response)
-    assert d.receive_response(resp, FAR, 0.0) == []
+    assert d.receive_response(resp, FAR, Clock.at(0.0)) == []
     assert d.stats["responses_stray"] == 1
 
 
@@ -158,21 +159,23 @@ def test_a_finished_call_leaves_nothing_for_the_cyclic_collector() -> None:
     )
     assert isinstance(invite, Request)
     now = 0.0
-    out = sent(d.receive_request(invite, ALICE, now))
+    out = sent(d.receive_request(invite, ALICE, Clock.at(now)))
     (fwd,) = [m for p, m in out if p == FAR]
     assert isinstance(fwd, Request)
     for status, reason in ((180, "Ringing"), (200, "OK")):
-        ups = sent(d.receive_response(_answer(fwd, status, reason), FAR, now))
+        ups = sent(d.receive_response(_answer(fwd, status, reason), FAR, Clock.at(now)))
         assert [m.status for _, m in ups if isinstance(m, Response)] == [status]
     route = fwd.values("record-route")[0]
-    assert sent(d.receive_request(_in_dialog("ACK", 1, route), ALICE, now))  # relayed
-    (bye,) = [m for p, m in sent(d.receive_request(_in_dialog("BYE", 2, route), ALICE, now))]
+    assert sent(d.receive_request(_in_dialog("ACK", 1, route), ALICE, Clock.at(now)))  # relayed
+    (bye,) = [
+        m for p, m in sent(d.receive_request(_in_dialog("BYE", 2, route), ALICE, Clock.at(now)))
+    ]
     assert isinstance(bye, Request)
-    ups = sent(d.receive_response(_answer(bye, 200, "OK"), FAR, now))
+    ups = sent(d.receive_response(_answer(bye, 200, "OK"), FAR, Clock.at(now)))
     assert [m.status for _, m in ups if isinstance(m, Response)] == [200]
     for now in (40.0, 80.0, 120.0):  # every transaction timer and the dialog's linger
-        d.fire_timers(now)
-        d.tick(now)
+        d.fire_timers(Clock.at(now))
+        d.tick(Clock.at(now))
     assert not d.layer.servers and not d.layer.clients and not d.proxy.branches
     assert len(d.dialogs) == 0
 
@@ -208,7 +211,7 @@ def test_the_answer_to_a_forwarded_request_finds_our_via_parsed_already() -> Non
     d = dispatcher()
     (data,) = [
         a.data
-        for a in d.receive_request(message("sip:x@127.0.0.9:7000"), ALICE, 0.0)
+        for a in d.receive_request(message("sip:x@127.0.0.9:7000"), ALICE, Clock.at(0.0))
         if isinstance(a, Send)
     ]
     our_line = data.split(b"\r\n")[1]
@@ -220,5 +223,5 @@ def test_the_answer_to_a_forwarded_request_finds_our_via_parsed_already() -> Non
     answer = answer.replace(b"To: <sip:x@127.0.0.9>", b"To: <sip:x@127.0.0.9>;tag=t9", 1)
     resp = parse_message_untrusted(answer)
     assert isinstance(resp, Response)
-    ((peer, up),) = sent(d.receive_response(resp, FAR, 0.1))
+    ((peer, up),) = sent(d.receive_response(resp, FAR, Clock.at(0.1)))
     assert peer == ALICE and isinstance(up, Response) and up.status == 200

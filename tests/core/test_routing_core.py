@@ -25,7 +25,7 @@ from siptrio.core.routing import (
     parse_rule,
 )
 from siptrio.core.routing.rfc3263 import locate, order_srv
-from siptrio.core.types import Peer, Transport
+from siptrio.core.types import Clock, Peer, Transport
 from siptrio.sip.uri import SipUri, parse_uri_untrusted
 
 ALL = (Transport.UDP, Transport.TCP, Transport.TLS)
@@ -208,11 +208,11 @@ class Driver:
 
     def locate(self, text: str, now: float) -> None:
         actions = self.resolver.locate(
-            uri(text), supported=ALL, ipv6=False, now=now, wall=now, done=self._done
+            uri(text), supported=ALL, ipv6=False, clock=Clock.at(now), done=self._done
         )
         self.pending += [a for a in actions if isinstance(a, Resolve)]
 
-    def _done(self, result: object, now: float, wall: float) -> list:  # type: ignore[type-arg]
+    def _done(self, result: object, clock: Clock) -> list:  # type: ignore[type-arg]
         self.results.append(result)
         return []
 
@@ -220,7 +220,7 @@ class Driver:
         while self.pending:
             r = self.pending.pop(0)
             answer = self.zone.get((r.name, QType(r.qtype)), Answer(error="nxdomain"))
-            actions = self.resolver.resolved(r.op, answer, now, now)
+            actions = self.resolver.resolved(r.op, answer, Clock.at(now))
             self.pending += [a for a in actions if isinstance(a, Resolve)]
 
 

@@ -17,3 +17,4 @@ TCP = Peer(
     flow_id="tcp-x-1",
 )
 NOW = 1_000_000.0  # a clock reading far from zero, as a real one is
+SECRET = b"a test secret, not random"  # what the shell gives the core (os.urandom)

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 
 from ...sip.uri import SipUri
 from ..events import Action, Resolve
-from ..types import Transport
+from ..types import Clock, Transport
 from .rfc3263 import Answer, Candidate, LocateError, Locating, QType, Query, locate
 
 __all__ = ["Located", "Resolver", "ResolverConfig"]
 
-Located = Callable[[list[Candidate] | LocateError, float, float], list[Action]]
+Located = Callable[[list[Candidate] | LocateError, Clock], list[Action]]
 Key = tuple[str, QType]
 
 
@@ -79,28 +79,27 @@ class Resolver:
         *,
         supported: Sequence[Transport],
         ipv6: bool,
-        now: float,
-        wall: float,
+        clock: Clock,
         done: Located,
     ) -> list[Action]:
-        """Find where ``uri`` is served; ``done`` gets the candidates or the error, with
-        the times it is called at (``wall`` only passes through, for the caller)."""
+        """Find where ``uri`` is served; ``done`` gets the candidates or the error, and
+        the clock of the event that finished the search."""
         steps = locate(uri, supported=supported, ipv6=ipv6, rng=self.rng)
-        return self._run(_Job(steps=steps, done=done), None, now, wall)
+        return self._run(_Job(steps=steps, done=done), None, clock)
 
-    def resolved(self, op: int, answer: Answer, now: float, wall: float) -> list[Action]:
+    def resolved(self, op: int, answer: Answer, clock: Clock) -> list[Action]:
         """The shell's answer to the Resolve action ``op``."""
         key = self._by_op.pop(op, None)
         if key is None:
             return []
         flight = self._in_flight.pop(key, None)
         if answer.error is None or answer.error == "nxdomain":
-            self._store(key, answer, now)
+            self._store(key, answer, clock.now)
         else:
             self.stats["dns_failures"] += 1
         out: list[Action] = []
         for job in flight.jobs if flight is not None else ():
-            out += self._run(job, answer, now, wall)
+            out += self._run(job, answer, clock)
         return out
 
     def _store(self, key: Key, answer: Answer, now: float) -> None:
@@ -127,18 +126,18 @@ class Resolver:
         self._cache.move_to_end(key)
         return answer
 
-    def _run(self, job: _Job, answer: Answer | None, now: float, wall: float) -> list[Action]:
+    def _run(self, job: _Job, answer: Answer | None, clock: Clock) -> list[Action]:
         """Drive the procedure until it needs the network, or ends."""
         value = answer
         while True:
             try:
                 query: Query = job.steps.send(value)  # type: ignore[arg-type]
             except StopIteration as stop:
-                return job.done(stop.value, now, wall)
+                return job.done(stop.value, clock)
             except LocateError as e:
-                return job.done(e, now, wall)
+                return job.done(e, clock)
             key = (query.name, query.qtype)
-            cached = self._cached(key, now)
+            cached = self._cached(key, clock.now)
             if cached is not None:
                 self.stats["dns_cache_hits"] += 1
                 value = cached

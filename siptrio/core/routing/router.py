@@ -30,7 +30,7 @@ from ...sip.message import Request
 from ...sip.uri import SipUri, parse_uri_untrusted
 from ..events import Action
 from ..location import Binding, Location
-from ..types import Listener, Peer, Transport
+from ..types import Clock, Listener, Peer, Transport
 from .nat import NatMode, ip_of
 from .resolver import Located, Resolver, ResolverConfig
 from .rfc3263 import Candidate, LocateError, default_port, uri_transport
@@ -439,9 +439,9 @@ class Router:
 
     # --- locating next hops -------------------------------------------------------------------
 
-    def locate(self, hop: Locate, now: float, wall: float, done: Located) -> list[Action]:
+    def locate(self, hop: Locate, clock: Clock, done: Located) -> list[Action]:
         return self.resolver.locate(
-            hop.uri, supported=self._supported, ipv6=self._ipv6, now=now, wall=wall, done=done
+            hop.uri, supported=self._supported, ipv6=self._ipv6, clock=clock, done=done
         )
 
     def peers(self, hop: Locate, candidates: Sequence[Candidate]) -> list[Peer] | Refuse:
