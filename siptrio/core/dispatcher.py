@@ -28,6 +28,7 @@ from .auth import AuthConfig, Authenticator
 from .dialogs import DialogEvent, DialogEventKind, Dialogs
 from .events import Action, BindingEvent, BindingEventKind, Persist, Publish
 from .location import Binding, Location
+from .plumbing import Plumbing
 from .proxy import Proxy, ProxyConfig
 from .registrar import SUPPORTED_OPTIONS, Registrar, RegistrarConfig
 from .routing import Answer, Router
@@ -67,6 +68,7 @@ class Dispatcher:
         self.stats: Counter[str] = Counter()
         self.registrar = Registrar(config.registrar, self.location, server=config.server_name)
         self.layer = TransactionLayer(config.timers)
+        self.plumbing = Plumbing(self.layer)
         self.dialogs = Dialogs(max_duration=config.proxy.max_dialog_duration)
         proxy_config = config.proxy
         if proxy_config.server_name != config.server_name:
@@ -77,6 +79,7 @@ class Dispatcher:
             proxy_config,
             location=self.location,
             layer=self.layer,
+            plumbing=self.plumbing,
             dialogs=self.dialogs,
             stats=self.stats,
             secret=secret,
@@ -266,13 +269,13 @@ class Dispatcher:
             if e.kind is DialogEventKind.ENDED and e.dialog.media == "bridged":
                 d = self.dialogs.get_by_id(e.dialog.id)
                 if d is not None:
-                    out += self.proxy.media_delete_dialog(d)
+                    out += self.proxy.bridge.delete_dialog(d)
         return out
 
     # --- the server's own answers ----------------------------------------------------------------
 
     def _tx(self, events: list[TxSend | TxEvent], clock: Clock) -> list[Action]:
-        return self.proxy.tx_actions(events, clock)
+        return self.plumbing.actions(events, clock)
 
     def _answer(
         self,

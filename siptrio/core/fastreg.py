@@ -232,7 +232,7 @@ class FastRegister:
             stats["register_fast"] += 1
             stats["requests_in.REGISTER"] += 1
             stats["retransmissions_absorbed"] += 1
-            return d.proxy.tx_actions(txn.on_retransmission(clock.now), clock)
+            return d.plumbing.actions(txn.on_retransmission(clock.now), clock)
 
         # --- what the registrar would decide; nothing has changed so far --------------
         contact = NameAddr(

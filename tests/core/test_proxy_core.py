@@ -176,7 +176,7 @@ def test_a_finished_call_leaves_nothing_for_the_cyclic_collector() -> None:
     for now in (40.0, 80.0, 120.0):  # every transaction timer and the dialog's linger
         d.fire_timers(Clock.at(now))
         d.tick(Clock.at(now))
-    assert not d.layer.servers and not d.layer.clients and not d.proxy.branches
+    assert not d.layer.servers and not d.layer.clients and not d.proxy.forker.branches
     assert len(d.dialogs) == 0
 
     del out, fwd, bye, ups, invite
