@@ -307,6 +307,19 @@ def test_nat_is_detected_not_assumed() -> None:
     assert reach("sip:bob@127.0.0.1:5070", same, mode=NatMode.SOURCE).nat
 
 
+def test_a_contact_on_another_port_of_the_source_host_is_no_sign_of_nat() -> None:
+    """sipsak -U -i -C sip:bob@127.0.0.1:15062: it sends from one port (5070 here), names
+    another in its Via with rport, and registers bob at a third. The Contact is where
+    bob answers; the port sipsak sent from reaches sipsak, if anything."""
+    sipsak = ViaFacts(host="127.0.0.1", port=35224, rport=True)
+    assert not reach("sip:bob@127.0.0.1:15062", sipsak).nat
+    assert reach("sip:bob@127.0.0.1:35224", sipsak).nat  # its own Via port: NAT, as before
+    assert reach("sip:bob@127.0.0.1:5070", sipsak).nat  # the source port: one place either way
+    assert reach("sip:bob@127.0.0.2:15062", sipsak).nat  # another host: the tests as before
+    behind_nat = ViaFacts(host="192.168.1.10", port=5060, rport=True)
+    assert reach("sip:bob@127.0.0.1:15062", behind_nat).nat  # the Via's host still decides
+
+
 def test_flows_are_kept_where_only_they_reach() -> None:
     via = ViaFacts(host="127.0.0.1", port=40000, rport=False)
     assert reach("sip:bob@127.0.0.1:40000;transport=tcp", via, TCP).flow_bound

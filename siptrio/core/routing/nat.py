@@ -11,6 +11,12 @@ NAT is detected, not assumed (``NatMode.AUTO``), with the tests of Kamailio's
 ``nat_uac_test(19)``: the top Via's sent-by host is not the source address; the Via
 asks for ``rport`` and its sent-by port is not the source port; the Contact names a
 private or shared address (RFC 1918, RFC 6598, fc00::/7) that is not the source.
+
+One exception to the port test: a Contact on the source's own address whose port is
+neither the Via's nor the source's is registered for another socket on that host (a
+third-party registration: ``sipsak -C``, one SIPp registering for another). sipsak
+sends from one socket and names another in its Via, with ``rport``; that tells how
+to reach sipsak, not the Contact it registered.
 """
 
 from __future__ import annotations
@@ -79,7 +85,8 @@ def detect_nat(via: ViaFacts, contact: Uri | None, peer: Peer) -> bool:
     sent_by = ip_of(via.host)
     if sent_by is None or sent_by != source:
         return True
-    if via.rport and (via.port or _default_port(peer.transport)) != peer.port:
+    via_port = via.port or _default_port(peer.transport)
+    if via.rport and via_port != peer.port and not _third_party_port(contact, via_port, peer):
         return True
     if isinstance(contact, SipUri):
         if contact.host.lower().endswith(".invalid"):
@@ -88,6 +95,14 @@ def detect_nat(via: ViaFacts, contact: Uri | None, peer: Peer) -> bool:
         if ip is not None and ip != source and is_private(ip):
             return True
     return False
+
+
+def _third_party_port(contact: Uri | None, via_port: int, peer: Peer) -> bool:
+    """Does the Contact name the source address on a port that is neither the Via's
+    sent-by port nor the source port?"""
+    if not isinstance(contact, SipUri) or ip_of(contact.host) != ip_of(peer.host):
+        return False
+    return (contact.port or _default_port(peer.transport)) not in (via_port, peer.port)
 
 
 def classify(
