@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -64,11 +65,11 @@ class Sipp:
             return []
         text = path.read_text(errors="replace")
         marks = list(_TRACE_ENTRY.finditer(text))
-        found = []
-        for mark, following in zip(marks, [*marks[1:], None], strict=True):
-            end = following.start() if following else len(text)
-            found.append((mark.group(1), text[mark.end() : end].replace("\r\n", "\n")))
-        return found
+        ends = [m.start() for m in marks[1:]] + [len(text)]
+        return [
+            (mark.group(1), text[mark.end() : end].replace("\r\n", "\n"))
+            for mark, end in zip(marks, ends[: len(marks)], strict=True)
+        ]
 
     def find(self, direction: str, first_line: str, call_id: str | None = None) -> list[str]:
         """Messages sent or received whose first line starts with ``first_line``."""
@@ -121,6 +122,13 @@ class Sipp:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"SIPp {self.name} still running\n{self.report()}") from None
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIPp's smooth exit (SIGUSR1): no new calls, the running ones finish; its exit
+        status (0: no call failed)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+        return self.wait(timeout)
 
     def kill(self) -> None:
         if self.proc.poll() is None:

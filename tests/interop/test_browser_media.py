@@ -4,8 +4,9 @@ One rtpengine (userspace, loopback, its own ng port and RTP port range) and one 
 process with ``[media] rtpengine`` pointing at it (``mode = auto``) for the module;
 Chromium with its fake microphone runs the SIP.js webphone (alice, over WS) and the
 JsSIP one (bob, over WSS); SIPp plays the desk phones with examples/sipp/uas-rtp.xml
-(carol, registered over UDP, answers PCMU) and uac-rtp.xml (a PCMU caller), both
-streaming a PCMU tone from a file.
+(carol over UDP, answers PCMU; a UAS in server mode registered by a separate SIPp, the
+standard way: sipp_helpers.py) and uac-rtp.xml (a PCMU caller), both streaming a PCMU
+tone from a file.
 
 * A browser calls the plain-RTP callee: SIPp gets a plain RTP/AVP offer from rtpengine,
   the browser a WebRTC answer; the browser's ``getStats()`` counts inbound audio growing
@@ -47,12 +48,12 @@ from media_helpers import (
     new_dialog,
     write_pcmu_tone,
 )
+from sipp_helpers import Sipp, standard_callee, start_sipp
 from support.rtpengine import Rtpengine, needs_rtpengine
-from test_browser_sipp import Sipp, start_sipp, stop_callee, wait_registered
 
 pytestmark = [pytest.mark.slow, needs_browser(certutil=True, sipp=True), needs_rtpengine()]
 
-CALLEE = "carol"  # the plain-RTP SIPp callee, registered over UDP
+CALLEE = "carol"  # the plain-RTP SIPp callee, over UDP
 
 
 # --- fixtures -------------------------------------------------------------------------------
@@ -83,27 +84,14 @@ def phones(server: Siptrio, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture(scope="module")
 def callee(server: Siptrio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sipp]:
-    """carol: SIPp registered over UDP, answering every call with uas-rtp.xml."""
+    """carol: a SIPp UAS over UDP answering every call with uas-rtp.xml, registered by a
+    separate SIPp."""
     out = tmp_path_factory.mktemp("sipp-callee")
     write_pcmu_tone(out)  # read from SIPp's working directory
-    sipp = start_sipp(
-        server,
-        "callee",
-        "udp",
-        out,
-        [
-            *("-sf", str(SIPP_DIR / "uas-register.xml")),
-            *("-oocsf", str(SIPP_DIR / "uas-rtp.xml")),
-            *("-s", CALLEE),
-            *("-cid_str", "callee-%u@%s"),
-            *("-m", "1"),
-        ],
-    )
+    sipp = standard_callee(server.listeners, "udp", out, user=CALLEE, scenario="uas-rtp.xml")
     try:
-        wait_registered(server, f"sip:{CALLEE}@{DOMAIN}", sipp)
         yield sipp
-        assert stop_callee(server, CALLEE) == 200
-        assert sipp.wait(15) == 0, sipp.report()
+        assert sipp.stop() == 0, sipp.report()  # no call failed at SIPp
     finally:
         sipp.kill()
 
@@ -126,17 +114,9 @@ def reporter(engine: Rtpengine, *sipps: Sipp) -> Any:
     )
 
 
-def sipp_found(sipp: Sipp, direction: str, first_line: str, call_id: str | None) -> list[str]:
-    """``sipp.find``, also while SIPp's message log is still empty (``find`` then fails)."""
-    log = sipp.out / f"{sipp.name}_messages.log"
-    if not log.exists() or " message " not in log.read_text(errors="replace"):
-        return []
-    return sipp.find(direction, first_line, call_id)
-
-
 def sipp_body(sipp: Sipp, direction: str, first_line: str, call_id: str) -> str:
     found = wait_for(
-        lambda: sipp_found(sipp, direction, first_line, call_id),
+        lambda: sipp.find(direction, first_line, call_id),
         5,
         lambda: f"{first_line!r} {direction} by SIPp {sipp.name}\n{sipp.report()}",
     )
@@ -197,7 +177,7 @@ def test_plain_rtp_phone_calls_a_browser(
     alice = phones["alice"]
     write_pcmu_tone(tmp_path)
     caller = start_sipp(
-        server,
+        server.listeners["udp"],
         "caller",
         "udp",
         tmp_path,
@@ -213,7 +193,7 @@ def test_plain_rtp_phone_calls_a_browser(
     try:
         alice.wait_call("incoming", timeout=10)
         assert alice.call_info["peer"] == f"sip:sipp@{DOMAIN}"
-        invite = sipp_found(caller, "sent", "INVITE ", None)[0]
+        invite = caller.find("sent", "INVITE ")[0]
         [call_id] = header_values(invite, "Call-ID")
         assert call_id in engine.calls()
 
@@ -286,7 +266,7 @@ def test_udp_to_udp_is_not_bridged(
     server: Siptrio, engine: Rtpengine, callee: Sipp, tmp_path: Path
 ) -> None:
     caller = start_sipp(
-        server,
+        server.listeners["udp"],
         "caller",
         "udp",
         tmp_path,
@@ -300,7 +280,7 @@ def test_udp_to_udp_is_not_bridged(
         ],
     )
     try:
-        invite = wait_for(lambda: sipp_found(caller, "sent", "INVITE ", None), 5, caller.report)
+        invite = wait_for(lambda: caller.find("sent", "INVITE "), 5, caller.report)
         [call_id] = header_values(invite[0], "Call-ID")
         dialog = dialog_by_call_id(server, call_id, "confirmed")
         assert dialog["media"] == "direct", dialog

@@ -4,9 +4,11 @@
   since browsers refuse plain RTP/AVP): siptrio record-routes twice (UDP towards SIPp,
   WS/WSS towards the browser, RFC 5658), the browser rings and answers, SIPp's ACK and
   the BYE (sent by the browser in one case, by SIPp in the other) follow that route.
-* A browser calls a SIPp callee registered over UDP, and one registered over TCP
-  (examples/sipp/uas-register.xml with uas-webrtc.xml answering each call with a
-  WebRTC-shaped answer), the BYE again from either side.
+* A browser calls a SIPp callee over UDP, and one over TCP, each set up the standard
+  way (sipp_helpers.py): a UAS in server mode (examples/sipp/uas-webrtc.xml, a
+  WebRTC-shaped answer) registered by a separate SIPp (register-contact.xml) from
+  another port; siptrio reaches it at its Contact, over TCP through a connection of its
+  own. The BYE again from either side.
 
 Every call is checked from both ends (the page's state; SIPp's message trace: the
 Record-Route set, the Route on ACK and BYE) and from siptrio's /dialogs.
@@ -14,13 +16,7 @@ Record-Route set, the Route on ACK and BYE) and from siptrio's /dialogs.
 
 from __future__ import annotations
 
-import re
-import socket
-import subprocess
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -35,120 +31,11 @@ from browser import (
     two_phones,
     wait_for,
 )
-from support.ports import free_media_port, free_port
+from sipp_helpers import Sipp, standard_callee, start_sipp
 
 pytestmark = [pytest.mark.slow, needs_browser(certutil=True, sipp=True)]
 
 HANGUP_WAIT = 3.0  # uac-webrtc.xml / uas-webrtc.xml wait this long for the browser's BYE
-
-
-# --- SIPp ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Sipp:
-    name: str
-    proc: subprocess.Popen[bytes]
-    out: Path
-
-    def messages(self) -> list[tuple[str, str]]:
-        """("sent" or "received", message) from the -trace_msg file."""
-        path = self.out / f"{self.name}_messages.log"
-        if not path.exists():
-            return []
-        text = path.read_text(errors="replace")
-        marks = list(re.finditer(r"^-{20,} .*\n\w+ message (sent|received) .*\n\n", text, re.M))
-        found = []
-        for mark, following in zip(marks, [*marks[1:], None], strict=True):
-            end = following.start() if following else len(text)
-            found.append((mark.group(1), text[mark.end() : end].replace("\r\n", "\n")))
-        return found
-
-    def find(self, direction: str, first_line: str, call_id: str | None = None) -> list[str]:
-        return [
-            m
-            for d, m in self.messages()
-            if d == direction
-            and m.startswith(first_line)
-            and (call_id is None or call_id in header_values(m, "Call-ID"))
-        ]
-
-    def report(self) -> str:
-        parts = []
-        for suffix in ("_screen.log", "_errors.log", ".stdout", "_messages.log"):
-            path = self.out / f"{self.name}{suffix}"
-            if path.exists():
-                parts.append(f"--- {path.name} ---\n{path.read_text(errors='replace')[-4000:]}")
-        return "\n".join(parts)
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"SIPp {self.name} still running\n{self.report()}") from None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def start_sipp(server: Siptrio, name: str, transport: str, out: Path, args: list[str]) -> Sipp:
-    host, port = server.listeners[transport]
-    command = [
-        "sipp",
-        f"{host}:{port}",
-        *args,
-        *("-key", "domain", DOMAIN),
-        *("-i", "127.0.0.1"),
-        *("-p", str(free_port())),
-        *("-mp", str(free_media_port())),
-        *("-t", "u1" if transport == "udp" else "t1"),
-        *("-buff_size", "4194304"),
-        "-nostdin",
-        "-trace_msg",
-        *("-message_file", str(out / f"{name}_messages.log")),
-        "-trace_err",
-        *("-error_file", str(out / f"{name}_errors.log")),
-        "-trace_screen",
-        *("-screen_file", str(out / f"{name}_screen.log")),
-    ]
-    stdout = (out / f"{name}.stdout").open("wb")
-    proc = subprocess.Popen(
-        command, cwd=out, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT
-    )
-    stdout.close()
-    return Sipp(name, proc, out)
-
-
-def wait_registered(server: Siptrio, aor: str, sipp: Sipp) -> None:
-    wait_for(partial(server.bindings, aor), 10, lambda: f"{aor} to register\n{sipp.report()}")
-
-
-def stop_callee(server: Siptrio, user: str) -> int:
-    """The MESSAGE that ends uas-register.xml: through siptrio, with the callee's Call-ID."""
-    host, port = server.listeners["udp"]
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        s.settimeout(5)
-        local = s.getsockname()
-        body = b"stop"
-        request = (
-            f"MESSAGE sip:{user}@{DOMAIN} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch=z9hG4bK{uuid.uuid4().hex};rport\r\n"
-            "Max-Forwards: 70\r\n"
-            f"From: <sip:test@{DOMAIN}>;tag={uuid.uuid4().hex[:8]}\r\n"
-            f"To: <sip:{user}@{DOMAIN}>\r\n"
-            "Call-ID: callee-1@127.0.0.1\r\n"
-            "CSeq: 1 MESSAGE\r\n"
-            "Content-Type: text/plain\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
-        s.sendto(request, (host, port))
-        while True:
-            status = int(s.recv(65536).split(b" ", 2)[1])
-            if status >= 200:
-                return status
 
 
 # --- fixtures -------------------------------------------------------------------------------
@@ -169,32 +56,18 @@ def phones(server: Siptrio, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture(scope="module")
 def callees(server: Siptrio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Sipp]]:
-    """One SIPp callee registered over UDP (carol-udp), one over TCP (carol-tcp)."""
+    """carol-udp and carol-tcp: SIPp UASs answering with uas-webrtc.xml, each registered
+    by a separate SIPp with a Contact naming the UAS's port."""
     out = tmp_path_factory.mktemp("sipp-callees")
-    running = {
-        t: start_sipp(
-            server,
-            f"callee-{t}",
-            t,
-            out,
-            [
-                *("-sf", str(SIPP_DIR / "uas-register.xml")),
-                *("-oocsf", str(SIPP_DIR / "uas-webrtc.xml")),
-                *("-s", f"carol-{t}"),
-                *("-cid_str", "callee-%u@%s"),
-                *("-m", "1"),
-            ],
-        )
-        for t in ("udp", "tcp")
-    }
+    running: dict[str, Sipp] = {}
     try:
-        for t, sipp in running.items():
-            wait_registered(server, f"sip:carol-{t}@{DOMAIN}", sipp)
+        for t in ("udp", "tcp"):
+            running[t] = standard_callee(
+                server.listeners, t, out, user=f"carol-{t}", scenario="uas-webrtc.xml"
+            )
         yield running
-        for t in running:
-            assert stop_callee(server, f"carol-{t}") == 200
         for sipp in running.values():
-            assert sipp.wait(15) == 0, sipp.report()
+            assert sipp.stop() == 0, sipp.report()  # no call failed at SIPp
     finally:
         for sipp in running.values():
             sipp.kill()
@@ -228,7 +101,7 @@ def test_sipp_over_udp_calls_a_browser(
 ) -> None:
     phone = phones[library]
     sipp = start_sipp(
-        server,
+        server.listeners["udp"],
         "caller",
         "udp",
         tmp_path,
