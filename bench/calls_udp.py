@@ -4,8 +4,9 @@
 
 For each rate (ascending) a fresh ``python -m siptrio serve`` (WARNING logging, UDP only
 on 127.0.0.1, ``sip.domains=example.com``, its database in a temporary folder) gets a
-callee SIPp that registers ``bob@example.com`` and answers every call
-(examples/sipp/uas-register.xml with uas.xml as out-of-call scenario) and a caller SIPp
+callee set up the standard way, a SIPp UAS in server mode (examples/sipp/uas.xml) that
+answers every call on its own port, registered as ``bob@example.com`` by a second SIPp
+(examples/sipp/register-contact.xml) from another port, and a caller SIPp
 (examples/sipp/uac.xml) that makes ``rate * seconds`` calls to bob at that rate: INVITE,
 100, 180, 200, ACK and BYE along the Record-Route, 200, no pause. A rate counts with 0
 failed calls, 0 retransmissions (by either SIPp, or by siptrio towards the callee) and an
@@ -25,12 +26,12 @@ import argparse
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,7 +49,6 @@ DEFAULT_LADDER = (100, 150, 200, 250, 300, 350, 400, 500, 600, 800, 1000)
 SUSTAINED = 0.95  # achieved / asked below this: the rate was not really offered
 DOMAIN = "example.com"
 CALLEE = "bob"
-CALLEE_CALL_ID = "callee-1@127.0.0.1"  # -cid_str callee-%u@%s with -i 127.0.0.1
 
 
 # --- the processes --------------------------------------------------------------------------
@@ -109,75 +109,84 @@ def sipp_files(name: str, workdir: Path) -> list[str]:
     ]
 
 
-def sipp_common(port: int) -> list[str]:
+def sipp_common(port: int, local_port: int | None = None, domain: str = DOMAIN) -> list[str]:
     return [
         f"127.0.0.1:{port}",
         *("-i", "127.0.0.1"),
-        *("-p", str(free_udp_port())),
+        *("-p", str(local_port or free_udp_port())),
         *("-mp", str(free_media_port())),
         *("-t", "u1"),
         *("-buff_size", "4194304"),
         *("-s", CALLEE),
-        *("-key", "domain", DOMAIN),
+        *("-key", "domain", domain),
     ]
 
 
-def start_callee(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    """SIPp registering bob and answering every call; waits for the REGISTER's 200."""
+def udp_port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def start_callee(
+    port: int, workdir: Path, *, domain: str = DOMAIN, traces: bool = True
+) -> subprocess.Popen[bytes]:
+    """The callee, the standard way: a SIPp UAS in server mode (uas.xml) on a port of its
+    own, registered as bob by a second SIPp (register-contact.xml) that exits once its
+    200 is in. Every call reaches the UAS at its Contact, as the one process that
+    registered and answered used to be reached: the server's work per call is the same.
+    ``traces=False``: no -trace_* files (their writing costs SIPp CPU)."""
+    callee_port = free_udp_port()
+    files = sipp_files("callee", workdir) if traces else ["-nostdin"]
     cmd = [
         "sipp",
-        *sipp_common(port),
-        *("-sf", str(SIPP_DIR / "uas-register.xml")),
-        *("-oocsf", str(SIPP_DIR / "uas.xml")),
-        *("-m", "1"),
-        *("-cid_str", "callee-%u@%s"),
-        *sipp_files("callee", workdir),
+        *sipp_common(port, callee_port, domain),
+        *("-sf", str(SIPP_DIR / "uas.xml")),
+        *files,
     ]
     with (workdir / "callee.stdout").open("wb") as out:
         proc = subprocess.Popen(
             cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
         )
-    short = workdir / "callee_short.log"
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if short.exists() and "\tCSeq:1 REGISTER\tSIP/2.0 200" in short.read_text(errors="replace"):
-            return proc
-        if proc.poll() is not None:
-            break
+    while not udp_port_taken(callee_port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_tree(proc)
+            raise RuntimeError(f"the callee did not start; see {workdir}")
         time.sleep(0.05)
-    stop_tree(proc)
-    raise RuntimeError(f"the callee did not register; see {workdir}")
+    register = [
+        "sipp",
+        *sipp_common(port, None, domain),
+        *("-sf", str(SIPP_DIR / "register-contact.xml")),
+        *("-key", "contact_port", str(callee_port)),
+        *("-key", "expires", "3600"),
+        *("-m", "1"),
+        *("-recv_timeout", "5000"),
+        "-nostdin",
+        "-trace_err",
+        *("-error_file", str(workdir / "register_errors.log")),
+    ]
+    with (workdir / "register.stdout").open("wb") as out:
+        done = subprocess.run(
+            register, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, timeout=30, check=False,
+        )  # fmt: skip
+    if done.returncode != 0:
+        stop_tree(proc)
+        raise RuntimeError(f"the callee was not registered (exit {done.returncode}); see {workdir}")
+    return proc
 
 
-def stop_callee(port: int, proc: subprocess.Popen[bytes]) -> int:
-    """The MESSAGE that ends uas-register.xml (through siptrio, the callee's Call-ID)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        s.settimeout(1.0)
-        local = s.getsockname()[1]
-        branch = f"z9hG4bK-bench-{uuid.uuid4().hex[:12]}"
-        body = b"stop"
-        request = (
-            f"MESSAGE sip:{CALLEE}@{DOMAIN} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch={branch};rport\r\n"
-            "Max-Forwards: 70\r\n"
-            f"From: <sip:bench@{DOMAIN}>;tag={branch[-8:]}\r\n"
-            f"To: <sip:{CALLEE}@{DOMAIN}>\r\n"
-            f"Call-ID: {CALLEE_CALL_ID}\r\n"
-            "CSeq: 1 MESSAGE\r\n"
-            "Content-Type: text/plain\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
-        for _attempt in range(5):
-            s.sendto(request, ("127.0.0.1", port))
-            try:
-                while s.recv(65536).startswith(b"SIP/2.0 1"):
-                    pass
-                break
-            except TimeoutError:
-                continue
+def stop_callee(proc: subprocess.Popen[bytes]) -> int:
+    """SIPp's smooth exit (SIGUSR1): its last calls finish their 4 s timewait; its exit
+    status (0: no call failed at the callee)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGUSR1)
     try:
-        return proc.wait(15)  # the callee waits 4.5 s for its last calls, then unregisters
+        return proc.wait(15)
     except subprocess.TimeoutExpired:
         return stop_tree(proc)
 
@@ -304,7 +313,7 @@ def measure(rate: int, count: int, scratch: Path, name: str) -> tuple[Run, Trace
             server_cpu = tree_cpu_seconds(server.pid) - cpu_before
             callee_cpu = tree_cpu_seconds(callee.pid) - callee_before
         finally:
-            callee_rc = stop_callee(port, callee)
+            callee_rc = stop_callee(callee)
         if callee_rc != 0:
             notes.append(f"callee exit {callee_rc}")
     finally:
@@ -389,7 +398,8 @@ def report(
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min) before the first run.",
         "",
         "`bench/calls_udp.py`: a SIPp caller (`examples/sipp/uac.xml`) calls a SIPp callee",
-        "(`uas-register.xml` + `uas.xml`, registered as bob@example.com) through a fresh",
+        "(`uas.xml` in server mode, registered as bob@example.com by `register-contact.xml`",
+        "from another SIPp) through a fresh",
         f"siptrio process per rate, about {seconds:g} s per rate, all on 127.0.0.1 over UDP.",
         "A call is INVITE, 100, 180, 200, ACK, BYE, 200 (no pause): siptrio handles two",
         "INVITE legs, two BYE legs and relays the ACK along the Record-Route. Server CPU is",

@@ -10,7 +10,8 @@ Three measurements, each against a reference taken in the same run:
    counts with 0 failures and at least 95 % of it achieved; the table gives the best
    rate that counted and the server's CPU per REGISTER there (whole process tree:
    supervisor and workers; Redis separately).
-2. Calls UDP -> UDP: a SIPp callee registered over one socket answers; a SIPp caller
+2. Calls UDP -> UDP: a SIPp callee (uas.xml in server mode, registered by a second
+   SIPp with register-contact.xml) answers; a SIPp caller
    (examples/sipp/uac.xml, one socket per call) places calls at rising rates.
 3. Latency across nodes: two single-process nodes sharing Redis; 300 calls one after
    another from a caller to a callee on the same node (reference) and on the other
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from calls_udp import free_media_port
+from calls_udp import free_media_port, start_callee
 from common import REPO, free_tcp_port, stop_tree, tree_cpu_seconds
 
 SIPP = REPO / "examples" / "sipp"
@@ -190,15 +191,9 @@ def register_step(server: Siptrio, redis: Redis | None, rate: int, seconds: floa
 def call_step(server: Siptrio, redis: Redis | None, rate: int, seconds: float,
               workdir: Path, tag: str) -> Step:  # fmt: skip
     count = int(rate * seconds)
-    callee_port = free_tcp_port()
-    callee = subprocess.Popen(
-        ["sipp", f"127.0.0.1:{server.port}", "-sf", str(SIPP / "uas-register.xml"),
-         "-oocsf", str(SIPP / "uas.xml"), "-m", "1", "-i", "127.0.0.1", "-p", str(callee_port),
-         "-t", "u1", "-s", "bob", "-key", "domain", "127.0.0.1", "-nostdin",
-         "-buff_size", "4194304", "-cid_str", "callee-%u@%s", "-mp", str(free_media_port())],
-        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    time.sleep(1.0)  # registered (and known to every worker through Redis)
+    # a SIPp UAS registered by another SIPp, without trace files (as before)
+    callee = start_callee(server.port, workdir, domain="127.0.0.1", traces=False)
+    time.sleep(1.0)  # the binding known to every worker through Redis
     cpu0, r0 = server.cpu(), redis.cpu() if redis else 0.0
     try:
         stats = sipp(

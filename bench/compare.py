@@ -10,8 +10,9 @@ Needs SIPp (Debian ``sip-tester``), Kamailio (``kamailio`` and
 1. REGISTER over UDP: SIPp (examples/sipp/register.xml, a new AOR per REGISTER) at fixed
    rates, ascending; a rate counts with 0 failed REGISTERs and >= 95 % of the rate
    achieved; a server's ladder stops at its first rate that does not count.
-2. Calls through the proxy, UDP to UDP: a SIPp caller (uac.xml) and a registered SIPp
-   callee (uas-register.xml + uas.xml), as bench/calls_udp.py; a rate counts with 0
+2. Calls through the proxy, UDP to UDP: a SIPp caller (uac.xml) and a SIPp callee
+   (uas.xml in server mode, registered by a second SIPp with register-contact.xml), as
+   bench/calls_udp.py; a rate counts with 0
    failed calls, 0 retransmissions and >= 95 % achieved.
 3. WebSocket scale: N SIP.js-shaped WebSocket flows (bench/ws_scale.py's client), each
    REGISTERed, held while the server pings them, verified, closed: handshake+REGISTER
@@ -392,7 +393,7 @@ def measure_calls(
                 0.0, machine_busy_seconds() - busy0 - run.server_cpu - run.sipp_cpu
             )
         finally:
-            callee_rc = calls_udp.stop_callee(srv.port, callee)
+            callee_rc = calls_udp.stop_callee(callee)
         if callee_rc != 0:
             notes.append(f"callee exit {callee_rc}")
     finally:
@@ -1230,8 +1231,9 @@ def report(res: Results, png: Path | None) -> str:
         lines += [
             "## Calls through the proxy, UDP → UDP",
             "",
-            "SIPp caller `uac.xml` → server → SIPp callee (`uas-register.xml` + `uas.xml`, "
-            f"registered as bob@example.com), {plan.call_seconds:g} s per rate:",
+            "SIPp caller `uac.xml` → server → SIPp callee (`uas.xml` in server mode, "
+            "registered as bob@example.com by a second SIPp with `register-contact.xml`), "
+            f"{plan.call_seconds:g} s per rate:",
             "INVITE, 100, 180, 200, ACK and BYE along the Record-Route, 200. A rate counts with "
             "0 failed calls,",
             "0 retransmissions (the caller's, plus every repeat the callee sent or received) and "
