@@ -309,7 +309,12 @@ class Dispatcher:
         else:
             from_uri = req.from_.uri
             from_ours = isinstance(from_uri, SipUri) and self.proxy.is_local_domain(from_uri)
-            to_ours = isinstance(uri, SipUri) and self.proxy.is_local_domain(uri)
+            # a number of our domain that a [routes] rule sends to a trunk is no call to us
+            to_ours = (
+                isinstance(uri, SipUri)
+                and self.proxy.is_local_domain(uri)
+                and not self.router.routed_out(uri, clock.wall)
+            )
             if not from_ours and to_ours:
                 return None  # a call from outside to one of ours
             # our users, and anyone who wants to leave through us (toll fraud), authenticate

@@ -14,7 +14,7 @@ import hashlib
 import itertools
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +72,7 @@ class Branch:
     txn: ClientTransaction | None  # None while rtpengine rewrites its offer or DNS answers
     target: Target | None = None
     hops: list[Hop] = field(default_factory=list)  # the next hops still to try
+    request_uri: str | None = None  # the hop being tried wants its own Request-URI
     failure: tuple[int, str] | None = None  # why the last hop failed (when none is left)
     provisional: bool = False
     ringing: bool = False  # a 101-199 came: the hop is alive, no failover
@@ -186,6 +187,7 @@ class Forker:
         if b.hops:
             hop = b.hops.pop(0)
             if isinstance(hop, Locate):
+                b.request_uri = hop.request_uri  # for every address this hop resolves to
                 return self.router.locate(hop, clock, partial(self._located, b, hop))
             return self._launch(b, hop, clock)
         b.local_failure = b.failure or (480, "Temporarily Unavailable")
@@ -216,6 +218,8 @@ class Forker:
         assert target is not None
         loop = loop_hash(ctx.txn.request)
         branch = f"{MAGIC}{loop}.{self._branch_tag}{next(self._branch_ids):x}"
+        if b.request_uri is not None:
+            target = replace(target, uri=b.request_uri)
         fwd = self.forward(ctx, target, dest, branch)
         b.branch = branch
         b.peer = dest

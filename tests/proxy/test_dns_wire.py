@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from support.client import SipClient
+from support.client import SipClient, udp_at
 from support.dnsmasq import Dns, dnsmasq
 from support.ports import free_port
 from support.server import RunningServer, running_server
@@ -61,14 +61,7 @@ async def test_naptr_then_srv_then_a_reaches_the_gateway(tmp_path: Path) -> None
 
 async def udp_peer_at(server: RunningServer, port: int) -> SipClient:
     """A UDP peer on a chosen port (the one the DNS names), talking to the server."""
-    client = SipClient("udp")
-    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-    await sock.bind(("127.0.0.1", port))
-    await sock.connect(server.addr("udp"))
-    client.sock = sock
-    client.server = server.addr("udp")
-    client.local = ("127.0.0.1", port)
-    return client
+    return await udp_at(server.addr("udp"), port)
 
 
 async def test_a_503_moves_to_the_next_srv_target(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from support.client import SipClient, new_branch
+from support.client import SipClient, new_branch, udp_at
 from support.digest import authorization, challenges
 from support.server import RunningServer, running_server
 from support.ua import UA
@@ -304,3 +304,79 @@ async def list_clients(server: RunningServer) -> list[dict[str, object]]:
         got = await http.get(f"http://127.0.0.1:{port}/listClients")
     data: list[dict[str, object]] = got.json()
     return data
+
+
+# --- [routes] ------------------------------------------------------------------------------
+
+
+async def test_each_gateway_gets_its_own_request_uri_on_failover(tmp_path: Path) -> None:
+    async with running_server(tmp_path, {"sip.domains": "example.com"}) as probe:
+        first, second = await udp(probe), await udp(probe)
+        ports = (first.local[1], second.local[1])
+        await first.aclose()
+        await second.aclose()
+    overrides = {
+        "sip.domains": "example.com",
+        "routes.us": f"prefix +1 -> sip:127.0.0.1:{ports[0]}, sip:127.0.0.1:{ports[1]}",
+    }
+    async with running_server(tmp_path / "run", overrides) as server:
+        gw1 = UA(await udp_at(server.addr("udp"), ports[0]), "gw1")
+        gw2 = UA(await udp_at(server.addr("udp"), ports[1]), "gw2")
+        alice = UA(await udp(server), "alice")
+        invite, _ = alice.invite("+15551234567")
+        await alice.client.send(invite)
+        got = await gw1.expect_request("INVITE")
+        assert got.uri_text == f"sip:+15551234567@127.0.0.1:{ports[0]}"
+        await gw1.reply(got, 503, "Service Unavailable")
+        got = await gw2.expect_request("INVITE")
+        assert got.uri_text == f"sip:+15551234567@127.0.0.1:{ports[1]}"
+        await gw2.reply(got, 200, "OK")
+        assert (await alice.expect_response("INVITE", final=True)).status == 200
+
+
+async def test_a_number_routed_to_a_trunk_needs_authentication(tmp_path: Path) -> None:
+    """A call from outside to a number of our domain that goes out to a trunk is toll
+    fraud waiting to happen: with [auth] on it is challenged like any call leaving."""
+    with SqliteStore(str(tmp_path / "location.sqlite")) as store:
+        h = (ha1("bob", "example.com", "builder", a) for a in ("MD5", "SHA-256"))
+        store.set_user("bob", "example.com", *h, 0.0)
+    overrides = {
+        "sip.domains": "example.com",
+        "auth.enable": "true",
+        "routes.us": "prefix +1 -> sip:127.0.0.1:9",
+    }
+    async with running_server(tmp_path, overrides) as server:
+        mallory = await udp(server)
+        invite = mallory.build(
+            "INVITE",
+            "sip:+15551234567@example.com",
+            to="<sip:+15551234567@example.com>",
+            from_="<sip:mallory@evil.example>",
+            headers=[("Contact", f"<sip:mallory@{mallory.local_hostport}>")],
+        )
+        assert (await mallory.request(invite)).status == 407
+        # a call from outside to a registered user of ours is not challenged
+        callee = UA(await udp(server), "bob")
+        first = await callee.client.request(callee.client.register("bob"))
+        auth = authorization(
+            challenges(first.values("www-authenticate"))["MD5"],
+            method="REGISTER",
+            uri="sip:example.com",
+            user="bob",
+            password="builder",
+            algorithm="MD5",
+        )
+        r = await callee.client.request(
+            callee.client.register("bob", headers=(("Authorization", auth),))
+        )
+        assert r.status == 200
+        call = mallory.build(
+            "INVITE",
+            "sip:bob@example.com",
+            to="<sip:bob@example.com>",
+            from_="<sip:mallory@evil.example>",
+            headers=[("Contact", f"<sip:mallory@{mallory.local_hostport}>")],
+        )
+        await mallory.send(call)
+        got = await callee.expect_request("INVITE")
+        assert got.call_id

@@ -239,3 +239,15 @@ class SipClient:
             self.sock.close()
         if self.stream is not None:
             await trio.aclose_forcefully(self.stream)
+
+
+async def udp_at(server: tuple[str, int], port: int, host: str = "127.0.0.1") -> SipClient:
+    """A UDP client on a chosen local port (the one a DNS record or a route names)."""
+    client = SipClient("udp")
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sock.bind((host, port))
+    await sock.connect(server)
+    client.sock = sock
+    client.server = server
+    client.local = (host, port)
+    return client

@@ -68,6 +68,7 @@ class Locate:
     trusted: bool = False
     source: str | None = None
     local: tuple[str, int] | None = None  # the UDP socket a binding registered on
+    request_uri: str | None = None  # sent with this hop's Request-URI instead of the target's
 
 
 Hop = Peer | Locate
@@ -318,16 +319,26 @@ class Router:
         return None
 
     def _rule_target(self, req: Request, uri: SipUri, rule: RouteRule, *, local: bool) -> Target:
-        """A route's hops in order. A number dialled at our domain is sent on as the
-        gateway's: its host becomes the first hop's (Kamailio's ds_select_domain)."""
+        """A route's hops in order. A number dialled at our domain is sent on as each
+        gateway's own: its host becomes the hop's (Kamailio's ds_select_domain and
+        ds_next_domain), so a second gateway is not handed the first one's name."""
         self.stats[f"routed.{rule.name}"] += 1
-        target_uri = req.uri_text
-        if local:
-            first = rule.hops[0]
-            target_uri = str(uri.evolve(host=first.host, port=first.port))
-        return Target(
-            uri=target_uri, route=(), hops=tuple(Locate(h, trusted=True) for h in rule.hops)
+        hops = tuple(
+            Locate(
+                h,
+                trusted=True,
+                request_uri=str(uri.evolve(host=h.host, port=h.port)) if local else None,
+            )
+            for h in rule.hops
         )
+        return Target(uri=req.uri_text, route=(), hops=hops)
+
+    def routed_out(self, uri: SipUri, wall: float) -> bool:
+        """Would a request for this URI of our domains leave for a [routes] hop? (It has
+        no binding and a rule names it.) Such a call costs money: it is no call *to* us."""
+        if not self.config.routes or self.location.lookup(uri.aor(), wall):
+            return False
+        return self._rule_for(uri, local=True) is not None
 
     def binding_targets(self, bindings: Sequence[Binding]) -> list[Target]:
         targets: list[Target] = []
