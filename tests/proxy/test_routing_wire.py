@@ -380,3 +380,49 @@ async def test_a_number_routed_to_a_trunk_needs_authentication(tmp_path: Path) -
         await mallory.send(call)
         got = await callee.expect_request("INVITE")
         assert got.call_id
+
+
+async def test_outbound_proxy_takes_other_domains_and_rules_come_first(tmp_path: Path) -> None:
+    async with running_server(tmp_path, {"sip.domains": "example.com"}) as probe:
+        sockets = [await udp(probe) for _ in range(3)]
+        ports = [s.local[1] for s in sockets]
+        for s in sockets:
+            await s.aclose()
+    outbound, partner, voicemail = ports
+    overrides = {
+        "sip.domains": "example.com",
+        "proxy.outbound_proxy": f"sip:127.0.0.1:{outbound}",
+        "routes.partner": f"domain *.partner.test -> sip:127.0.0.1:{partner}",
+        "routes.vm": f"unregistered -> sip:127.0.0.1:{voicemail}",
+    }
+    async with running_server(tmp_path / "run", overrides) as server:
+        at = {port: UA(await udp_at(server.addr("udp"), port), str(port)) for port in ports}
+        alice = UA(await udp(server), "alice")
+        for uri, port in (
+            ("sip:bob@elsewhere.test", outbound),  # no rule: the outbound proxy
+            ("sip:carol@sbc.partner.test", partner),  # a rule before the outbound proxy
+            ("sip:nobody@example.com", voicemail),  # ours, unregistered: the rule says so
+        ):
+            invite, _ = alice.invite("x", uri=uri)
+            await alice.client.send(invite)
+            got = await at[port].expect_request("INVITE")
+            # another domain's Request-URI is sent as it is; ours takes the hop's host
+            if uri.endswith("example.com"):
+                assert got.uri_text == f"sip:nobody@127.0.0.1:{port}"
+            else:
+                assert got.uri_text == uri
+            await at[port].reply(got, 486, "Busy Here")
+            assert (await alice.expect_response("INVITE", final=True)).status == 486
+
+
+async def test_an_unregistered_user_does_not_fall_through_to_other_rules(tmp_path: Path) -> None:
+    overrides = {
+        "sip.domains": "example.com",
+        "routes.out": "nonlocal -> sip:127.0.0.1:9",
+        "proxy.outbound_proxy": "sip:127.0.0.1:9",
+    }
+    async with running_server(tmp_path, overrides) as server:
+        alice = UA(await udp(server), "alice")
+        invite, _ = alice.invite("nobody")
+        await alice.client.send(invite)
+        assert (await alice.expect_response("INVITE", final=True)).status == 404
