@@ -158,7 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
         for item in args.set:
             passed += ["--set", item]
         return supervise(config, args.workers, passed)
-    from ..store.sqlite import StoreError
+    from ..store.base import StoreError
     from .server import Server, StartupError
 
     try:

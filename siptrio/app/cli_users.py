@@ -63,7 +63,7 @@ def _open_store(config: Config) -> SqliteStore | RedisStore:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..store.sqlite import StoreError
+    from ..store.base import StoreError
     from .config import ConfigError, load_config
     from .server import realm_of
 

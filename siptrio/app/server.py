@@ -36,6 +36,7 @@ from ..core.routing import NatMode, ResolverConfig, parse_hop, parse_rule
 from ..core.types import Clock, Listener, Peer, Transport
 from ..sip import Request, Response, make_response
 from ..sip.transaction import Timers
+from ..store.base import BindingStore
 from ..store.redis_store import RedisStore
 from ..store.sqlite import SqliteStore
 from ..transport.dns import DnsClient
@@ -197,7 +198,7 @@ class Server:
         self.ops: Any = None  # where the admin API and the control socket listen
         self.events = EventBus()
         self.listeners: list[Listener] = []
-        self.store: Any = None  # SqliteStore, or RedisStore in a cluster
+        self.store: BindingStore | None = None  # SqliteStore, or RedisStore in a cluster
         self.stats: Counter[str] = self.hub.stats
         self.started_at = time.time()
         self._store_send: trio.MemorySendChannel[Persist] | None = None
@@ -208,16 +209,19 @@ class Server:
         self, *, task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         cfg = self.config
+        redis_store: RedisStore | None = None
         if self.clustered:
-            self.store = await trio.to_thread.run_sync(
+            redis_store = await trio.to_thread.run_sync(
                 RedisStore, cfg.registrar.redis_url, self.node
             )
-            secret = await trio.to_thread.run_sync(self.store.cluster_secret)
+            self.store = redis_store
+            secret = await trio.to_thread.run_sync(redis_store.cluster_secret)
             self.dispatcher.auth._secret = secret  # nonces and flow tokens valid cluster-wide
             self.dispatcher.router.cluster_secret = secret
         else:
             self.store = await trio.to_thread.run_sync(SqliteStore, cfg.registrar.database)
         try:
+            assert self.store is not None
             loaded = await trio.to_thread.run_sync(self.store.load, time.time())
             for b in loaded.bindings:
                 self.location.put(b)
@@ -279,9 +283,10 @@ class Server:
                 internal = await self._start_internal(nursery, intake)
                 self.dispatcher.set_listeners(self.listeners + ([internal] if internal else []))
                 if internal is not None:
+                    assert redis_store is not None  # (an internal address only in a cluster)
                     self.dispatcher.router.internal = internal
                     self.cluster = Cluster(
-                        self, self.store, node=self.node, ttl=cfg.cluster.heartbeat_ttl
+                        self, redis_store, node=self.node, ttl=cfg.cluster.heartbeat_ttl
                     )
                     await nursery.start(self.cluster.run)
                     log.info("cluster node %s, internal address %s", self.node, internal)
@@ -741,7 +746,7 @@ class Server:
             # Shielded: once staged, the transaction holds the store's lock until the
             # commit runs; the REGISTERs waiting on it are owed an answer anyway.
             with trio.CancelScope(shield=True):
-                if isinstance(store, SqliteStore) and store.stage(upserts, deletes):
+                if store.stage(upserts, deletes):
                     await _in_thread(store.commit_staged)
                 else:
                     await trio.to_thread.run_sync(store.apply, upserts, deletes)

@@ -29,7 +29,7 @@ import redis
 
 from ..core.location import Binding
 from ..core.types import Transport
-from .sqlite import LoadResult, StoreError
+from .base import LoadResult, StoreError
 
 __all__ = ["CHANNEL", "RedisStore", "binding_from_json", "binding_to_json"]
 
@@ -164,6 +164,13 @@ class RedisStore:
         }
         pipe.publish(CHANNEL, json.dumps(note, ensure_ascii=False))
         pipe.execute()
+
+    def stage(self, upserts: Sequence[Binding], deletes: Sequence[tuple[str, str]]) -> bool:
+        """Nothing to do before the network round trip: apply() does it all."""
+        return False
+
+    def commit_staged(self) -> None:
+        """(Never staged: see stage.)"""
 
     def remove_node_flows(self, node: str) -> list[tuple[str, str]]:
         """A dead node's flows are gone: delete the bindings made over them (idempotent)."""

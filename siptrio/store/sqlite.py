@@ -20,11 +20,12 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any
 
 from ..core.location import Binding
 from ..core.types import Transport
+from .base import LoadResult, StoreError
 
 __all__ = ["SCHEMA_VERSION", "LoadResult", "SqliteStore", "StoreError"]
 
@@ -111,19 +112,6 @@ _DELETE = "DELETE FROM bindings WHERE aor = ? AND key = ?"
 
 # SQLite's own words for "this file is not (or no longer) a database we can read".
 _BAD_FILE_ERRORS = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
-
-
-class StoreError(Exception):
-    """The store cannot do what was asked; the message says what an operator can do."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LoadResult:
-    """What survived a restart, and what was dropped so the log can say why."""
-
-    bindings: list[Binding]
-    expired: int  # expired while the process was down
-    stale_flows: int  # tied to a connection of the previous process (RFC 5626)
 
 
 class SqliteStore:

@@ -17,7 +17,8 @@ import pytest
 
 from siptrio.core.location import Binding
 from siptrio.core.types import Transport
-from siptrio.store.sqlite import SCHEMA_VERSION, LoadResult, SqliteStore, StoreError
+from siptrio.store.base import LoadResult, StoreError
+from siptrio.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOW = 1_700_000_000.0
