@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .types import Peer, Transport
 
@@ -80,9 +80,6 @@ class DialogEvent:
     dialog: DialogInfo
 
 
-_ids = itertools.count(1)
-
-
 @dataclass(eq=False, kw_only=True)
 class Dialog:
     call_id: str
@@ -91,7 +88,7 @@ class Dialog:
     state: DialogState
     created_at: float  # wall clock
     deadline: float  # monotonic: max duration while alive, linger once ended
-    id: str = field(default_factory=lambda: f"d{next(_ids)}")
+    id: str = ""  # "d1", "d2" ... given by Dialogs
     answered_at: float | None = None
     ended_at: float | None = None
     ended_by: str | None = None
@@ -137,6 +134,7 @@ class Dialogs:
         # what is due, not at every dialog each second.
         self._deadlines: list[tuple[float, int, tuple[str, str, str]]] = []
         self._pushed = itertools.count()
+        self._ids = itertools.count(1)
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -180,6 +178,7 @@ class Dialogs:
         events: list[DialogEvent] = []
         if d is None:
             d = Dialog(
+                id=f"d{next(self._ids)}",
                 call_id=call_id,
                 caller=caller,
                 callee=callee,

@@ -22,6 +22,7 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
@@ -35,12 +36,14 @@ __all__ = [
 ]
 
 # auth_ephemeral's sha_algorithm 0..3; sha1 is the draft's, coturn's and Kamailio's default
-HASHES: dict[str, Callable[..., Any]] = {
-    "sha1": hashlib.sha1,
-    "sha256": hashlib.sha256,
-    "sha384": hashlib.sha384,
-    "sha512": hashlib.sha512,
-}
+HASHES: MappingProxyType[str, Callable[..., Any]] = MappingProxyType(
+    {
+        "sha1": hashlib.sha1,
+        "sha256": hashlib.sha256,
+        "sha384": hashlib.sha384,
+        "sha512": hashlib.sha512,
+    }
+)
 MAX_STAMP_DIGITS = 12  # far beyond any real expiry; keeps int() of untrusted text short
 
 

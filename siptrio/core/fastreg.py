@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from functools import partial
+from types import MappingProxyType
 
 from ..sip._abnf import get_param, parse_uint
 from ..sip.errors import SipParseError
@@ -51,11 +52,12 @@ _SUPPORTED_HEADER = "supported"
 # of them will do.
 _IGNORED = frozenset({"allow", "allow-events", "accept", "date", "organization"})
 _KNOWN = _USED | _IGNORED | {_SUPPORTED_HEADER}
-_NAMES = {n: n for n in _KNOWN} | {
-    short: long for short, long in COMPACT_FORMS.items() if long in _KNOWN
-}
-# ... and as most phones spell them, found without rstrip() and lower()
-_NAMES |= {display_name(n): n for n in _KNOWN}
+_NAMES = MappingProxyType(
+    {n: n for n in _KNOWN}
+    | {short: long for short, long in COMPACT_FORMS.items() if long in _KNOWN}
+    # ... and as most phones spell them, found without rstrip() and lower()
+    | {display_name(n): n for n in _KNOWN}
+)
 _COPIED = frozenset({"via", "from", "to", "call-id", "cseq"})  # make_response's
 _SUPPORTED = ", ".join(SUPPORTED_OPTIONS)
 

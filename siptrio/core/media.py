@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from .types import Peer, Transport
@@ -44,27 +45,31 @@ class MediaConfig:
     fail_open: bool = False  # rtpengine failing: pass the SDP untouched instead of 503
 
 
-_REPLACE = ["origin", "session-connection"]
+_REPLACE = ("origin", "session-connection")
 
 # Towards a plain RTP device: strip ICE, no DTLS, demultiplex RTCP; let the browser
 # leg keep its DTLS role passive so rtpengine does not start DTLS too early.
-TO_PLAIN: dict[str, Any] = {
-    "ICE": "remove",
-    "DTLS": "off",
-    "DTLS-reverse": "passive",
-    "transport-protocol": "RTP/AVP",
-    "rtcp-mux": ["demux"],
-    "replace": _REPLACE,
-}
+TO_PLAIN: MappingProxyType[str, Any] = MappingProxyType(
+    {
+        "ICE": "remove",
+        "DTLS": "off",
+        "DTLS-reverse": "passive",
+        "transport-protocol": "RTP/AVP",
+        "rtcp-mux": ("demux",),
+        "replace": _REPLACE,
+    }
+)
 # Towards a browser: ICE, DTLS-SRTP, no SDES crypto lines, rtcp-mux required.
-TO_WEBRTC: dict[str, Any] = {
-    "ICE": "force",
-    "DTLS": "passive",
-    "transport-protocol": "UDP/TLS/RTP/SAVPF",
-    "SDES": ["off"],
-    "rtcp-mux": ["require"],
-    "replace": _REPLACE,
-}
+TO_WEBRTC: MappingProxyType[str, Any] = MappingProxyType(
+    {
+        "ICE": "force",
+        "DTLS": "passive",
+        "transport-protocol": "UDP/TLS/RTP/SAVPF",
+        "SDES": ("off",),
+        "rtcp-mux": ("require",),
+        "replace": _REPLACE,
+    }
+)
 
 
 def is_webrtc(peer: Peer) -> bool:
@@ -80,7 +85,9 @@ def should_bridge(config: MediaConfig, a: Peer, b: Peer) -> bool:
 
 
 def _flags(towards: Peer) -> dict[str, Any]:
-    return dict(TO_WEBRTC if is_webrtc(towards) else TO_PLAIN)
+    """A fresh copy of the flags for one command (lists, as rtpengine's bencode has them)."""
+    base = TO_WEBRTC if is_webrtc(towards) else TO_PLAIN
+    return {k: list(v) if isinstance(v, tuple | list) else v for k, v in base.items()}
 
 
 def offer_command(

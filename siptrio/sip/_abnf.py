@@ -52,11 +52,27 @@ _PARAMS_FAST = re.compile(
 )
 
 
-def remember(cache: dict[K, V], key: K, value: V, bound: int) -> V:
+class BoundedCache(dict[K, V]):
+    """A cache of parsed spellings, the only state the wire layer keeps between messages.
+
+    A plain dict to read (``get`` stays the C method on the hot path), with the bound
+    ``remember`` keeps and a name that ``parse_caches()`` reports it under (for tests
+    that reset them and for the operator's view of state sizes).
+    """
+
+    __slots__ = ("bound", "name")
+
+    def __init__(self, name: str, bound: int) -> None:
+        super().__init__()
+        self.name = name
+        self.bound = bound
+
+
+def remember(cache: BoundedCache[K, V], key: K, value: V) -> V:
     """Keep ``value`` under ``key`` and return it. The caches of parsed spellings are
     bounded by emptying a full one: a flood of unique values then costs what no cache
     would, and the values that do repeat are back after one miss each."""
-    if len(cache) >= bound:
+    if len(cache) >= cache.bound:
         cache.clear()
     cache[key] = value
     return value

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from ._abnf import LWS, split_top_level, unquote
 from .errors import SipParseError
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 ALGORITHMS = ("SHA-256", "MD5")  # in the order we offer them (RFC 8760 section 2.4)
-_HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
+_HASHES = MappingProxyType({"MD5": hashlib.md5, "SHA-256": hashlib.sha256})
 
 
 def _h(algorithm: str, text: str) -> str:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from ._abnf import (
     LWS,
     QVALUE,
     TOKEN_CHARS,
+    BoundedCache,
     Params,
     format_params,
     get_param,
@@ -46,38 +48,42 @@ __all__ = [
 
 # Compact forms: RFC 3261 7.3.3 (i m e l f t v k c s), RFC 3265 (o u), RFC 3515 (r),
 # RFC 3892 (b), RFC 4028 (x), RFC 4474 (y), RFC 3841 (d a j).
-COMPACT_FORMS: dict[str, str] = {
-    "i": "call-id",
-    "m": "contact",
-    "e": "content-encoding",
-    "l": "content-length",
-    "f": "from",
-    "t": "to",
-    "v": "via",
-    "k": "supported",
-    "c": "content-type",
-    "s": "subject",
-    "o": "event",
-    "u": "allow-events",
-    "r": "refer-to",
-    "b": "referred-by",
-    "x": "session-expires",
-    "y": "identity",
-    "d": "request-disposition",
-    "a": "accept-contact",
-    "j": "reject-contact",
-}
+COMPACT_FORMS: MappingProxyType[str, str] = MappingProxyType(
+    {
+        "i": "call-id",
+        "m": "contact",
+        "e": "content-encoding",
+        "l": "content-length",
+        "f": "from",
+        "t": "to",
+        "v": "via",
+        "k": "supported",
+        "c": "content-type",
+        "s": "subject",
+        "o": "event",
+        "u": "allow-events",
+        "r": "refer-to",
+        "b": "referred-by",
+        "x": "session-expires",
+        "y": "identity",
+        "d": "request-disposition",
+        "a": "accept-contact",
+        "j": "reject-contact",
+    }
+)
 
-_DISPLAY: dict[str, str] = {
-    "call-id": "Call-ID",
-    "cseq": "CSeq",
-    "www-authenticate": "WWW-Authenticate",
-    "mime-version": "MIME-Version",
-    "rack": "RAck",
-    "rseq": "RSeq",
-    "sip-etag": "SIP-ETag",
-    "sip-if-match": "SIP-If-Match",
-}
+_DISPLAY: MappingProxyType[str, str] = MappingProxyType(
+    {
+        "call-id": "Call-ID",
+        "cseq": "CSeq",
+        "www-authenticate": "WWW-Authenticate",
+        "mime-version": "MIME-Version",
+        "rack": "RAck",
+        "rseq": "RSeq",
+        "sip-etag": "SIP-ETag",
+        "sip-if-match": "SIP-If-Match",
+    }
+)
 
 # Headers whose grammar is a comma-separated list (RFC 3261 section 7.3.1). Others
 # (Date, User-Agent, WWW-Authenticate, ...) may contain commas that are not separators.
@@ -106,7 +112,7 @@ _LIST_HEADERS = frozenset(
     }
 )
 
-_name_cache: dict[bytes, str] = {}
+_name_cache: BoundedCache[bytes, str] = BoundedCache("header names", 4096)
 
 # The same Via, From, To and Contact values come back in every message of a
 # transaction and a dialog (request, retransmissions, 100, 180, 200, ACK, BYE):
@@ -122,7 +128,7 @@ def canonical_name(raw_name: bytes) -> str:
         return name
     text = raw_name.decode("ascii", errors="replace").lower()
     name = COMPACT_FORMS.get(text, text)
-    if len(_name_cache) < 4096:
+    if len(_name_cache) < _name_cache.bound:
         _name_cache[raw_name] = name
     return name
 
@@ -208,20 +214,20 @@ _VIA_FAST = re.compile(
 )
 
 
-_via_cache: dict[str, Via] = {}
+_via_cache: BoundedCache[str, Via] = BoundedCache("Via", PARSED_CACHE)
 
 
 def parse_via(text: str) -> Via:
     """One Via list element, parsed once per spelling (see PARSED_CACHE)."""
     via = _via_cache.get(text)
-    return via if via is not None else remember(_via_cache, text, _parse_via(text), PARSED_CACHE)
+    return via if via is not None else remember(_via_cache, text, _parse_via(text))
 
 
 def remember_via(via: Via) -> None:
     """Put a Via we wrote ourselves (a stamped one) where parse_via will find it: the
     next hop echoes it in every response, spelled exactly as we sent it."""
     if via.text:
-        remember(_via_cache, via.text, via, PARSED_CACHE)
+        remember(_via_cache, via.text, via)
 
 
 def _parse_via(text: str) -> Via:
@@ -372,7 +378,7 @@ _NAME_ADDR_FAST = re.compile(
 )
 
 
-_name_addr_cache: dict[str, NameAddr] = {}
+_name_addr_cache: BoundedCache[str, NameAddr] = BoundedCache("name-addr", PARSED_CACHE)
 
 
 def parse_name_addr(text: str, what: str) -> NameAddr:
@@ -380,7 +386,7 @@ def parse_name_addr(text: str, what: str) -> NameAddr:
     found = _name_addr_cache.get(text)
     if found is not None:
         return found
-    return remember(_name_addr_cache, text, _parse_name_addr(text, what), PARSED_CACHE)
+    return remember(_name_addr_cache, text, _parse_name_addr(text, what))
 
 
 def _parse_name_addr(text: str, what: str) -> NameAddr:
@@ -473,7 +479,7 @@ class CSeq:
         return f"{self.number} {self.method}"
 
 
-_cseq_cache: dict[str, CSeq] = {}
+_cseq_cache: BoundedCache[str, CSeq] = BoundedCache("CSeq", PARSED_CACHE)
 
 
 def parse_cseq(text: str) -> CSeq:
@@ -482,9 +488,7 @@ def parse_cseq(text: str) -> CSeq:
     "1 INVITE", "2 BYE" ... repeat across dialogs: parsed once per spelling.
     """
     found = _cseq_cache.get(text)
-    return (
-        found if found is not None else remember(_cseq_cache, text, _parse_cseq(text), PARSED_CACHE)
-    )
+    return found if found is not None else remember(_cseq_cache, text, _parse_cseq(text))
 
 
 def _parse_cseq(text: str) -> CSeq:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Self
 
-from ._abnf import LWS, parse_uint, remember
+from ._abnf import LWS, BoundedCache, parse_uint, remember
 from .errors import SipParseError
 from .headers import (
     CSeq,
@@ -89,7 +90,7 @@ class HeaderField:
             bvalue = value.encode("utf-8") if isinstance(value, str) else value
             made = cls(lname, display_name(lname).encode("ascii") + b": " + bvalue, bvalue)
             if lname not in PER_TRANSACTION:
-                remember(_made, key, made, MADE_CACHE)
+                remember(_made, key, made)
         return made
 
 
@@ -97,7 +98,9 @@ class HeaderField:
 # cache of lines would fill with them and push out the lines that do repeat.
 PER_TRANSACTION = frozenset({"via", "from", "to", "call-id", "cseq", "route", "authorization"})
 MADE_CACHE = 1024
-_made: dict[tuple[str, str | bytes], HeaderField] = {}
+_made: BoundedCache[tuple[str, str | bytes], HeaderField] = BoundedCache(
+    "header fields", MADE_CACHE
+)
 
 
 def index_of(headers: Iterable[HeaderField]) -> dict[str, tuple[bytes, ...]]:
@@ -393,26 +396,28 @@ class Message:
 
 # Each cached view and the one header it is parsed from: what an edit of that header
 # invalidates and an edit of any other keeps.
-_VIEWS: dict[str, str] = {
-    "vias": "via",
-    "from_": "from",
-    "to": "to",
-    "call_id": "call-id",
-    "cseq": "cseq",
-    "max_forwards": "max-forwards",
-    "content_length": "content-length",
-    "content_type": "content-type",
-    "contact_star": "contact",
-    "contacts": "contact",
-    "routes": "route",
-    "record_routes": "record-route",
-    "paths": "path",
-    "expires": "expires",
-    "require": "require",
-    "proxy_require": "proxy-require",
-    "supported": "supported",
-    "user_agent": "user-agent",
-}
+_VIEWS: MappingProxyType[str, str] = MappingProxyType(
+    {
+        "vias": "via",
+        "from_": "from",
+        "to": "to",
+        "call_id": "call-id",
+        "cseq": "cseq",
+        "max_forwards": "max-forwards",
+        "content_length": "content-length",
+        "content_type": "content-type",
+        "contact_star": "contact",
+        "contacts": "contact",
+        "routes": "route",
+        "record_routes": "record-route",
+        "paths": "path",
+        "expires": "expires",
+        "require": "require",
+        "proxy_require": "proxy-require",
+        "supported": "supported",
+        "user_agent": "user-agent",
+    }
+)
 
 
 def _single_name_addr(msg: Message, name: str) -> NameAddr:
@@ -507,45 +512,47 @@ class Response(Message):
         return type(self)(headers=headers, body=self.body, status=self.status, reason=self.reason)
 
 
-_REASONS = {
-    100: "Trying",
-    180: "Ringing",
-    181: "Call Is Being Forwarded",
-    182: "Queued",
-    183: "Session Progress",
-    200: "OK",
-    202: "Accepted",
-    301: "Moved Permanently",
-    302: "Moved Temporarily",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    407: "Proxy Authentication Required",
-    408: "Request Timeout",
-    413: "Request Entity Too Large",
-    415: "Unsupported Media Type",
-    416: "Unsupported URI Scheme",
-    420: "Bad Extension",
-    423: "Interval Too Brief",
-    430: "Flow Failed",
-    480: "Temporarily Unavailable",
-    481: "Call/Transaction Does Not Exist",
-    482: "Loop Detected",
-    483: "Too Many Hops",
-    486: "Busy Here",
-    487: "Request Terminated",
-    488: "Not Acceptable Here",
-    500: "Server Internal Error",
-    501: "Not Implemented",
-    503: "Service Unavailable",
-    504: "Server Time-out",
-    505: "Version Not Supported",
-    513: "Message Too Large",
-    600: "Busy Everywhere",
-    603: "Decline",
-}
+_REASONS = MappingProxyType(
+    {
+        100: "Trying",
+        180: "Ringing",
+        181: "Call Is Being Forwarded",
+        182: "Queued",
+        183: "Session Progress",
+        200: "OK",
+        202: "Accepted",
+        301: "Moved Permanently",
+        302: "Moved Temporarily",
+        400: "Bad Request",
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "Not Found",
+        405: "Method Not Allowed",
+        407: "Proxy Authentication Required",
+        408: "Request Timeout",
+        413: "Request Entity Too Large",
+        415: "Unsupported Media Type",
+        416: "Unsupported URI Scheme",
+        420: "Bad Extension",
+        423: "Interval Too Brief",
+        430: "Flow Failed",
+        480: "Temporarily Unavailable",
+        481: "Call/Transaction Does Not Exist",
+        482: "Loop Detected",
+        483: "Too Many Hops",
+        486: "Busy Here",
+        487: "Request Terminated",
+        488: "Not Acceptable Here",
+        500: "Server Internal Error",
+        501: "Not Implemented",
+        503: "Service Unavailable",
+        504: "Server Time-out",
+        505: "Version Not Supported",
+        513: "Message Too Large",
+        600: "Busy Everywhere",
+        603: "Decline",
+    }
+)
 
 
 def reason_phrase(status: int) -> str:

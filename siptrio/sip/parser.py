@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ._abnf import REQUEST_LINE, STATUS_LINE, remember
+from ._abnf import REQUEST_LINE, STATUS_LINE, BoundedCache, remember
 from .errors import SipParseError
 from .headers import canonical_name
 from .message import PER_TRANSACTION, HeaderField, Request, Response, _text, index_of
@@ -38,7 +38,7 @@ def _split_head(data: bytes) -> tuple[bytes, int]:
     raise SipParseError("Incomplete message: no empty line after the header section")
 
 
-_valid_names: dict[bytes, str] = {}  # raw header name -> canonical, for names seen valid
+_valid_names: BoundedCache[bytes, str] = BoundedCache("valid names", 4096)  # raw -> canonical
 
 
 def _name(raw_name: bytes) -> str:
@@ -49,7 +49,7 @@ def _name(raw_name: bytes) -> str:
     if not _TOKEN_NAME.fullmatch(raw_name):
         raise SipParseError("Malformed header name")
     name = canonical_name(raw_name)
-    if len(_valid_names) < 4096:
+    if len(_valid_names) < _valid_names.bound:
         _valid_names[raw_name] = name
     return name
 
@@ -59,7 +59,7 @@ def _name(raw_name: bytes) -> str:
 # HeaderField shared; lines that name one transaction or dialog (PER_TRANSACTION) are
 # not kept, they would only push the repeating ones out. Bounded by clearing.
 LINE_CACHE = 1024
-_line_cache: dict[bytes, HeaderField] = {}
+_line_cache: BoundedCache[bytes, HeaderField] = BoundedCache("header lines", LINE_CACHE)
 
 Index = dict[str, tuple[bytes, ...]]  # tuples: the cyclic GC stops tracking them
 
@@ -83,7 +83,7 @@ def _header_lines(lines: list[bytes], max_headers: int) -> tuple[list[HeaderFiel
                 raise SipParseError("Header line without a colon")
             h = HeaderField(_name(raw_name.rstrip(b" \t")), line, value.strip(b" \t"))
             if h.name not in PER_TRANSACTION:
-                remember(_line_cache, line, h, LINE_CACHE)
+                remember(_line_cache, line, h)
         append(h)
         found = index.get(h.name)
         index[h.name] = (h.value,) if found is None else (*found, h.value)

@@ -17,6 +17,7 @@ from ._abnf import (
     PARAM_CHARS,
     PASSWORD_CHARS,
     USER_CHARS,
+    BoundedCache,
     Params,
     canonical_escapes,
     check_escapes,
@@ -149,14 +150,14 @@ _SIP_FAST = re.compile(
 )
 
 
-_uri_cache: dict[str, Uri] = {}
 URI_CACHE = 1024  # spellings remembered; cleared when full (see headers.PARSED_CACHE)
+_uri_cache: BoundedCache[str, Uri] = BoundedCache("URIs", URI_CACHE)
 
 
 def parse_uri_untrusted(text: str) -> Uri:
     """Parse one URI with no surrounding LWS or brackets; once per spelling."""
     uri = _uri_cache.get(text)
-    return uri if uri is not None else remember(_uri_cache, text, _parse_uri(text), URI_CACHE)
+    return uri if uri is not None else remember(_uri_cache, text, _parse_uri(text))
 
 
 def _parse_uri(text: str) -> Uri:

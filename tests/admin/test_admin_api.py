@@ -236,6 +236,17 @@ async def test_refuses_non_loopback_without_token(tmp_path: Path) -> None:
 
 
 def _listening_tcp_ports() -> set[int]:
+    """TCP ports this process listens on (other programs on the machine do not count)."""
+    import os
+
+    ours = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            ours.add(target[8:-1])
     ports = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -244,7 +255,7 @@ def _listening_tcp_ports() -> set[int]:
             continue
         for line in lines:
             fields = line.split()
-            if fields[3] == "0A":  # LISTEN
+            if fields[3] == "0A" and fields[9] in ours:  # LISTEN, and our socket's inode
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
 

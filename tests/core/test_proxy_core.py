@@ -11,6 +11,7 @@ from siptrio.core.events import Send
 from siptrio.core.proxy import ProxyConfig
 from siptrio.core.types import Clock, Listener, Peer, Transport
 from siptrio.sip import Request, Response, headers, parse_message_untrusted
+from siptrio.sip.caches import parse_caches
 
 US = Listener(transport=Transport.UDP, host="127.0.0.1", port=5060)
 ALICE = UDP
@@ -218,7 +219,7 @@ def test_the_answer_to_a_forwarded_request_finds_our_via_parsed_already() -> Non
     assert our_line.startswith(b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=")
     text = our_line[len(b"Via: ") :].decode()
     # nothing has parsed the forwarded request: the proxy put its Via there itself
-    assert headers._via_cache.get(text) == headers._parse_via(text)
+    assert parse_caches()["Via"].get(text) == headers.parse_via(text)
     answer = data.replace(b"MESSAGE sip:x@127.0.0.9:7000 SIP/2.0", b"SIP/2.0 200 OK", 1)
     answer = answer.replace(b"To: <sip:x@127.0.0.9>", b"To: <sip:x@127.0.0.9>;tag=t9", 1)
     resp = parse_message_untrusted(answer)

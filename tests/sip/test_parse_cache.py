@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from siptrio.sip import Request, SipParseError, headers, parse_message_untrusted, parser, uri
+from siptrio.sip import Request, SipParseError, parse_message_untrusted
+from siptrio.sip.caches import parse_caches
 from siptrio.sip.headers import parse_name_addr, parse_via
 from siptrio.sip.message import HeaderField
 from siptrio.sip.uri import parse_uri_untrusted
@@ -31,12 +32,12 @@ def test_errors_are_not_cached_and_keep_their_context() -> None:
 
 
 def test_a_flood_of_unique_values_does_not_grow_the_caches_past_their_bound() -> None:
-    for i in range(headers.PARSED_CACHE + 100):
+    caches = parse_caches()
+    for i in range(caches["Via"].bound + 100):
         parse_via(f"SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-flood-{i}")
         parse_name_addr(f"<sip:u{i}@127.0.0.1>;tag=t{i}", "From")
-    assert len(headers._via_cache) <= headers.PARSED_CACHE
-    assert len(headers._name_addr_cache) <= headers.PARSED_CACHE
-    assert len(uri._uri_cache) <= uri.URI_CACHE
+    for name in ("Via", "name-addr", "URIs"):
+        assert 0 < len(caches[name]) <= caches[name].bound, name
     # still correct after the clear
     assert parse_via("SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-after").branch == ("z9hG4bK-after")
 
@@ -62,7 +63,7 @@ def test_repeated_header_lines_are_shared_and_edits_never_reach_the_other_messag
     ua_a = next(h for h in a.headers if h.name == "user-agent")
     assert ua_a is next(h for h in b.headers if h.name == "user-agent")
     # lines naming one transaction are not kept: they would only evict the others
-    assert not any(h.name == "via" for h in parser._line_cache.values())
+    assert not any(h.name == "via" for h in parse_caches()["header lines"].values())
     edited = a.set("user-agent", "changed").set("max-forwards", "9")
     assert edited.user_agent == "changed" and edited.max_forwards == 9
     assert a.user_agent == b.user_agent == "cache test" and a.max_forwards == 70
@@ -70,9 +71,10 @@ def test_repeated_header_lines_are_shared_and_edits_never_reach_the_other_messag
 
 
 def test_a_flood_of_unique_header_lines_stays_within_the_line_cache_bound() -> None:
-    for i in range(parser.LINE_CACHE + 50):
+    lines = parse_caches()["header lines"]
+    for i in range(lines.bound + 50):
         _parsed(_options(f"flood-{i}").replace("cache test", f"agent {i}"))
-    assert len(parser._line_cache) <= parser.LINE_CACHE
+    assert 0 < len(lines) <= lines.bound
 
 
 def test_an_edit_keeps_the_views_of_the_headers_it_did_not_touch() -> None:

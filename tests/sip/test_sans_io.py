@@ -95,3 +95,53 @@ def test_importing_everything_loads_no_io_module() -> None:
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded == [], f"importing siptrio.sip and siptrio.core loaded {loaded}"
+
+
+# --- no state at module level -------------------------------------------------------------
+
+_MUTABLE = (dict, list, set, bytearray)
+
+
+def test_no_module_level_mutable_state_but_bounded_caches() -> None:
+    """The core's state lives in objects the shell builds (STYLE.md rule 1): nothing
+    mutable at module level except the wire layer's bounded parse caches, which
+    ``parse_caches()`` names and a test can clear. Constants are tuples, frozensets and
+    read-only mappings; counters and secrets come in through constructors."""
+    import importlib
+    import itertools
+    import random
+
+    from siptrio.sip._abnf import BoundedCache
+
+    found = []
+    for name in MODULES:
+        module = importlib.import_module(name)
+        for attr, value in vars(module).items():
+            if attr.startswith("__") or (
+                getattr(value, "__module__", name) != name
+                and (isinstance(value, type) or callable(value))
+            ):
+                continue
+            if isinstance(value, BoundedCache):
+                continue
+            if isinstance(value, (*_MUTABLE, itertools.count, random.Random)):
+                found.append(f"{name}.{attr}: {type(value).__name__}")
+    assert not found, "module-level mutable state:\n" + "\n".join(found)
+
+
+def test_the_parse_caches_are_named_bounded_and_clearable() -> None:
+    from siptrio.sip import parse_message_untrusted
+    from siptrio.sip.caches import clear_parse_caches, parse_caches
+
+    msg = parse_message_untrusted(
+        b"OPTIONS sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-1\r\n"
+        b"From: <sip:b@example.com>;tag=1\r\nTo: <sip:a@example.com>\r\nCall-ID: c\r\n"
+        b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert msg.vias  # parsing the Via fills its cache
+    caches = parse_caches()
+    assert {"Via", "URIs", "header lines", "CSeq", "name-addr"} <= set(caches)
+    assert all(c.bound > 0 for c in caches.values())
+    assert any(len(c) for c in caches.values())
+    clear_parse_caches()
+    assert not any(len(c) for c in caches.values())

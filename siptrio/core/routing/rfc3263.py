@@ -27,6 +27,7 @@ import ipaddress
 import random
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from ...sip.uri import SipUri
 from ..types import Transport
@@ -110,27 +111,33 @@ class LocateError(Exception):
 
 
 # NAPTR services (RFC 3263 section 4.1, RFC 7118 section 5 for WebSocket)
-SERVICES: dict[str, Transport] = {
-    "SIP+D2U": Transport.UDP,
-    "SIP+D2T": Transport.TCP,
-    "SIPS+D2T": Transport.TLS,
-    "SIP+D2W": Transport.WS,
-    "SIPS+D2W": Transport.WSS,
-}
-_SRV_PREFIX: dict[Transport, str] = {
-    Transport.UDP: "_sip._udp",
-    Transport.TCP: "_sip._tcp",
-    Transport.TLS: "_sips._tcp",
-    Transport.WS: "_sip._ws",
-    Transport.WSS: "_sips._ws",
-}
-_URI_TRANSPORTS: dict[str, Transport] = {
-    "udp": Transport.UDP,
-    "tcp": Transport.TCP,
-    "tls": Transport.TLS,
-    "ws": Transport.WS,
-    "wss": Transport.WSS,
-}
+SERVICES: MappingProxyType[str, Transport] = MappingProxyType(
+    {
+        "SIP+D2U": Transport.UDP,
+        "SIP+D2T": Transport.TCP,
+        "SIPS+D2T": Transport.TLS,
+        "SIP+D2W": Transport.WS,
+        "SIPS+D2W": Transport.WSS,
+    }
+)
+_SRV_PREFIX: MappingProxyType[Transport, str] = MappingProxyType(
+    {
+        Transport.UDP: "_sip._udp",
+        Transport.TCP: "_sip._tcp",
+        Transport.TLS: "_sips._tcp",
+        Transport.WS: "_sip._ws",
+        Transport.WSS: "_sips._ws",
+    }
+)
+_URI_TRANSPORTS: MappingProxyType[str, Transport] = MappingProxyType(
+    {
+        "udp": Transport.UDP,
+        "tcp": Transport.TCP,
+        "tls": Transport.TLS,
+        "ws": Transport.WS,
+        "wss": Transport.WSS,
+    }
+)
 
 Locating = Generator[Query, Answer, list[Candidate]]
 

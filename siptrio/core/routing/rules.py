@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from ...sip.errors import SipParseError
 from ...sip.uri import SipUri, parse_uri_untrusted
@@ -121,4 +122,6 @@ def parse_rule(name: str, text: str) -> RouteRule:
     return RouteRule(name=name, kind=kind, pattern=pattern, hops=hops, regex=regex)
 
 
-_EXAMPLES = {MatchKind.PREFIX: "+1", MatchKind.USER: "^00[1-9]", MatchKind.DOMAIN: "example.org"}
+_EXAMPLES = MappingProxyType(
+    {MatchKind.PREFIX: "+1", MatchKind.USER: "^00[1-9]", MatchKind.DOMAIN: "example.org"}
+)
