@@ -74,7 +74,7 @@ from .views import (
 from .webphone import mount_webphone
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .ports import AdminHost, OpsHost
 
 __all__ = ["OpsEndpoints", "create_app", "serve_admin", "start_ops"]
 
@@ -189,13 +189,13 @@ class BearerAuth:
 class ServerCollector(Collector):
     """Prometheus families read from the live server at each scrape."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: AdminHost) -> None:
         self.server = server
 
     def collect(self) -> Iterator[Metric]:
         server = self.server
         counters: dict[str, int] = {}
-        for source in (server.stats, server.dispatcher.stats):
+        for source in (server.stats, server.core_stats):
             for name, value in source.items():
                 counters[name] = counters.get(name, 0) + value
         labelled = [
@@ -255,12 +255,12 @@ class ServerCollector(Collector):
 
     def _gauges(self) -> Iterator[Metric]:
         server = self.server
-        layer = server.dispatcher.layer
+        servers, clients = server.transaction_counts()
         transactions = GaugeMetricFamily(
             "siptrio_transactions", "Live SIP transactions", labels=["kind"]
         )
-        transactions.add_metric(["server"], len(layer.servers))
-        transactions.add_metric(["client"], len(layer.clients))
+        transactions.add_metric(["server"], servers)
+        transactions.add_metric(["client"], clients)
         yield transactions
         by_transport = {t.value: 0 for t in Transport}
         for b in server.location:
@@ -279,7 +279,7 @@ class ServerCollector(Collector):
             dialogs.add_metric([state], n)
         yield dialogs
         flows_by = {t.value: 0 for t in Transport if t.is_stream}
-        for f in server.hub.flows.values():
+        for f in server.flows.values():
             flows_by[f.transport.value] = flows_by.get(f.transport.value, 0) + 1
         flows = GaugeMetricFamily("siptrio_flows", "Open connections", labels=["transport"])
         for t, n in flows_by.items():
@@ -299,7 +299,7 @@ class ServerCollector(Collector):
             "Datagrams the kernel dropped because a UDP socket's receive buffer was full",
             labels=["listener"],
         )
-        sockets = server.hub.udp_sockets
+        sockets = server.udp_sockets
         dropped = receive_drops(sockets.values())
         for (host, port), sock in sorted(sockets.items()):
             if sock in dropped:
@@ -327,7 +327,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(
-    server: Server,
+    server: AdminHost,
     *,
     token: str | None = None,
     webphone: bool = True,
@@ -359,8 +359,9 @@ def create_app(
     def whole_cluster(kind: str, own: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Ours, then what the other nodes last published (a second or two old)."""
         out = [{**item, "node": server.node} for item in own]
-        if server.cluster is not None:
-            out += server.cluster.view()[kind]
+        cluster = server.cluster_view()
+        if cluster is not None:
+            out += cluster[kind]
         return out
 
     @app.get(
@@ -376,7 +377,7 @@ def create_app(
         responses={404: {"description": "no such dialog"}},
     )
     async def dialog_media(dialog_id: str) -> Any:
-        d = server.dispatcher.dialogs.get_by_id(dialog_id)
+        d = server.dialogs.get_by_id(dialog_id)
         if d is None:
             return error_response(404, f"no dialog {dialog_id}", field="dialog_id")
         if not d.bridged:
@@ -410,8 +411,8 @@ def create_app(
             "uptime": round(now - server.started_at, 3),
             "listeners": [listener_view(li) for li in server.listeners],
             "bindings": len(server.location),
-            "dialogs": len(server.dispatcher.dialogs),
-            "flows": len(server.hub.flows),
+            "dialogs": len(server.dialogs),
+            "flows": len(server.flows),
         }
 
     @app.get(
@@ -552,7 +553,7 @@ def is_loopback(host: str) -> bool:
 
 
 def _listen_socket(host: str, port: int) -> socket.socket:
-    from .server import StartupError  # server.py starts us: import at call time
+    from .errors import StartupError
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -571,10 +572,13 @@ def _listen_socket(host: str, port: int) -> socket.socket:
 
 
 async def serve_admin(
-    server: Server, config: Config, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    server: AdminHost,
+    config: Config,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the API on ``[admin] listen_addr:listen_port`` until cancelled; started(port)."""
-    from .server import StartupError
+    from .errors import StartupError
 
     admin = config.admin
     if not is_loopback(admin.listen_addr) and not admin.token:
@@ -617,7 +621,7 @@ class OpsEndpoints(BaseModel):
     control_socket: str | None = None
 
 
-async def start_ops(server: Server, nursery: trio.Nursery) -> OpsEndpoints:
+async def start_ops(server: OpsHost, nursery: trio.Nursery) -> OpsEndpoints:
     """Start the admin API and the control socket as configured; where they listen."""
     from .control import serve_control
 

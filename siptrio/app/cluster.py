@@ -23,7 +23,7 @@ from ..store.redis_store import RedisStore, binding_from_json
 from .views import dialogs_view, flows_view
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .ports import ClusterHost
 
 __all__ = ["Cluster"]
 
@@ -35,7 +35,7 @@ SUBSCRIBE_WAIT = 5.0  # how long joining waits for the feed's subscription
 
 
 class Cluster:
-    def __init__(self, server: Server, store: RedisStore, *, node: str, ttl: float) -> None:
+    def __init__(self, server: ClusterHost, store: RedisStore, *, node: str, ttl: float) -> None:
         self.server = server
         self.store = store
         self.node = node

@@ -47,7 +47,7 @@ from .views import (
 )
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .ports import ControlHost
 
 __all__ = ["QUEUE_LIMIT", "serve_control"]
 
@@ -73,7 +73,7 @@ class _Trace:
 class _Subscriber:
     """One connected client: its queue, its cancel scope and its trace tap."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: ControlHost) -> None:
         self.server = server
         send, receive = trio.open_memory_channel[dict[str, Any] | _Trace](QUEUE_LIMIT)
         self._send = send
@@ -108,7 +108,7 @@ class _Subscriber:
 class ControlServer:
     """Fans server events out to the connected clients and answers their commands."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: ControlHost) -> None:
         self.server = server
         self.subscribers: set[_Subscriber] = set()
         self._commands: dict[str, Callable[[_Subscriber, dict[str, Any]], Awaitable[None]]] = {
@@ -155,11 +155,11 @@ class ControlServer:
                     "gauges": gauges_view(self.server),
                     "counters": counters_view(self.server),
                 }
-                cluster = self.server.cluster
+                cluster = self.server.cluster_view()
                 if cluster is not None:
                     # the other nodes' dialogs and flows have no events here: their view
                     # (read from Redis once a second) rides along instead
-                    msg["cluster"] = cluster.view()
+                    msg["cluster"] = cluster
                 self.broadcast(msg)
 
     # --- one client ---------------------------------------------------------------------------
@@ -184,7 +184,7 @@ class ControlServer:
             log.exception("control socket client failed")
         finally:
             self.subscribers.discard(sub)
-            server.hub.remove_tap(sub.tap)
+            server.remove_tap(sub.tap)
             events.close()
             await trio.aclose_forcefully(stream)
 
@@ -301,13 +301,13 @@ class ControlServer:
             )
             return
         if sub.trace_full is None:
-            self.server.hub.add_tap(sub.tap)
+            self.server.add_tap(sub.tap)
         sub.trace_full = full
         sub.push(_reply(msg, "subscribe_trace", ok=True, full=full))
 
     async def _cmd_unsubscribe_trace(self, sub: _Subscriber, msg: dict[str, Any]) -> None:
         sub.trace_full = None
-        self.server.hub.remove_tap(sub.tap)
+        self.server.remove_tap(sub.tap)
         sub.push(_reply(msg, "unsubscribe_trace", ok=True))
 
     async def _cmd_kick(self, sub: _Subscriber, msg: dict[str, Any]) -> None:
@@ -423,7 +423,7 @@ def _trace_view(t: _Trace) -> dict[str, Any]:
 
 def _prepare_path(path: str) -> None:
     """Create the directory (0700) if missing; remove a stale socket, refuse a live one."""
-    from .server import StartupError  # server.py starts us: import at call time
+    from .errors import StartupError
 
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -456,7 +456,7 @@ def _prepare_path(path: str) -> None:
 
 
 def _bind(path: str) -> socket.socket:
-    from .server import StartupError
+    from .errors import StartupError
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # the file is born 0600: no window where others connect
@@ -474,7 +474,10 @@ def _bind(path: str) -> socket.socket:
 
 
 async def serve_control(
-    server: Server, config: Config, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    server: ControlHost,
+    config: Config,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the control socket at ``[control] socket`` until cancelled; started(path)."""
     path = config.control.socket
@@ -482,15 +485,7 @@ async def serve_control(
     sock = _bind(path)
     inode = os.stat(path).st_ino
     control = ControlServer(server)
-    hub = server.hub
-    previous = hub.on_flow_change
-
-    def on_flow_change(kind: str, flow: Flow) -> None:
-        if previous is not None:
-            previous(kind, flow)
-        control.on_flow_change(kind, flow)
-
-    hub.on_flow_change = on_flow_change
+    unwatch = server.watch_flows(control.on_flow_change)
     try:
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         async with trio.open_nursery() as nursery:
@@ -499,8 +494,7 @@ async def serve_control(
             log.info("control socket at %s", path)
             task_status.started(path)
     finally:
-        if hub.on_flow_change is on_flow_change:
-            hub.on_flow_change = previous
+        unwatch()
         sock.close()
         try:
             if os.stat(path).st_ino == inode:

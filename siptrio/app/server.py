@@ -17,14 +17,15 @@ import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ..core.abuse import RateLimiter
 from ..core.auth import AuthConfig
+from ..core.dialogs import Dialogs
 from ..core.dispatcher import Dispatcher, DispatcherConfig
 from ..core.events import Action, MediaRequest, Persist, Publish, Resolve, Send
 from ..core.fastreg import FastRegister
@@ -40,7 +41,7 @@ from ..store.base import BindingStore
 from ..store.redis_store import RedisStore
 from ..store.sqlite import SqliteStore
 from ..transport.dns import DnsClient
-from ..transport.hub import FlowClosed, Hub, Inbound, SendFailed
+from ..transport.hub import Flow, FlowClosed, Hub, Inbound, SendFailed
 from ..transport.intake import Intake
 from ..transport.outbound import Connector
 from ..transport.rtpengine import MediaError, NgClient, parse_engine
@@ -56,6 +57,11 @@ from ..transport.ws import WsOptions, WsPolicy, serve_ws
 from .cluster import Cluster
 from .config import Config
 from .credentials import ephemeral_config
+from .errors import StartupError
+
+if TYPE_CHECKING:
+    from .ports import ClusterHost, OpsHost
+    from .simcall import SimHost
 from .events import EventBus
 from .simcall import Simulator
 
@@ -84,10 +90,6 @@ GC_THRESHOLD = 5_000
 # makes it one every few minutes at most.
 GC_MIDDLE = 5_000
 CORE_BATCH = 256  # messages handled per wake-up of the core loop
-
-
-class StartupError(Exception):
-    """A problem the operator must fix before the server can run (exit status 1)."""
 
 
 async def _in_thread(fn: Callable[[], None]) -> None:
@@ -216,8 +218,7 @@ class Server:
             )
             self.store = redis_store
             secret = await trio.to_thread.run_sync(redis_store.cluster_secret)
-            self.dispatcher.auth._secret = secret  # nonces and flow tokens valid cluster-wide
-            self.dispatcher.router.cluster_secret = secret
+            self.dispatcher.join_cluster(secret)
         else:
             self.store = await trio.to_thread.run_sync(SqliteStore, cfg.registrar.database)
         try:
@@ -683,6 +684,54 @@ class Server:
         if actions:
             await self.execute(actions)
 
+    # --- what the app layer sees (ports.py) ----------------------------------------------
+
+    @property
+    def core_stats(self) -> Counter[str]:
+        return self.dispatcher.stats
+
+    @property
+    def dialogs(self) -> Dialogs:
+        return self.dispatcher.dialogs
+
+    @property
+    def flows(self) -> Mapping[str, Flow]:
+        return self.hub.flows
+
+    @property
+    def udp_sockets(self) -> Mapping[tuple[str, int], socket.socket]:
+        return self.hub.udp_sockets
+
+    def transaction_counts(self) -> tuple[int, int]:
+        layer = self.dispatcher.layer
+        return len(layer.servers), len(layer.clients)
+
+    def cluster_view(self) -> dict[str, Any] | None:
+        return self.cluster.view() if self.cluster is not None else None
+
+    def add_tap(self, tap: Callable[[str, bytes, Peer], None]) -> None:
+        self.hub.add_tap(tap)
+
+    def remove_tap(self, tap: Callable[[str, bytes, Peer], None]) -> None:
+        self.hub.remove_tap(tap)
+
+    def watch_flows(self, observer: Callable[[str, Flow], None]) -> Callable[[], None]:
+        hub = self.hub
+        previous = hub.on_flow_change
+
+        def on_flow_change(kind: str, flow: Flow) -> None:
+            if previous is not None:
+                previous(kind, flow)
+            observer(kind, flow)
+
+        hub.on_flow_change = on_flow_change
+
+        def unwatch() -> None:
+            if hub.on_flow_change is on_flow_change:
+                hub.on_flow_change = previous
+
+        return unwatch
+
     # --- operations (admin API, control socket) ------------------------------------------
 
     async def kick(self, aor: str, contact: str | None = None) -> list[Binding]:
@@ -764,3 +813,9 @@ class Server:
             if item.txn_key is not None:
                 actions += self.dispatcher.committed(item.txn_key, ok, clock)
         await self.execute(actions)
+
+
+if TYPE_CHECKING:  # the server is every part's host (ports.py): mypy holds it to that
+
+    def _hosts(server: Server) -> tuple[OpsHost, ClusterHost, SimHost]:
+        return server, server, server

@@ -22,7 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -31,7 +31,19 @@ from ..sip import Request, Response, SipParseError, parse_message_untrusted, par
 from ..sip.uri import SipUri
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ..core.location import Location
+    from ..core.types import Listener
+    from .config import Config
+
+
+class SimHost(Protocol):
+    """What the simulated client needs of the server: it places calls from the server's
+    own UDP socket to the bindings it finds."""
+
+    config: Config
+    listeners: list[Listener]
+    location: Location
+
 
 __all__ = ["PLAIN_SDP", "WEBRTC_SDP", "SimCall", "SimCallError", "Simulator"]
 
@@ -147,7 +159,7 @@ class Simulator:
 
     MAX_KEPT = 1000  # finished calls kept for polling
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: SimHost) -> None:
         self.server = server
         self._calls: dict[str, SimCall] = {}
         self._inboxes: dict[str, trio.MemorySendChannel[Request | Response]] = {}

@@ -26,7 +26,7 @@ from ..sip.uri import SipUri, parse_uri_untrusted
 from ..transport.hub import Flow
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .ports import ServerView
 
 __all__ = [
     "CallRequest",
@@ -140,27 +140,27 @@ def listener_view(listener: Listener) -> dict[str, Any]:
 # --- the server as a whole ---------------------------------------------------------------
 
 
-def counters_view(server: Server) -> dict[str, int]:
+def counters_view(server: ServerView) -> dict[str, int]:
     """The transport's and the core's counters in one sorted dict of dotted names."""
     merged: Counter[str] = Counter()
     merged.update(server.stats)
-    merged.update(server.dispatcher.stats)
+    merged.update(server.core_stats)
     return dict(sorted(merged.items()))
 
 
-def gauges_view(server: Server) -> dict[str, int]:
-    layer = server.dispatcher.layer
+def gauges_view(server: ServerView) -> dict[str, int]:
+    servers, clients = server.transaction_counts()
     return {
         "bindings": len(server.location),
         "aors": server.location.aors(),
-        "dialogs": len(server.dispatcher.dialogs),
-        "flows": len(server.hub.flows),
-        "transactions.server": len(layer.servers),
-        "transactions.client": len(layer.clients),
+        "dialogs": len(server.dialogs),
+        "flows": len(server.flows),
+        "transactions.server": servers,
+        "transactions.client": clients,
     }
 
 
-def server_view(server: Server, now: float) -> dict[str, Any]:
+def server_view(server: ServerView, now: float) -> dict[str, Any]:
     config = server.config
     return {
         "version": __version__,
@@ -172,23 +172,23 @@ def server_view(server: Server, now: float) -> dict[str, Any]:
     }
 
 
-def bindings_view(server: Server, now: float) -> list[dict[str, Any]]:
+def bindings_view(server: ServerView, now: float) -> list[dict[str, Any]]:
     found = sorted(server.location, key=lambda b: (b.aor, b.registered_at, b.key))
     return [binding_view(b, now) for b in found]
 
 
-def dialogs_view(server: Server, now: float) -> list[dict[str, Any]]:
-    infos = sorted((d.info() for d in server.dispatcher.dialogs), key=lambda i: i.created_at)
+def dialogs_view(server: ServerView, now: float) -> list[dict[str, Any]]:
+    infos = sorted((d.info() for d in server.dialogs), key=lambda i: i.created_at)
     return [dialog_view(i, now) for i in infos]
 
 
-def flows_view(server: Server, mono: float) -> list[dict[str, Any]]:
+def flows_view(server: ServerView, mono: float) -> list[dict[str, Any]]:
     location = server.location
-    flows = sorted(server.hub.flows.values(), key=lambda f: f.opened_at)
+    flows = sorted(server.flows.values(), key=lambda f: f.opened_at)
     return [flow_view(f, mono, location.on_flow(f.id)) for f in flows]
 
 
-def snapshot_view(server: Server, now: float, mono: float) -> dict[str, Any]:
+def snapshot_view(server: ServerView, now: float, mono: float) -> dict[str, Any]:
     return {
         "type": "snapshot",
         "time": iso(now),
@@ -199,13 +199,13 @@ def snapshot_view(server: Server, now: float, mono: float) -> dict[str, Any]:
         "gauges": gauges_view(server),
         "counters": counters_view(server),
         # None on a single node; else the other nodes' dialogs and flows, a second old
-        "cluster": server.cluster.view() if server.cluster is not None else None,
+        "cluster": server.cluster_view(),
     }
 
 
-def dialogs_by_state(server: Server) -> dict[str, int]:
+def dialogs_by_state(server: ServerView) -> dict[str, int]:
     counts = {state.value: 0 for state in DialogState}
-    for d in server.dispatcher.dialogs:
+    for d in server.dialogs:
         counts[d.state.value] += 1
     return counts
 

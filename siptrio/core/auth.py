@@ -82,6 +82,10 @@ class Authenticator:
 
     # --- challenges -------------------------------------------------------------------
 
+    def rekey(self, secret: bytes) -> None:
+        """Sign nonces with ``secret`` from now on (a cluster's shared one)."""
+        self._secret = secret
+
     def challenge(self, *, proxy: bool, now: float, stale: bool = False) -> list[tuple[str, str]]:
         """One challenge per algorithm, SHA-256 first by default (clients take the first
         they know)."""

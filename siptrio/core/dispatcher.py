@@ -172,6 +172,11 @@ class Dispatcher:
     def router(self) -> Router:
         return self.proxy.router
 
+    def join_cluster(self, secret: bytes) -> None:
+        """One secret for every node: nonces and flow tokens made by one are good at all."""
+        self.auth.rekey(secret)
+        self.router.cluster_secret = secret
+
     def send_failed(self, owner: Hashable, reason: str, clock: Clock) -> list[Action]:
         return self.proxy.send_failed(owner, reason, clock)
 

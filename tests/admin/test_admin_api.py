@@ -14,7 +14,7 @@ from support.server import running_server
 from support.ua import SDP, UA
 
 from siptrio.app.admin import create_app, serve_admin
-from siptrio.app.server import StartupError
+from siptrio.app.errors import StartupError
 
 TRANSPORTS = ["udp", "tcp", "ws"]
 

@@ -13,7 +13,7 @@ from admin_support import ControlClient, ops_server
 from test_admin_api import place_call
 
 import siptrio.app.control as control
-from siptrio.app.server import StartupError
+from siptrio.app.errors import StartupError
 
 
 async def test_snapshot_then_register_call_hangup_events_in_order(
