@@ -13,109 +13,32 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Hashable, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..sip.message import Request, Response, make_response, with_top_via
 from ..sip.transaction import (
-    ClientTransaction,
     ServerTransaction,
     TransactionLayer,
     TxEvent,
     TxKind,
     TxState,
 )
+from .branches import MAGIC, Branch, Context, Forward, loop_hash
 from .bridge import MediaBridge, sdp_bytes
 from .events import Action
-from .location import Binding
 from .media import answer_command, delete_command, has_sdp, offer_command, should_bridge
 from .plumbing import Plumbing
 from .routing import Candidate, Locate, LocateError, Refuse, Router, Target
-from .routing.router import Hop
 from .tracking import DialogTracker
 from .types import Clock, Peer
 
 if TYPE_CHECKING:
     from .proxy import ProxyConfig
 
-__all__ = ["MAGIC", "Branch", "Context", "Forker", "branch_node_tag", "loop_hash"]
-
-MAGIC = "z9hG4bK"
-# The request a branch sends to one next hop: the proxy builds it (16.6 steps 1-8).
-Forward = Callable[["Context", Target, Peer, str], Request]
-
-
-def loop_hash(req: Request) -> str:
-    """RFC 3261 16.6 step 8: what a branch value must carry for loop detection (16.3)."""
-    seed = "|".join(
-        (
-            req.uri_text,
-            req.to.tag or "",
-            req.from_.tag or "",
-            req.call_id,
-            str(req.cseq.number),
-            ",".join(req.proxy_require),
-        )
-    )
-    return hashlib.blake2s(seed.encode("utf-8", "surrogateescape"), digest_size=5).hexdigest()
-
-
-@dataclass(eq=False)
-class Branch:
-    ctx: Context
-    branch: str
-    request: Request  # as sent
-    peer: Peer | None  # None until its first next hop is known
-    binding: Binding | None
-    txn: ClientTransaction | None  # None while rtpengine rewrites its offer or DNS answers
-    target: Target | None = None
-    hops: list[Hop] = field(default_factory=list)  # the next hops still to try
-    request_uri: str | None = None  # the hop being tried wants its own Request-URI
-    failure: tuple[int, str] | None = None  # why the last hop failed (when none is left)
-    provisional: bool = False
-    ringing: bool = False  # a 101-199 came: the hop is alive, no failover
-    final: Response | None = None
-    local_failure: tuple[int, str] | None = None
-    cancel_pending: bool = False
-    cancel_sent: bool = False
-    bridged: bool = False  # its SDP goes through rtpengine
-    late_offer: bool = False  # bridged INVITE without SDP: the 2xx will carry the offer
-    rewritten: dict[bytes, bytes] = field(default_factory=dict)  # SDP seen -> SDP sent on
-
-    @property
-    def done(self) -> bool:
-        return self.final is not None or self.local_failure is not None
-
-
-@dataclass(eq=False)
-class Context:
-    """The proxy's state for one server transaction (one incoming request)."""
-
-    txn: ServerTransaction
-    request: Request
-    peer: Peer
-    branches: list[Branch] = field(default_factory=list)
-    final_sent: bool = False
-    got_2xx: bool = False
-    cancelled: bool = False
-    from_caller: bool = True  # in-dialog: which side sent it
-    dialog_key: tuple[str, str, str] | None = None
-    bridged_dialog: bool = False  # in-dialog request of a bridged dialog
-    # The server transaction plus every client transaction working for this context.
-    # When the last one ends the context lets go of its branches: context, branches
-    # and transactions point at each other, and without this each call would leave
-    # ~120 objects for the cyclic collector (a full collection) to find.
-    live: int = 1
-
-
-def branch_node_tag(resp: Response) -> str | None:
-    vias = resp.vias
-    branch = vias[0].branch if vias else None
-    if not branch or not branch.startswith(MAGIC):
-        return None
-    return branch.partition(".")[2][:6] or None
+__all__ = ["Forker"]
 
 
 class Forker:
@@ -335,7 +258,6 @@ class Forker:
             )
         ctx = b.ctx
         req = ctx.request
-        offerer = req.from_.tag or ""
         if b.late_offer and 200 <= resp.status < 300:
             # Late offer: the callee's 2xx carries the offer; the caller's ACK answers it.
             cmd = offer_command(
@@ -348,7 +270,7 @@ class Forker:
         else:
             cmd = answer_command(
                 call_id=req.call_id,
-                from_tag=offerer,
+                from_tag=req.from_.tag or "",
                 to_tag=resp.to.tag or "",
                 via_branch=b.branch,
                 sdp=resp.body,
@@ -371,19 +293,7 @@ class Forker:
     @staticmethod
     def hop_ack(b: Branch, resp: Response) -> bytes:
         """RFC 3261 17.1.1.3: the ACK for a non-2xx answer, same branch as the INVITE."""
-        req = b.request
-        lines = [
-            f"ACK {req.uri_text} SIP/2.0",
-            f"Via: {req.vias[0]}",
-            "Max-Forwards: 70",
-            f"From: {req.from_.text}",
-            f"To: {resp.to.text}",
-            f"Call-ID: {req.call_id}",
-            f"CSeq: {req.cseq.number} ACK",
-        ]
-        lines += [f"Route: {r.text}" for r in req.routes]
-        lines.append("Content-Length: 0")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+        return _hop_request("ACK", b.request, resp.to.text)
 
     def tx_event(self, ev: TxEvent, clock: Clock) -> list[Action]:
         """A response or timeout for one of our client transactions (plumbing.py)."""
@@ -597,18 +507,7 @@ class Forker:
             return []
         b.cancel_sent = True
         req = b.request
-        lines = [
-            f"CANCEL {req.uri_text} SIP/2.0",
-            f"Via: {req.vias[0]}",
-            "Max-Forwards: 70",
-            f"From: {req.from_.text}",
-            f"To: {req.to.text}",
-            f"Call-ID: {req.call_id}",
-            f"CSeq: {req.cseq.number} CANCEL",
-        ]
-        lines += [f"Route: {r.text}" for r in req.routes]
-        lines.append("Content-Length: 0")
-        data = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        data = _hop_request("CANCEL", req, req.to.text)  # RFC 3261 9.1
         assert b.peer is not None
         txn = self.layer.new_client(
             branch=b.branch,
@@ -666,3 +565,20 @@ def _without_top_via(resp: Response) -> Response:
 
 def _restatus(resp: Response, status: int, reason: str) -> Response:
     return Response(headers=resp.headers, body=resp.body, status=status, reason=reason)
+
+
+def _hop_request(method: str, req: Request, to: str) -> bytes:
+    """An ACK or CANCEL for the request a branch sent: the same Via (and so branch),
+    From, Call-ID, CSeq number and Route set (RFC 3261 9.1, 17.1.1.3)."""
+    lines = [
+        f"{method} {req.uri_text} SIP/2.0",
+        f"Via: {req.vias[0]}",
+        "Max-Forwards: 70",
+        f"From: {req.from_.text}",
+        f"To: {to}",
+        f"Call-ID: {req.call_id}",
+        f"CSeq: {req.cseq.number} {method}",
+        *(f"Route: {r.text}" for r in req.routes),
+        "Content-Length: 0",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()

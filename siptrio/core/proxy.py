@@ -21,10 +21,11 @@ from ..sip.headers import remember_via
 from ..sip.message import HeaderField, Request, Response
 from ..sip.transaction import ServerTransaction, TransactionLayer
 from ..sip.uri import SipUri, parse_uri_untrusted
+from .branches import MAGIC, Branch, Context, branch_node_tag, loop_hash
 from .bridge import MediaBridge, sdp_bytes
 from .dialogs import Dialogs, DialogState
 from .events import Action, Send
-from .forking import MAGIC, Branch, Context, Forker, branch_node_tag, loop_hash
+from .forking import Forker
 from .location import Location
 from .media import MediaConfig, answer_command, has_sdp
 from .plumbing import Plumbing

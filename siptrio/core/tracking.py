@@ -17,7 +17,7 @@ from .media import delete_command
 from .types import Clock
 
 if TYPE_CHECKING:
-    from .forking import Branch, Context
+    from .branches import Branch, Context
 
 __all__ = ["DialogTracker"]
 
