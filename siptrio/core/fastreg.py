@@ -134,6 +134,8 @@ class FastRegister:
         server = dispatcher.config.server_name
         tail = f"Supported: {_SUPPORTED}\r\nServer: {server}\r\nContent-Length: 0\r\n\r\n"
         self._tail = tail.encode()
+        # a plain dict of the instance's: a read-only mapping costs a method call a line
+        self._names = dict(_NAMES)
 
     def handle(self, data: bytes, peer: Peer, clock: Clock) -> list[Action] | None:
         """The actions the general path would return for ``data``, or None: not mine.
@@ -170,9 +172,10 @@ class FastRegister:
         h: dict[str, str] = {}
         copied: list[tuple[str, str]] = []  # what a response copies, in order
         supported: list[str] = []
+        names = self._names
         for line in lines[1:]:
             raw_name, colon, raw_value = line.partition(":")
-            name = _NAMES.get(raw_name) or _NAMES.get(raw_name.rstrip(" \t").lower())
+            name = names.get(raw_name) or names.get(raw_name.rstrip(" \t").lower())
             if name is None or not colon:
                 return None  # Require, Path, Route, a folded line ...: the general path
             if name in _USED:
@@ -266,7 +269,7 @@ class FastRegister:
             user_agent=h.get("user-agent"),
             path=(),
             path_host=None,
-            via=ViaFacts(host=via_host, port=via_port, rport=rport is not None),
+            via=ViaFacts(via_host, via_port, rport is not None),
             peer=peer,
             now=wall,
         )

@@ -15,7 +15,7 @@ from ..sip.message import Request, Response, make_response
 from ..sip.uri import SipUri
 from .events import BindingEvent, BindingEventKind
 from .location import Binding, Location
-from .routing.nat import NatMode, ViaFacts, classify, ip_of
+from .routing.nat import NatMode, ViaFacts, classify, ip_of, is_source
 from .routing.router import IPNetwork
 from .types import Peer
 
@@ -201,8 +201,9 @@ class Registrar:
             peer=peer,
             mode=cfg.nat,
         )
-        if not reach.nat and not reach.flow_bound and not cfg.trust_contacts:
-            self._check_aim(path_host if path else contact.uri, peer)
+        aimed = path_host if path else getattr(contact.uri, "host", None)
+        if not (reach.nat or reach.flow_bound or cfg.trust_contacts or aimed == peer.host):
+            self._check_aim(aimed, peer)
         binding = Binding(
             aor=aor,
             key=key,
@@ -229,15 +230,16 @@ class Registrar:
         )
         return old, binding
 
-    def _check_aim(self, where: object, peer: Peer) -> None:
+    def _check_aim(self, host: str | None, peer: Peer) -> None:
         """A Contact (or first Path hop) we will send to must not aim our traffic at a
         third party: another address than the REGISTER's is allowed only inside
         ``allowed_contacts``. Host names are checked once resolved (routing)."""
-        host = where.host if isinstance(where, SipUri) else where
-        if not isinstance(host, str):
+        if host is None:
             return  # tel: and other schemes are reached at the source
+        if is_source(host, peer):
+            return
         ip = ip_of(host)
-        if ip is None or ip == ip_of(peer.host):
+        if ip is None:
             return
         if any(ip in net for net in self.config.allowed_contacts):
             return

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["Clock", "Listener", "Peer", "Transport"]
 
 
-@dataclass(frozen=True, slots=True)
-class Clock:
+class Clock(NamedTuple):
     """The time of one event, read once by the shell and passed in.
 
     ``now`` is monotonic (trio's clock): transaction timers and every deadline run on
     it. ``wall`` is seconds since the epoch at the same instant: bindings and dialogs
-    carry it, because they outlive the process and people read them.
+    carry it, because they outlive the process and people read them. (A NamedTuple,
+    not a frozen dataclass: one is made per event, and the tuple is made four times
+    faster.)
     """
 
     now: float

@@ -22,8 +22,9 @@ to reach sipsak, not the Contact it registered.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ...sip.errors import SipParseError
 from ...sip.headers import parse_name_addr
@@ -46,8 +47,7 @@ class NatMode(enum.Enum):
     SOURCE = "source"  # always the source address (everyone is behind NAT)
 
 
-@dataclass(frozen=True, slots=True)
-class ViaFacts:
+class ViaFacts(NamedTuple):
     """What NAT detection reads of the top Via, as sent (before ``received`` stamps)."""
 
     host: str  # sent-by host, brackets kept
@@ -55,14 +55,21 @@ class ViaFacts:
     rport: bool  # the rport parameter is there (RFC 3581)
 
 
-@dataclass(frozen=True, slots=True)
-class Reach:
+class Reach(NamedTuple):
     nat: bool
     flow_bound: bool
 
 
+_BEHIND_NAT = Reach(nat=True, flow_bound=False)
+_DIRECT = Reach(nat=False, flow_bound=False)
+
+
+@functools.lru_cache(maxsize=4096)
 def ip_of(host: str) -> IPAddress | None:
-    """An IP literal (brackets allowed; ``localhost`` is 127.0.0.1), else None."""
+    """An IP literal (brackets allowed; ``localhost`` is 127.0.0.1), else None.
+
+    Remembered per spelling: every REGISTER asks it of its source, its Via and its
+    Contact, and ipaddress parses in microseconds what a lookup answers in a tenth."""
     h = host[1:-1] if host.startswith("[") else host
     if h.lower() == "localhost":
         h = "127.0.0.1"
@@ -80,19 +87,26 @@ def _default_port(transport: Transport) -> int:
     return 5061 if transport.is_secure else 5060
 
 
+def is_source(host: str, peer: Peer) -> bool:
+    """Does ``host`` (as written in a header) name the address the message came from?
+    Most do, spelled as the socket spells it: a string compare settles those."""
+    if host == peer.host:
+        return True
+    ip = ip_of(host)
+    return ip is not None and ip == ip_of(peer.host)
+
+
 def detect_nat(via: ViaFacts, contact: Uri | None, peer: Peer) -> bool:
-    source = ip_of(peer.host)
-    sent_by = ip_of(via.host)
-    if sent_by is None or sent_by != source:
+    if not is_source(via.host, peer):
         return True
     via_port = via.port or _default_port(peer.transport)
     if via.rport and via_port != peer.port and not _third_party_port(contact, via_port, peer):
         return True
-    if isinstance(contact, SipUri):
+    if isinstance(contact, SipUri) and contact.host != peer.host:
         if contact.host.lower().endswith(".invalid"):
             return True  # RFC 7118 browsers: nothing reaches that name but its source
         ip = ip_of(contact.host)
-        if ip is not None and ip != source and is_private(ip):
+        if ip is not None and ip != ip_of(peer.host) and is_private(ip):
             return True
     return False
 
@@ -100,7 +114,7 @@ def detect_nat(via: ViaFacts, contact: Uri | None, peer: Peer) -> bool:
 def _third_party_port(contact: Uri | None, via_port: int, peer: Peer) -> bool:
     """Does the Contact name the source address on a port that is neither the Via's
     sent-by port nor the source port?"""
-    if not isinstance(contact, SipUri) or ip_of(contact.host) != ip_of(peer.host):
+    if not isinstance(contact, SipUri) or not is_source(contact.host, peer):
         return False
     return (contact.port or _default_port(peer.transport)) not in (via_port, peer.port)
 
@@ -115,6 +129,9 @@ def classify(
     mode: NatMode,
 ) -> Reach:
     """How a new binding is reached (``path``: the Path values the REGISTER carried)."""
+    if peer.flow_id is None and not path and mode is NatMode.AUTO:
+        # the common case, a phone over UDP, in one look
+        return _BEHIND_NAT if detect_nat(via, contact, peer) else _DIRECT
     if mode is NatMode.SOURCE:
         nat = True
     elif mode is NatMode.CONTACT:
