@@ -324,7 +324,10 @@ class Server:
     async def _start_listeners(self, nursery: trio.Nursery, intake: Intake) -> None:
         cfg = self.config
         ws = cfg.websocket
-        limits = ConnectionLimits(cfg.security.max_connections, cfg.security.max_connections_per_ip)
+        sec = cfg.security
+        limits = ConnectionLimits(
+            sec.max_connections, sec.max_connections_per_ip, sec.rate_limit_exempt
+        )
         stream_opts = self._stream_options = StreamOptions(
             transport=Transport.TCP,
             idle_timeout=cfg.sip.idle_timeout,
@@ -427,6 +430,8 @@ class Server:
                 max_connections_per_ip=ws.max_connections_per_ip,
                 max_message_size=ws.max_message_size,
                 first_message_timeout=self.config.security.first_message_timeout,
+                trusted_proxies=ws.trusted_proxies,
+                exempt=self.config.security.rate_limit_exempt,
             )
             for host in ws.listen_addr or self.config.sip.listen_addr:
                 bound = await self._bind(

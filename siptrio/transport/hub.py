@@ -55,7 +55,32 @@ class SendFailed:
 
 
 class Flow:
-    """One connection. Written to only through ``send_nowait``, which never blocks."""
+    """One connection. Written to only through ``send_nowait``, which never blocks.
+
+    Slotted: a server holds tens of thousands. ``queue_limit=0`` makes no queue, for a
+    subclass that writes by itself (``transport/ws.py``).
+    """
+
+    __slots__ = (
+        "_send",
+        "cancel_scope",
+        "close_reason",
+        "crlf_answer",
+        "crlf_answers_seen",
+        "id",
+        "last_keepalive",
+        "last_received",
+        "local",
+        "opened_at",
+        "opened_wall",
+        "outgoing",
+        "remote",
+        "transport",
+        "valid_seen",
+        "writer_done",
+    )
+    outgoing: trio.MemoryReceiveChannel[bytes | None]
+    writer_done: trio.Event
 
     def __init__(
         self,
@@ -81,10 +106,11 @@ class Flow:
         self.cancel_scope = trio.CancelScope()
         self.close_reason: str | None = None
         limit = FLOW_QUEUE_LIMIT if queue_limit is None else queue_limit
-        send, receive = trio.open_memory_channel[bytes | None](limit)
-        self._send = send
-        self.outgoing = receive
-        self.writer_done = trio.Event()
+        if limit:
+            send, receive = trio.open_memory_channel[bytes | None](limit)
+            self._send = send
+            self.outgoing = receive
+            self.writer_done = trio.Event()
 
     @property
     def peer(self) -> Peer:

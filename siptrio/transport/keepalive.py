@@ -1,4 +1,6 @@
-"""Server-side keep-alive timers, one task per flow (RFC 5626 section 4.4, RFC 6455 pings).
+"""Server-side keep-alive timers for TCP/TLS flows, one task per flow (RFC 5626 section 4.4).
+
+WebSocket flows share one task per listener instead (``ws.Heartbeat``).
 
 A flow that stops answering is closed, which removes its bindings: a browser tab
 that went away must stop receiving calls within interval + timeout, not when its
@@ -14,11 +16,10 @@ import logging
 from collections import Counter
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from .hub import Flow
 
-__all__ = ["crlf_keepalive", "first_message_guard", "ws_ping_keepalive"]
+__all__ = ["crlf_keepalive", "first_message_guard"]
 
 log = logging.getLogger("siptrio.transport")
 
@@ -40,25 +41,6 @@ async def crlf_keepalive(flow: Flow, interval: float, timeout: float, stats: Cou
         log.info("flow %s did not answer a CRLF keep-alive within %s s", flow.id, timeout)
         flow.close("keep-alive timeout (CRLF)")
         return
-
-
-async def ws_ping_keepalive(
-    flow: Flow, ws: WebSocketConnection, interval: float, timeout: float, stats: Counter[str]
-) -> None:
-    while True:
-        await trio.sleep(interval)
-        stats[f"keepalives_out.{flow.transport.value}"] += 1
-        with trio.move_on_after(timeout) as scope:
-            try:
-                await ws.ping()
-            except ConnectionClosed:
-                return
-        if scope.cancelled_caught:
-            stats["keepalive_failures"] += 1
-            log.info("flow %s did not answer a WebSocket ping within %s s", flow.id, timeout)
-            flow.close("keep-alive timeout (ping)")
-            return
-        flow.last_keepalive = trio.current_time()
 
 
 async def first_message_guard(flow: Flow, timeout: float, stats: Counter[str]) -> None:

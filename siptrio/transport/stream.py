@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import logging
 import ssl
 from collections import Counter
@@ -57,11 +58,21 @@ class StreamOptions:
 
 
 class ConnectionLimits:
-    """Caps on concurrent connections, in total and per source address (shared by listeners)."""
+    """Caps on concurrent connections, in total and per source address (shared by listeners).
 
-    def __init__(self, total: int, per_ip: int) -> None:
+    Addresses in ``exempt`` ([security] rate_limit_exempt) have no per-address cap, as
+    they have no rate limit: one address at its cap never keeps them out.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        per_ip: int,
+        exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
+    ) -> None:
         self.max_total = total
         self.max_per_ip = per_ip
+        self.exempt = exempt
         self.total = 0
         self.per_ip: Counter[str] = Counter()
 
@@ -69,11 +80,18 @@ class ConnectionLimits:
         """None when the connection may stay; otherwise why it may not."""
         if self.total >= self.max_total:
             return "capacity"
-        if self.per_ip[ip] >= self.max_per_ip:
+        if self.per_ip[ip] >= self.max_per_ip and not self._exempt(ip):
             return "per_ip"
         self.total += 1
         self.per_ip[ip] += 1
         return None
+
+    def _exempt(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in net for net in self.exempt)
 
     def give_back(self, ip: str) -> None:
         self.total -= 1

@@ -1,41 +1,71 @@
 """SIP over WebSocket (RFC 7118): WS and WSS listeners, handshake policy, framing.
 
-trio-websocket does the HTTP upgrade and the frame protocol; this module decides
-who may upgrade (connection caps: 503, Origin: 403, the ``sip`` subprotocol: 400,
-each with a body saying why), then runs the connection as a flow like any TCP one:
-a reader (one SIP message per WebSocket message), a writer draining the flow's
-bounded queue, and a keep-alive timer. ``handshake_timeout`` covers the TLS
-handshake and the HTTP upgrade together, so a slowloris client is dropped on time.
+Who may upgrade is decided here: connection caps (503), Origin (403), the ``sip``
+subprotocol (400), each refusal with a body saying why. Behind a reverse proxy listed
+in ``trusted_proxies`` the client is the one the proxy names, in a PROXY protocol
+header (v1 or v2) or in ``X-Forwarded-For``/``Forwarded`` on the upgrade request;
+caps, bans, rate limits, ``received`` and the flow's address are the client's.
+
+A connection costs one task: it reads the PROXY header and the upgrade request
+(``handshake.py``, within ``handshake_timeout`` together with the TLS handshake),
+answers, and then reads frames (wsproto's decoder) and hands one SIP message per
+WebSocket message to the intake. Nothing else waits per connection: a message out is
+written at once when the socket takes it (a short-lived flusher task is started only
+when it does not), and one task per listener pings every flow and closes those that
+stop answering (``Heartbeat``). trio-websocket served these connections before, with
+four tasks and two nurseries each; its clients remain what the tests speak to us with.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import ipaddress
 import logging
+import os
 import ssl
-from collections import Counter
+import struct
+from collections import Counter, deque
 from dataclasses import dataclass
-from functools import partial
+from typing import Any
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    WebSocketConnection,
-    WebSocketRequest,
-    WebSocketServer,
-)
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.utilities import RemoteProtocolError
 
 from ..core.types import Transport
+from .handshake import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    NeedMore,
+    UpgradeError,
+    UpgradeRequest,
+    accept_response,
+    client_address,
+    frame,
+    parse_proxy_header_untrusted,
+    parse_upgrade_untrusted,
+    refusal,
+)
 from .hub import Flow
 from .intake import Intake
-from .keepalive import crlf_keepalive, first_message_guard, ws_ping_keepalive
 from .stream import open_tcp_listeners
 
-__all__ = ["WsOptions", "WsPolicy", "serve_ws"]
+__all__ = ["WsFlow", "WsOptions", "WsPolicy", "serve_ws"]
 
 log = logging.getLogger("siptrio.transport")
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 GOING_AWAY = 1001
+GONE = -2  # WsFlow.fd once its socket is closed
+RECV_SIZE = 16384
+# Bytes a flow may have waiting for a slow peer before it counts as too slow to keep
+# (the TCP flows' queue holds 512 messages; a SIP message is a few hundred bytes).
+PENDING_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +81,8 @@ class WsOptions:
     max_connections_per_ip: int
     max_message_size: int
     first_message_timeout: float = 0.0  # 0: no guard
+    trusted_proxies: tuple[IPNetwork, ...] = ()  # their PROXY header / X-Forwarded-For count
+    exempt: tuple[IPNetwork, ...] = ()  # [security] rate_limit_exempt: no per-address cap
 
 
 class WsPolicy:
@@ -59,6 +91,212 @@ class WsPolicy:
     def __init__(self) -> None:
         self.total = 0
         self.per_ip: Counter[str] = Counter()
+
+    def take(self, ip: str, options: WsOptions) -> str | None:
+        """None when the connection may open; otherwise which cap refuses it.
+
+        The per-address cap does not apply to ``[security] rate_limit_exempt``: a
+        client from an exempt network connects while another address is at its cap.
+        """
+        if self.total >= options.max_connections:
+            return "capacity"
+        if self.per_ip[ip] >= options.max_connections_per_ip and not _within(ip, options.exempt):
+            return "per_ip"
+        self.total += 1
+        self.per_ip[ip] += 1
+        return None
+
+    def give_back(self, ip: str) -> None:
+        self.total -= 1
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+
+
+def _within(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+    if not networks:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+class WsFlow(Flow):
+    """A WebSocket flow: writes frames itself instead of queueing for a writer task."""
+
+    __slots__ = (
+        "closing",
+        "fd",
+        "flushed",
+        "pending",
+        "ping_sent",
+        "pong_seen",
+        "spawn",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        *,
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+        spawn: Any,  # nursery.start_soon of the listener: runs a flusher when needed
+        **kw: Any,
+    ) -> None:
+        super().__init__(queue_limit=0, **kw)
+        self.stream = stream
+        # a plain socket is written to directly; TLS goes through the SSLStream
+        self.fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self.pending: bytearray | None = None  # not None: a flusher is writing
+        self.spawn = spawn
+        self.ping_sent = 0  # keep-alives sent ...
+        self.pong_seen = 0  # ... and the number of the last one answered
+        self.closing = False  # ``send_nowait(None)``: close once the pending bytes left
+        self.flushed: trio.Event | None = None  # made by whoever waits for the flusher
+
+    def send_nowait(self, data: bytes | None) -> bool:
+        """One SIP message as one WebSocket message: text when UTF-8, binary otherwise."""
+        if data is None:
+            if self.pending is None:
+                self.close("closed")
+            else:
+                self.closing = True
+            return True
+        if self.close_reason is not None:
+            return False
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.write(frame(OP_BINARY, data))
+        return self.write(frame(OP_TEXT, data))
+
+    def write(self, data: bytes) -> bool:
+        if self.fd == GONE:
+            return False  # the socket is closed (its number may already be another's)
+        if self.pending is not None:
+            if len(self.pending) + len(data) > PENDING_LIMIT:
+                self.close("outgoing queue full: peer too slow")
+                return False
+            self.pending += data
+            return True
+        sent = 0
+        if self.fd >= 0:
+            try:
+                sent = os.write(self.fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as e:
+                self.close(f"send failed: {e.strerror or e}")
+                return False
+        if sent < len(data):
+            self.pending = bytearray(data[sent:])
+            self.spawn(self._flush)
+        return True
+
+    async def _flush(self) -> None:
+        """Write what the socket did not take at once; gone when it is all out."""
+        try:
+            while self.pending:
+                chunk = bytes(self.pending)
+                self.pending.clear()
+                await self.stream.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            self.close(f"send failed: {e!r}")
+        finally:
+            self.pending = None
+            if self.flushed is not None:
+                self.flushed.set()
+            if self.closing:
+                self.close("closed")
+
+    def close_frame(self, code: int, reason: str) -> bytes:
+        return frame(OP_CLOSE, struct.pack("!H", code) + reason.encode()[:120])
+
+
+class Heartbeat:
+    """Keep-alives and first-message deadlines for every flow of a listener, in one task.
+
+    Every flow has the same interval and timeout, so the deadlines come due in the
+    order they were set: three FIFOs (next ping, answer due, first message due) and
+    one sleep until the earliest, instead of a task per flow.
+    """
+
+    def __init__(self, options: WsOptions, stats: Counter[str]) -> None:
+        self.options = options
+        self.stats = stats
+        self.ping = options.keepalive_mechanism in ("ping", "both")
+        self.crlf = options.keepalive_mechanism in ("crlf", "both")
+        self.to_ping: deque[tuple[float, WsFlow]] = deque()
+        self.to_answer: deque[tuple[float, WsFlow, int]] = deque()
+        self.to_speak: deque[tuple[float, WsFlow]] = deque()
+        self._wake = trio.Event()
+
+    def add(self, flow: WsFlow) -> None:
+        now = trio.current_time()
+        # A deadline added behind others is never the earliest: wake the task only when
+        # this one starts a queue (it may be earlier than the one being slept for).
+        wake = False
+        if self.options.keepalive_interval > 0:
+            wake = not self.to_ping
+            self.to_ping.append((now + self.options.keepalive_interval, flow))
+        if self.options.first_message_timeout > 0:
+            wake = wake or not self.to_speak
+            self.to_speak.append((now + self.options.first_message_timeout, flow))
+        if wake:
+            self._wake.set()
+
+    async def run(self) -> None:
+        opts = self.options
+        while True:
+            fronts = [q[0][0] for q in (self.to_ping, self.to_answer, self.to_speak) if q]
+            if not fronts:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            now = trio.current_time()
+            if min(fronts) > now:
+                with trio.move_on_at(min(fronts)):
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                continue
+            while self.to_ping and self.to_ping[0][0] <= now:
+                _, flow = self.to_ping.popleft()
+                if flow.close_reason is None:
+                    self._keepalive(flow, now)
+                    self.to_ping.append((now + opts.keepalive_interval, flow))
+            while self.to_answer and self.to_answer[0][0] <= now:
+                _, flow, seq = self.to_answer.popleft()
+                if flow.close_reason is None and flow.pong_seen < seq:
+                    self.stats["keepalive_failures"] += 1
+                    how = "ping" if self.ping else "CRLF"
+                    log.info(
+                        "flow %s did not answer a keep-alive (%s) within %s s",
+                        flow.id,
+                        how,
+                        opts.keepalive_timeout,
+                    )
+                    flow.close(f"keep-alive timeout ({how})")
+            while self.to_speak and self.to_speak[0][0] <= now:
+                _, flow = self.to_speak.popleft()
+                if flow.close_reason is None and not flow.valid_seen:
+                    self.stats["flows_closed.no_valid_message"] += 1
+                    flow.close(f"no valid SIP message within {opts.first_message_timeout:g} s")
+            await trio.lowlevel.checkpoint()
+
+    def _keepalive(self, flow: WsFlow, now: float) -> None:
+        flow.ping_sent += 1
+        seq = flow.ping_sent
+        data = b""
+        if self.ping:
+            data += frame(OP_PING, seq.to_bytes(4, "big"))
+        if self.crlf:
+            data += frame(OP_TEXT, b"\r\n\r\n")
+        if not flow.write(data):
+            return
+        self.stats[f"keepalives_out.{flow.transport.value}"] += 1
+        if self.ping or flow.crlf_answers_seen:
+            self.to_answer.append((now + self.options.keepalive_timeout, flow, seq))
 
 
 async def serve_ws(
@@ -73,27 +311,51 @@ async def serve_ws(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve one WS or WSS listener; ``started`` reports the bound port."""
-    tcp = await open_tcp_listeners(host, port, reuse_port=reuse_port)
-    listeners: list[trio.SSLListener[trio.SocketStream] | trio.SocketListener] = list(tcp)
-    if ssl_context is not None:
-        listeners = [trio.SSLListener(li, ssl_context, https_compatible=True) for li in tcp]
-    server = WebSocketServer(
-        partial(_handle, intake=intake, options=options, policy=policy),
-        listeners,
-        max_message_size=options.max_message_size,
-        connect_timeout=options.handshake_timeout,
-        disconnect_timeout=2.0,
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        task_status.started(tcp[0].socket.getsockname()[1])
+    listeners = await open_tcp_listeners(host, port, reuse_port=reuse_port)
+    heartbeat = Heartbeat(options, intake.stats)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(heartbeat.run)
+            for listener in listeners:
+                nursery.start_soon(
+                    _accept_loop, listener, nursery, ssl_context, intake, options, policy, heartbeat
+                )
+            task_status.started(listeners[0].socket.getsockname()[1])
+    finally:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
 
 
-def _header(request: WebSocketRequest, name: bytes) -> str | None:
-    for key, value in request.headers:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
+async def _accept_loop(
+    listener: trio.SocketListener,
+    nursery: trio.Nursery,
+    ssl_context: ssl.SSLContext | None,
+    intake: Intake,
+    options: WsOptions,
+    policy: WsPolicy,
+    heartbeat: Heartbeat,
+) -> None:
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
+                intake.stats["accept_errors"] += 1
+                log.error("accept() failed (%s); sleeping 100 ms", e)
+                await trio.sleep(0.1)
+                continue
+            raise
+        nursery.start_soon(
+            _connection, stream, nursery, ssl_context, intake, options, policy, heartbeat
+        )
+
+
+def _address(sock: trio.socket.SocketType, remote: bool) -> tuple[str, int]:
+    try:
+        a = sock.getpeername() if remote else sock.getsockname()
+    except OSError:
+        return ("?", 0)
+    return (a[0], a[1])
 
 
 def origin_allowed(origin: str | None, options: WsOptions) -> bool:
@@ -104,176 +366,276 @@ def origin_allowed(origin: str | None, options: WsOptions) -> bool:
     return origin.rstrip("/").lower() in options.allowed_origins
 
 
-async def _reject(
-    request: WebSocketRequest, status: int, why: str, stats: Counter[str], key: str
-) -> None:
-    stats[f"ws_handshake_rejected.{key}"] += 1
-    log.info("WebSocket handshake from %s refused (%d): %s", request.remote, status, why)
-    with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-        await request.reject(
-            status,
-            extra_headers=[(b"Content-Type", b"text/plain; charset=utf-8")],
-            body=(why + "\n").encode(),
-        )
+@dataclass(slots=True)
+class _Opening:
+    """What the start of a connection said: who the client is and its upgrade request."""
+
+    request: UpgradeRequest
+    client: tuple[str, int]
+    via: str | None  # the trusted proxy it came through
+    rest: bytes  # bytes after the request head: the first frames
 
 
-async def _handle(
-    request: WebSocketRequest, *, intake: Intake, options: WsOptions, policy: WsPolicy
+async def _connection(
+    sock_stream: trio.SocketStream,
+    nursery: trio.Nursery,
+    ssl_context: ssl.SSLContext | None,
+    intake: Intake,
+    options: WsOptions,
+    policy: WsPolicy,
+    heartbeat: Heartbeat,
 ) -> None:
     stats = intake.stats
-    remote = request.remote
-    local = request.local
-    if isinstance(remote, str) or isinstance(local, str):
-        return
-    ip = str(remote.address)
-    if intake.banned(ip):
-        await _reject(request, 403, "Forbidden", stats, "banned")
-        return
-    if policy.total >= options.max_connections:
-        await _reject(
-            request, 503, "Too many WebSocket connections; try again later", stats, "capacity"
-        )
-        return
-    if policy.per_ip[ip] >= options.max_connections_per_ip:
-        await _reject(request, 503, f"Too many WebSocket connections from {ip}", stats, "per_ip")
-        return
-    origin = _header(request, b"origin")
-    if not origin_allowed(origin, options):
-        why = "Origin header required" if origin is None else f"Origin {origin} is not allowed"
-        await _reject(request, 403, why, stats, "origin")
-        return
-    if "sip" not in request.proposed_subprotocols:
-        await _reject(
-            request,
-            400,
-            "SIP over WebSocket needs the 'sip' subprotocol "
-            "(Sec-WebSocket-Protocol: sip, RFC 7118)",
-            stats,
-            "subprotocol",
-        )
-        return
-    policy.total += 1
-    policy.per_ip[ip] += 1
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = sock_stream
     try:
-        try:
-            ws = await request.accept(subprotocol="sip")
-        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+        peer = _address(sock_stream.socket, True)
+        opening: _Opening | None = None
+        with trio.move_on_after(options.handshake_timeout) as scope:
+            if ssl_context is not None:
+                stream = trio.SSLStream(
+                    sock_stream, ssl_context, server_side=True, https_compatible=True
+                )
+                try:
+                    await stream.do_handshake()
+                except trio.BrokenResourceError as e:
+                    stats["tls_handshake_failures"] += 1
+                    log.info("TLS handshake from %s:%s failed: %s", *peer, e.__cause__ or e)
+                    return
+            opening = await _read_opening(stream, peer, intake, options)
+        if scope.cancelled_caught:
+            stats["ws_handshake_timeouts"] += 1
             return
-        stats[f"ws_handshakes.{options.transport.value}"] += 1
-        flow = Flow(
-            flow_id=intake.hub.new_flow_id(options.transport),
-            transport=options.transport,
-            remote=(ip, int(remote.port)),
-            local=(str(local.address), int(local.port)),
-        )
-        await _run_ws_flow(flow, ws, intake, options)
+        if opening is None:
+            return
+        ip = opening.client[0]
+        if intake.banned(ip):
+            await _reject(stream, opening, 403, "Forbidden", stats, "banned")
+            return
+        refused = policy.take(ip, options)
+        if refused == "capacity":
+            why = "Too many WebSocket connections; try again later"
+            await _reject(stream, opening, 503, why, stats, "capacity")
+            return
+        if refused == "per_ip":
+            why = f"Too many WebSocket connections from {ip}"
+            await _reject(stream, opening, 503, why, stats, "per_ip")
+            return
+        try:
+            await _accept(stream, opening, nursery, intake, options, heartbeat)
+        finally:
+            policy.give_back(ip)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
     finally:
-        policy.total -= 1
-        policy.per_ip[ip] -= 1
-        if policy.per_ip[ip] <= 0:
-            del policy.per_ip[ip]
+        await trio.aclose_forcefully(stream)
 
 
-async def _run_ws_flow(
-    flow: Flow, ws: WebSocketConnection, intake: Intake, options: WsOptions
+async def _read_opening(
+    stream: trio.abc.Stream, peer: tuple[str, int], intake: Intake, options: WsOptions
+) -> _Opening | None:
+    """The PROXY header (from a trusted proxy) and the upgrade request; None: answered."""
+    buf = b""
+    client: tuple[str, int] = peer
+    via: str | None = None
+    trusted = _within(peer[0], options.trusted_proxies)
+    proxy_checked = not trusted
+    while True:
+        data = await stream.receive_some(RECV_SIZE)
+        if not data:
+            return None
+        buf += data
+        try:
+            if not proxy_checked:
+                header = parse_proxy_header_untrusted(buf)
+                proxy_checked = True
+                if header is not None:
+                    buf = buf[header.length :]
+                    if header.source is not None:
+                        client, via = header.source, peer[0]
+            request = parse_upgrade_untrusted(buf)
+        except NeedMore:
+            continue
+        except UpgradeError as e:
+            intake.stats["ws_handshake_rejected.malformed"] += 1
+            log.info("WebSocket handshake from %s:%s refused: %s", *peer, e.reason)
+            if e.status:
+                extra = (("Sec-WebSocket-Version", "13"),) if e.status == 426 else ()
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(refusal(e.status, e.reason, extra))
+            return None
+        if _within(client[0], options.trusted_proxies):
+            address, port = client_address(client[0], request, options.trusted_proxies)
+            if address != client[0]:
+                via = via or client[0]
+                client = (address, port if port is not None else client[1])
+        return _Opening(request=request, client=client, via=via, rest=buf[request.length :])
+
+
+async def _reject(
+    stream: trio.abc.Stream,
+    opening: _Opening,
+    status: int,
+    why: str,
+    stats: Counter[str],
+    key: str,
+) -> None:
+    stats[f"ws_handshake_rejected.{key}"] += 1
+    via = f" (via {opening.via})" if opening.via else ""
+    log.info("WebSocket handshake from %s:%s%s refused (%d): %s", *opening.client, via, status, why)
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(refusal(status, why))
+
+
+async def _accept(
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+    opening: _Opening,
+    nursery: trio.Nursery,
+    intake: Intake,
+    options: WsOptions,
+    heartbeat: Heartbeat,
+) -> None:
+    stats = intake.stats
+    request = opening.request
+    if not origin_allowed(request.origin, options):
+        origin = request.origin
+        why = "Origin header required" if origin is None else f"Origin {origin} is not allowed"
+        await _reject(stream, opening, 403, why, stats, "origin")
+        return
+    if "sip" not in request.subprotocols:
+        why = (
+            "SIP over WebSocket needs the 'sip' subprotocol (Sec-WebSocket-Protocol: sip, RFC 7118)"
+        )
+        await _reject(stream, opening, 400, why, stats, "subprotocol")
+        return
+    await stream.send_all(accept_response(request.key, "sip"))
+    stats[f"ws_handshakes.{options.transport.value}"] += 1
+    raw = stream if isinstance(stream, trio.SocketStream) else stream.transport_stream
+    flow = WsFlow(
+        stream=stream,
+        spawn=nursery.start_soon,
+        flow_id=intake.hub.new_flow_id(options.transport),
+        transport=options.transport,
+        remote=opening.client,
+        local=_address(raw.socket, False),
+    )
+    if opening.via:
+        log.debug("flow %s from %s:%s via %s", flow.id, *opening.client, opening.via)
+    await _run_flow(flow, stream, opening.rest, intake, options, heartbeat)
+
+
+async def _run_flow(
+    flow: WsFlow,
+    stream: trio.abc.Stream,
+    rest: bytes,
+    intake: Intake,
+    options: WsOptions,
+    heartbeat: Heartbeat,
 ) -> None:
     hub = intake.hub
     hub.add_flow(flow)
+    heartbeat.add(flow)
     try:
         with flow.cancel_scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_writer, flow, ws)
-                if options.first_message_timeout > 0:
-                    nursery.start_soon(
-                        first_message_guard, flow, options.first_message_timeout, intake.stats
-                    )
-                if options.keepalive_interval > 0:
-                    if options.keepalive_mechanism in ("ping", "both"):
-                        nursery.start_soon(
-                            ws_ping_keepalive,
-                            flow,
-                            ws,
-                            options.keepalive_interval,
-                            options.keepalive_timeout,
-                            intake.stats,
-                        )
-                    if options.keepalive_mechanism in ("crlf", "both"):
-                        nursery.start_soon(
-                            crlf_keepalive,
-                            flow,
-                            options.keepalive_interval,
-                            options.keepalive_timeout,
-                            intake.stats,
-                        )
-                await _reader(flow, ws, intake)
-                nursery.cancel_scope.cancel()
+            await _reader(flow, stream, rest, intake, options)
     finally:
         hub.remove_flow(flow)
         shutting_down = flow.close_reason is None  # nothing closed it: the server is stopping
         flow.close_reason = flow.close_reason or "server shutting down"
         intake.flow_closed(flow.id, flow.close_reason)
         log.debug("flow %s closed: %s", flow.id, flow.close_reason)
-        with trio.CancelScope(shield=True), trio.move_on_after(1):
+        if not flow.close_reason.startswith(("closed by peer", "send failed", "receive failed")):
             code, reason = (
                 (GOING_AWAY, "going away") if shutting_down else (1000, flow.close_reason)
             )
-            with contextlib.suppress(
-                ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError
-            ):
-                await ws.aclose(code, reason[:120])
+            if options.max_message_size and flow.close_reason == "message too big (1009)":
+                code = 1009
+            if flow.close_reason.startswith("protocol error"):
+                code = 1002
+            flow.write(flow.close_frame(code, reason))
+            if flow.pending is not None:  # TLS, or a slow peer: give the flusher a second
+                flow.flushed = trio.Event()
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await flow.flushed.wait()
+        flow.fd = GONE
 
 
-async def _writer(flow: Flow, ws: WebSocketConnection) -> None:
-    """One SIP message per WebSocket message: text when UTF-8, binary otherwise."""
-    try:
-        async for data in flow.outgoing:
-            if data is None:
-                break
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError:
-                await ws.send_message(data)
-            else:
-                await ws.send_message(text)
-                del text
-            # An idle flow must not keep its last message alive (about 6 KB per flow).
-            del data
-    except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError) as e:
-        flow.close(f"send failed: {e!r}")
-    finally:
-        flow.writer_done.set()
-
-
-async def _reader(flow: Flow, ws: WebSocketConnection, intake: Intake) -> None:
+async def _reader(
+    flow: WsFlow, stream: trio.abc.Stream, rest: bytes, intake: Intake, options: WsOptions
+) -> None:
     peer = flow.peer
     stats = intake.stats
+    limit = options.max_message_size
+    conn = Connection(ConnectionType.SERVER)
+    parts: list[str | bytes] = []
+    size = 0
+    data: bytes | bytearray = rest
     while True:
+        if data:
+            flow.last_received = trio.current_time()
+            conn.receive_data(data)  # type: ignore[arg-type]  # bytearray works too
+            del data
+            try:
+                events = list(conn.events())
+            except RemoteProtocolError as e:
+                flow.close_reason = f"protocol error: {e}"
+                return
+            for event in events:
+                if isinstance(event, TextMessage | BytesMessage):
+                    parts.append(
+                        event.data if isinstance(event, TextMessage) else bytes(event.data)
+                    )
+                    size += len(event.data)
+                    if size > limit:
+                        stats["ws_message_too_big"] += 1
+                        flow.close_reason = "message too big (1009)"
+                        return
+                    if not event.message_finished:
+                        continue
+                    message: bytes = (
+                        "".join(parts).encode()  # type: ignore[arg-type]
+                        if isinstance(event, TextMessage)
+                        else b"".join(parts)  # type: ignore[arg-type]
+                    )
+                    parts.clear()
+                    size = 0
+                    await _message(flow, message, peer, intake)
+                    del message
+                elif isinstance(event, Ping):
+                    flow.write(frame(OP_PONG, bytes(event.payload)))
+                elif isinstance(event, Pong):
+                    flow.last_keepalive = trio.current_time()
+                    flow.pong_seen = flow.ping_sent
+                elif isinstance(event, CloseConnection):
+                    code = event.code
+                    # echo the code (RFC 6455 5.5.1), unless it is one never sent on the wire
+                    echo = code if 1000 <= code < 5000 and code not in (1005, 1006, 1015) else 1000
+                    flow.write(flow.close_frame(echo, ""))
+                    flow.close_reason = f"closed by peer ({code})"
+                    return
+            del events
         try:
-            message = await ws.get_message()
-        except ConnectionClosed as e:
-            code = e.reason.code if e.reason else None
-            if code == 1009:
-                stats["ws_message_too_big"] += 1
-            flow.close_reason = (
-                f"closed by peer ({code})" if code != 1009 else "message too big (1009)"
-            )
+            data = await stream.receive_some(RECV_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            flow.close_reason = f"receive failed: {e}"
             return
-        data = message.encode("utf-8") if isinstance(message, str) else message
-        flow.last_received = trio.current_time()
-        if not data.strip(b"\r\n"):
-            if data == b"\r\n":
-                flow.crlf_answered()  # the answer to our CRLFCRLF
-            else:
-                stats[f"keepalives_in.{flow.transport.value}"] += 1
-                flow.send_nowait(b"\r\n")  # RFC 5626 4.4.1: answer a CRLFCRLF ping at once
-            continue
-        result = intake.parse(data, peer)
-        del message
-        if isinstance(result, Exception):
-            await intake.reject(data, result, peer)  # the connection stays up
+        if not data:
+            flow.close_reason = "closed by peer (no close frame)"
+            return
+
+
+async def _message(flow: WsFlow, data: bytes, peer: Any, intake: Intake) -> None:
+    if not data.strip(b"\r\n"):
+        if data == b"\r\n":
+            flow.crlf_answered()  # the answer to our CRLFCRLF
+            flow.pong_seen = flow.ping_sent
         else:
-            flow.valid_seen = True
-            if await intake.admit(result):
-                await intake.deliver(result)
-        # While waiting for the next message, hold no reference to this one.
-        del data, result
+            intake.stats[f"keepalives_in.{flow.transport.value}"] += 1
+            flow.write(frame(OP_TEXT, b"\r\n"))  # RFC 5626 4.4.1: answer a CRLFCRLF at once
+        return
+    result = intake.parse(data, peer)
+    if isinstance(result, Exception):
+        await intake.reject(data, result, peer)  # the connection stays up
+        return
+    flow.valid_seen = True
+    if await intake.admit(result):
+        await intake.deliver(result)

@@ -263,7 +263,11 @@ async def test_silent_connection_closed_after_first_message_timeout(tmp_path: Pa
 
 
 async def test_tcp_connection_cap_per_address(tmp_path: Path) -> None:
-    async with running_server(tmp_path, {"security.max_connections_per_ip": "3"}) as server:
+    overrides = {
+        "security.max_connections_per_ip": "3",
+        "security.rate_limit_exempt": "192.0.2.0/24",  # loopback has no per-address cap
+    }
+    async with running_server(tmp_path, overrides) as server:
         conns = [await SipClient.connect("tcp", *server.addr("tcp")) for _ in range(3)]
         extra = await SipClient.connect("tcp", *server.addr("tcp"))
         await extra.expect_closed(timeout=3)

@@ -191,7 +191,13 @@ async def test_oversized_message_closes_with_1009(tmp_path: Path, nursery: trio.
 
 async def test_connection_cap_per_ip_503(tmp_path: Path, nursery: trio.Nursery) -> None:
     async with running_server(
-        tmp_path, {"sip_websocket.enable": "true", "sip_websocket.max_connections_per_ip": "2"}
+        tmp_path,
+        {
+            "sip_websocket.enable": "true",
+            "sip_websocket.max_connections_per_ip": "2",
+            # loopback is exempt from per-address caps by default
+            "security.rate_limit_exempt": "192.0.2.0/24",
+        },
     ) as server:
         a = await ws_client(server, nursery)
         b = await ws_client(server, nursery)

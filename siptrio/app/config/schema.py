@@ -120,6 +120,7 @@ _SECTIONS: dict[str, _Section] = {
             "max_connections": _integer(1, 1_000_000),
             "max_connections_per_ip": _integer(1, 1_000_000),
             "max_message_size": _integer(1024, 1048576),
+            "trusted_proxies": _networks,
         },
         paths=frozenset({"wss_cert_file", "wss_key_file", "wss_ca_file"}),
     ),

@@ -87,6 +87,8 @@ class WebSocketConfig:
     max_connections: int = 10000
     max_connections_per_ip: int = 100
     max_message_size: int = 65535
+    # reverse proxies whose PROXY header or X-Forwarded-For/Forwarded name the client
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
