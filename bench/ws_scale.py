@@ -129,6 +129,8 @@ class Browser:
         self.refused: str | None = None
         self.replies_in, self.replies = trio.open_memory_channel[str](16)
         self.pings = 0
+        self.pongs: dict[bytes, trio.Event] = {}  # our pings waiting for their Pong
+        self.invites = 0
         self._text: list[str] = []
 
     @property
@@ -166,13 +168,21 @@ class Browser:
                         case wse.TextMessage():
                             self._text.append(event.data)
                             if event.message_finished:
-                                self._message("".join(self._text))
+                                text = "".join(self._text)
                                 self._text.clear()
+                                if text.startswith("INVITE "):
+                                    await self._answer_invite(text)
+                                else:
+                                    self._message(text)
                         case wse.BytesMessage():
                             self._message(bytes(event.data).decode("utf-8", "replace"))
                         case wse.Ping():
                             self.pings += 1
                             await self._answer(event.response(), ConnectionState.OPEN)
+                        case wse.Pong():
+                            waiter = self.pongs.pop(bytes(event.payload), None)
+                            if waiter is not None:
+                                waiter.set()
                         case wse.CloseConnection():
                             await self._answer(event.response(), ConnectionState.REMOTE_CLOSING)
                             self.closed.set()
@@ -183,6 +193,31 @@ class Browser:
             self.accepted.set()
             self.closed.set()
             self.replies_in.close()
+
+    async def _answer_invite(self, text: str) -> None:
+        """Answer a call at once with a 200 OK (a tab that auto-answers)."""
+        self.invites += 1
+        head = text.split("\r\n\r\n", 1)[0].split("\r\n")
+        keep = ("via:", "record-route:", "from:", "call-id:", "cseq:")
+        lines = ["SIP/2.0 200 OK"]
+        for line in head[1:]:
+            low = line.lower()
+            if low.startswith(keep):
+                lines.append(line)
+            elif low.startswith("to:"):
+                lines.append(f"{line};tag={self.tag}a")
+        lines += [f"Contact: {self.contact_uri}", "Content-Length: 0"]
+        await self.send(wse.TextMessage(data="\r\n".join(lines) + "\r\n\r\n"))
+
+    async def ping_rtt(self, timeout: float = 10.0) -> float:
+        """Seconds from a Ping of ours to the server's Pong."""
+        payload = uuid.uuid4().bytes[:8]
+        waiter = self.pongs[payload] = trio.Event()
+        started = time.monotonic()
+        await self.send(wse.Ping(payload=payload))
+        with trio.fail_after(timeout):
+            await waiter.wait()
+        return time.monotonic() - started
 
     def _message(self, text: str) -> None:
         if text.startswith("SIP/2.0 ") and text[8:9] != "1":  # final responses only
@@ -203,7 +238,9 @@ class Browser:
         )
 
 
-async def run_client(port: int, users: list[str], concurrency: int) -> None:
+async def run_client(
+    port: int, users: list[str], concurrency: int, local: str | None = None
+) -> None:
     """Open one flow per user, REGISTER, then follow the parent's commands on stdin.
 
     Lines out (JSON): ready, registered, verified, closed. Lines in: go, verify, close.
@@ -221,13 +258,14 @@ async def run_client(port: int, users: list[str], concurrency: int) -> None:
 
     errors: Counter[str] = Counter()
     browsers: list[Browser] = []
+    latencies: list[float] = []  # REGISTER -> 200, ms, in the burst
     limiter = trio.CapacityLimiter(concurrency)
 
     async def open_flow(nursery: trio.Nursery, b: Browser) -> None:
         try:
             async with limiter:
                 with trio.fail_after(30):
-                    b.stream = await trio.open_tcp_stream("127.0.0.1", port)
+                    b.stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=local)
                     nursery.start_soon(b.reader)
                     await b.send(
                         wse.Request(
@@ -241,7 +279,9 @@ async def run_client(port: int, users: list[str], concurrency: int) -> None:
                     if b.refused or b.closed.is_set():
                         errors[b.refused or "closed during handshake"] += 1
                         return
+                    sent = time.monotonic()
                     reply = await b.request(b.register())
+                    latencies.append(round((time.monotonic() - sent) * 1000, 2))
         except GONE as e:
             errors[type(e).__name__] += 1
             return
@@ -287,9 +327,20 @@ async def run_client(port: int, users: list[str], concurrency: int) -> None:
             seconds=time.monotonic() - started,
             cpu=cpu() - cpu0,
             pings=sum(b.pings for b in browsers),
+            latencies=latencies,
+            last=browsers[-1].user if browsers else None,
         )
 
-        await command()  # verify
+        while (line := await command()) == "probe":
+            # keep-alive answered while all are held: Ping -> Pong from a sample
+            rtts: list[float] = []
+            for b in browsers[:: max(1, len(browsers) // 200)]:
+                try:
+                    rtts.append(round(await b.ping_rtt() * 1000, 2))
+                except GONE:
+                    rtts.append(-1.0)
+            emit("probed", rtts=rtts, invites=sum(b.invites for b in browsers))
+        assert line == "verify", line
         pings_at_verify = sum(b.pings for b in browsers)
         bound: list[Browser] = []
         async with trio.open_nursery() as nursery:
@@ -342,7 +393,7 @@ async def run_client(port: int, users: list[str], concurrency: int) -> None:
 def client_main(args: argparse.Namespace) -> int:
     raise_fd_limit()
     users = [f"{args.prefix}{i}" for i in range(args.first, args.first + args.n)]
-    trio.run(run_client, args.port, users, args.concurrency)
+    trio.run(run_client, args.port, users, args.concurrency, args.local)
     return 0
 
 
@@ -352,11 +403,22 @@ def client_main(args: argparse.Namespace) -> int:
 class Server:
     """``python -m siptrio serve`` with only a WS listener on 127.0.0.1:port."""
 
-    def __init__(self, workdir: Path, port: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int,
+        *,
+        tree: Path = REPO,
+        udp_port: int | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        """``tree``: the siptrio checkout to run (another commit's, for A/B runs);
+        ``udp_port``: also listen for UDP there (a caller's INVITEs)."""
         self.port = port
         sets = {
             "sip.listen_addr": "127.0.0.1",
-            "sip.udp_enable": "false",
+            "sip.udp_enable": "true" if udp_port else "false",
+            "sip.udp_port": str(udp_port or 0),
             "sip.tcp_enable": "false",
             "sip_websocket.enable": "true",
             "sip_websocket.listen_port": str(port),
@@ -366,13 +428,18 @@ class Server:
             "admin.enable": "false",
             "control.enable": "false",
             "registrar.database": str(workdir / "location.sqlite"),
+            **(extra or {}),
         }
         args = [sys.executable, "-m", "siptrio", "serve", "--log-level", "WARNING"]
         for key, value in sets.items():
             args += ["--set", f"{key}={value}"]
         self.log_path = workdir / "siptrio.log"
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+        # -m puts the working directory first on sys.path: run inside the tree measured
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        self.proc = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, cwd=tree, env=env
+        )
 
     @property
     def pid(self) -> int:
@@ -399,7 +466,17 @@ class Server:
 class Clients:
     """K client processes sharing N flows; they step through their phases together."""
 
-    def __init__(self, port: int, n: int, k: int, prefix: str, concurrency: int) -> None:
+    def __init__(
+        self,
+        port: int,
+        n: int,
+        k: int,
+        prefix: str,
+        concurrency: int,
+        local_addresses: list[str] | None = None,
+    ) -> None:
+        """``local_addresses``: one per client process (past ~28,000 flows one source
+        address runs out of ephemeral ports)."""
         self.procs: list[subprocess.Popen[str]] = []
         share, extra = divmod(n, k)
         first = 0
@@ -408,6 +485,8 @@ class Clients:
             args = [sys.executable, __file__, "--client", "--port", str(port), "--prefix", prefix]
             args += ["--first", str(first), "--n", str(count)]
             args += ["--concurrency", str(max(1, concurrency // k))]
+            if local_addresses:
+                args += ["--local", local_addresses[i]]
             first += count
             self.procs.append(
                 subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -704,6 +783,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", default="u", help=argparse.SUPPRESS)
     p.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--local", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.client:
         return client_main(args)
