@@ -527,7 +527,7 @@ class Server:
             await self.execute(actions)
 
     async def _register_fast(self, data: bytes, peer: Peer) -> bool:
-        """A UDP REGISTER, offered to the fast path first; False: the general path's."""
+        """A REGISTER (UDP or on a flow), offered to the fast path; False: the general path's."""
         intake = self.intake
         assert self.fast is not None and intake is not None
         clock = self.clock()
@@ -634,6 +634,14 @@ class Server:
                 await self.hub.send(action.data, action.peer, action.owner)
             elif isinstance(action, Persist):
                 assert self._store_send is not None
+                if action.txn_key is not None and self._flow_bound_only(action):
+                    # Bindings on a connection die with it, and a restart drops what the
+                    # file holds of them: no crash can lose one the client was told of.
+                    # Answer now; the store only clears (aor, key) of an older binding.
+                    await self.execute(
+                        self.dispatcher.committed(action.txn_key, True, self.clock())
+                    )
+                    action = Persist(deletes=tuple((b.aor, b.key) for b in action.upserts))
                 try:
                     self._store_send.send_nowait(action)  # no task switch per REGISTER
                 except trio.WouldBlock:
@@ -647,6 +655,15 @@ class Server:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._resolve, action)
         self._rearm_timers()
+
+    def _flow_bound_only(self, action: Persist) -> bool:
+        """A REGISTER that only adds or refreshes bindings on flows, on a single node."""
+        return (
+            not self.clustered
+            and not action.deletes
+            and bool(action.upserts)
+            and all(b.flow_id is not None for b in action.upserts)
+        )
 
     async def _media_request(self, action: MediaRequest) -> None:
         """Ask rtpengine (off the core loop) and hand the answer back to the core."""

@@ -1,4 +1,4 @@
-"""The REGISTER fast path: a tidy UDP REGISTER from bytes to its pending 200, in one pass.
+"""The REGISTER fast path: a tidy REGISTER from bytes to its pending 200, in one pass.
 
 Phones refresh their bindings all day, and the general path spends most of a
 REGISTER's cost in its layers: lazy views over a Request, a stamped copy of it, a
@@ -142,8 +142,11 @@ class FastRegister:
 
         ``data`` must start with ``REGISTER `` (the shell looks before calling).
         """
-        if peer.flow_id is not None or len(data) > self.max_size:
-            return None  # flows bring RFC 5626 rules (replaced bindings): general path
+        if len(data) > self.max_size:
+            return None
+        # On a flow (TCP, TLS, a browser's WebSocket) too: RFC 5626's replaced bindings
+        # come with reg-id and +sip.instance, and a binding that moves off a flow, which
+        # are both given back below.
         try:
             return self._handle(data, peer, clock)
         except (SipParseError, Reject, ValueError, KeyError):

@@ -59,7 +59,7 @@ class Intake:
         # it is what pushes back on one connection.
         self.handle: Callable[[Inbound], Awaitable[None]] | None = None
         self.is_banned: Callable[[str], bool] = lambda address: False
-        # Set by the server: True when it took a UDP REGISTER by the fast path
+        # Set by the server: True when it took a REGISTER by the fast path
         # (core/fastreg.py); False, and the datagram is parsed as any other.
         self.fast_register: Callable[[bytes, Peer], Awaitable[bool]] | None = None
 

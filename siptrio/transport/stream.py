@@ -309,6 +309,10 @@ async def _reader(
                 flow.crlf_answered()
                 continue
             assert isinstance(event, bytes)
+            fast = intake.fast_register
+            if fast is not None and event.startswith(b"REGISTER ") and await fast(event, peer):
+                flow.valid_seen = True
+                continue
             result = intake.parse(event, peer)
             if isinstance(result, SipParseError):
                 await intake.reject(event, result, peer)

@@ -27,7 +27,7 @@ from siptrio.core.dispatcher import Dispatcher, DispatcherConfig
 from siptrio.core.events import Action, Persist, Publish, Send
 from siptrio.core.fastreg import FastRegister
 from siptrio.core.registrar import RegistrarConfig
-from siptrio.core.types import Clock, Peer
+from siptrio.core.types import Clock, Peer, Transport
 from siptrio.sip import Request, SipParseError, error_response_untrusted, parse_message_untrusted
 from siptrio.sip.digest import ha1
 
@@ -332,15 +332,66 @@ def test_edges_answered_alike(name: str) -> None:
     pair.send(register(cseq=9), now=NOW + 1)
 
 
-def test_flows_and_other_domains_are_not_its_business() -> None:
+def test_other_domains_and_moves_off_a_flow_are_not_its_business() -> None:
     pair = Pair(DispatcherConfig(registrar=RegistrarConfig(domains=("example.com",))))
     pair.send(register(ruri="sip:example.org"))
     pair.send(register(cseq=2).replace(b"@example.com>", b"@example.org>"))
-    pair.send(register(cseq=3), TCP)
-    pair.send(register(cseq=4))  # the binding moves off its TCP flow
     assert pair.taken == 0
-    pair.send(register("bob"))
+    pair.send(register(cseq=3), TCP)  # a flow's tidy REGISTER is taken ...
     assert pair.taken == 1
+    pair.send(register(cseq=4))  # ... the binding moving off its TCP flow is not
+    assert pair.taken == 1
+    pair.send(register("bob"))
+    assert pair.taken == 2
+
+
+WS = Peer(
+    transport=Transport.WS,
+    host="127.0.0.9",
+    port=40001,
+    local_host="127.0.0.1",
+    local_port=8080,
+    flow_id="ws-x-1",
+)
+SIPJS = register(
+    via="SIP/2.0/WS k3u8sq1r.invalid;branch=z9hG4bK-ws1",
+    contact="<sip:{user}@k3u8sq1r.invalid;transport=ws>;expires=600",
+    expires=None,
+    extra=("Allow: ACK,CANCEL,INVITE,MESSAGE,BYE,OPTIONS,INFO,NOTIFY,REFER", "Supported: outbound"),
+)
+
+
+@pytest.mark.parametrize("name", [*TIDY, "sipjs"])
+@pytest.mark.parametrize("peer", [TCP, WS], ids=["tcp", "ws"])
+def test_flows_tidy_shapes_answered_as_the_general_path(name: str, peer: Peer) -> None:
+    pair = Pair()
+    pair.send(TIDY.get(name, SIPJS), peer)
+    assert pair.taken == 1
+    pair.send(TIDY.get(name, SIPJS), peer)  # its retransmission (a stream has none: alike)
+    b = pair.with_fast.location.lookup("sip:alice@example.com", NOW)
+    assert b and b[0].flow_id == peer.flow_id
+
+
+def test_rfc5626_contacts_on_a_flow_go_the_general_way() -> None:
+    pair = Pair()
+    pair.send(
+        register(
+            contact='<sip:{user}@k3u8sq1r.invalid;transport=ws>;reg-id=1;+sip.instance="<urn:uuid:1>"',
+            extra=("Supported: outbound",),
+        ),
+        WS,
+    )
+    assert pair.taken == 0
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([TCP, WS]), st.data())
+def test_mutations_on_flows_never_part_the_paths(peer: Peer, data: st.DataObject) -> None:
+    message = data.draw(mutated())
+    pair = Pair()
+    pair.send(message, peer)
+    pair.send(message, peer)
+    pair.send(register(cseq=7), peer, now=NOW + 1)
 
 
 # --- digest authentication ----------------------------------------------------------------

@@ -366,3 +366,29 @@ async def test_tcp_flow_gets_crlf_keepalives_and_is_dropped_when_it_stops_answer
             while server.server.location.lookup("sip:tcpka@example.com", 0):
                 await trio.sleep(0.02)
         assert server.server.stats["keepalive_failures"] == 1
+
+
+async def test_a_flows_binding_is_answered_without_the_disk(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A binding on a connection dies with it and a restart drops it: it never goes to disk.
+
+    A UDP binding is committed before its 200 (it must survive a crash); one over a
+    WebSocket is answered at once, and an older row of the same key is cleared.
+    """
+    import sqlite3
+
+    async with running_server(tmp_path, {"sip_websocket.enable": "true"}) as server:
+        udp = await SipClient.connect("udp", *server.addr("udp"))
+        assert (await udp.request(udp.register("erin"))).status == 200
+        c = await ws_client(server, nursery)
+        assert (await c.request(sipjs_register(c, "erin")[0])).status == 200
+        assert (await c.request(sipjs_register(c, "frank")[0])).status == 200
+        assert len(server.server.location.lookup("sip:erin@example.com", 0)) == 2
+        with trio.fail_after(3):
+            while server.server.stats["store_commits"] < 3:
+                await trio.sleep(0.01)
+        db = sqlite3.connect(tmp_path / "location.sqlite")
+        rows = db.execute("SELECT aor, transport FROM bindings").fetchall()
+        db.close()
+        assert rows == [("sip:erin@example.com", "udp")]
