@@ -49,6 +49,7 @@ from ..transport.stream import (
     ConnectionLimits,
     StreamOptions,
     open_tcp_listeners,
+    raise_open_files_limit,
     serve_stream_listener,
 )
 from ..transport.tls import TlsSetupError, client_context, server_context
@@ -212,6 +213,9 @@ class Server:
     ) -> None:
         cfg = self.config
         redis_store: RedisStore | None = None
+        streams = cfg.security.max_connections if cfg.sip.tcp_enable or cfg.tls.enable else 0
+        websockets = cfg.websocket.max_connections if cfg.websocket.enable else 0
+        raise_open_files_limit(streams + websockets + 100)
         if self.clustered:
             redis_store = await trio.to_thread.run_sync(
                 RedisStore, cfg.registrar.redis_url, self.node

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import resource
 import ssl
 from collections import Counter
 from collections.abc import Callable
@@ -24,7 +25,13 @@ from .hub import Flow
 from .intake import Intake
 from .keepalive import crlf_keepalive, first_message_guard
 
-__all__ = ["StreamOptions", "open_stream_listeners", "run_flow", "serve_stream_listener"]
+__all__ = [
+    "StreamOptions",
+    "open_stream_listeners",
+    "raise_open_files_limit",
+    "run_flow",
+    "serve_stream_listener",
+]
 
 log = logging.getLogger("siptrio.transport")
 RECV_SIZE = 65536
@@ -98,6 +105,32 @@ class ConnectionLimits:
         self.per_ip[ip] -= 1
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit; say so when it is below ``wanted``.
+
+    Every connection is a descriptor, and the usual soft limit (1,024) would refuse
+    accept() long before the connection caps. Only the hard limit is the operator's
+    to set (``ulimit -Hn``, systemd ``LimitNOFILE=``); returns the soft limit now.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as e:
+            log.warning("could not raise the open files limit from %d to %d: %s", soft, target, e)
+    if soft < wanted:
+        log.info(
+            "open files limit %d is below the connection caps (%d): connections past it "
+            "are refused at accept(); the hard limit is the operator's to raise "
+            "(ulimit -Hn, systemd LimitNOFILE=)",
+            soft,
+            wanted,
+        )
+    return soft
 
 
 async def open_stream_listeners(host: str, port: int) -> list[trio.SocketListener]:

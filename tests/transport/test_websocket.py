@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import trio
 import wsproto
 import wsproto.events as wse
 from support.client import SipClient
-from support.server import RunningServer, running_server
+from support.server import RunningServer, ServerProcess, running_server
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from siptrio.app.certs import write_dev_certs
@@ -392,3 +393,28 @@ async def test_a_flows_binding_is_answered_without_the_disk(
         rows = db.execute("SELECT aor, transport FROM bindings").fetchall()
         db.close()
         assert rows == [("sip:erin@example.com", "udp")]
+
+
+def test_the_server_raises_its_open_files_limit(tmp_path: Path) -> None:
+    """A soft limit of 1,024 would refuse the 1,021st browser: serve lifts it to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip(f"hard RLIMIT_NOFILE is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # the child inherits it
+    try:
+        sets = ["sip.udp_port=0", "sip.tcp_port=0", "admin.enable=false", "control.enable=false"]
+        sets += ["sip_websocket.enable=false", f"registrar.database={tmp_path / 'location.sqlite'}"]
+        proc = ServerProcess(
+            ["serve", "--log-level", "INFO", *(a for s in sets for a in ("--set", s))],
+            log_path=tmp_path / "siptrio.log",
+        )
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        proc.wait_ready(expect=2)
+        limits = Path(f"/proc/{proc.proc.pid}/limits").read_text()
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        got_soft = line.split()[3]
+        assert got_soft == str(hard if hard != resource.RLIM_INFINITY else 1 << 20)
+    finally:
+        proc.stop()
