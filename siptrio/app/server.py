@@ -27,7 +27,16 @@ from ..core.abuse import RateLimiter
 from ..core.auth import AuthConfig
 from ..core.dialogs import Dialogs
 from ..core.dispatcher import Dispatcher, DispatcherConfig
-from ..core.events import Action, MediaRequest, Persist, Publish, Resolve, Send
+from ..core.events import (
+    Action,
+    BindingEvent,
+    BindingEventKind,
+    MediaRequest,
+    Persist,
+    Publish,
+    Resolve,
+    Send,
+)
 from ..core.fastreg import FastRegister
 from ..core.location import Binding, Location
 from ..core.media import MediaConfig, MediaMode
@@ -641,11 +650,22 @@ class Server:
                 if action.txn_key is not None and self._flow_bound_only(action):
                     # Bindings on a connection die with it, and a restart drops what the
                     # file holds of them: no crash can lose one the client was told of.
-                    # Answer now; the store only clears (aor, key) of an older binding.
+                    # Answer now; the store only clears the row of an older binding of
+                    # the same key (one ADDED had none).
                     await self.execute(
                         self.dispatcher.committed(action.txn_key, True, self.clock())
                     )
-                    action = Persist(deletes=tuple((b.aor, b.key) for b in action.upserts))
+                    added = {
+                        id(a.event.binding)
+                        for a in actions
+                        if isinstance(a, Publish)
+                        and isinstance(a.event, BindingEvent)
+                        and a.event.kind is BindingEventKind.ADDED
+                    }
+                    stale = tuple((b.aor, b.key) for b in action.upserts if id(b) not in added)
+                    if not stale:
+                        continue
+                    action = Persist(deletes=stale)
                 try:
                     self._store_send.send_nowait(action)  # no task switch per REGISTER
                 except trio.WouldBlock:

@@ -4,8 +4,7 @@ A connection from a trusted reverse proxy may begin with a PROXY protocol header
 (HAProxy's v1 text or v2 binary form) naming the client; then comes the HTTP upgrade
 request (RFC 6455 section 4.2.1), whose ``X-Forwarded-For`` / ``Forwarded`` headers
 may name it too. This module reads both from bytes and writes the 101 (or the
-refusal) and the few frames a server sends (unmasked, RFC 6455 section 5.2).
-Frames from the client are decoded by wsproto. Nothing here touches a socket.
+refusal); ``frames.py`` does the frames that follow. Nothing here touches a socket.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ __all__ = [
     "UpgradeRequest",
     "accept_response",
     "client_address",
-    "frame",
     "parse_proxy_header_untrusted",
     "parse_upgrade_untrusted",
     "refusal",
@@ -35,8 +33,6 @@ MAX_HEAD = 16384  # bytes of PROXY header plus HTTP request head: more is 431
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_MAX = 107  # the longest v1 line, CRLF included
-
-OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 REASONS = {
     400: "Bad Request",
@@ -305,13 +301,3 @@ def refusal(status: int, why: str, extra: tuple[tuple[str, str], ...] = ()) -> b
         "Connection: close",
     ]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
-
-
-def frame(opcode: int, payload: bytes) -> bytes:
-    """One unmasked, unfragmented frame, as a server sends it."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x80 | opcode, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
-    return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload

@@ -8,7 +8,7 @@ caps, bans, rate limits, ``received`` and the flow's address are the client's.
 
 A connection costs one task: it reads the PROXY header and the upgrade request
 (``handshake.py``, within ``handshake_timeout`` together with the TLS handshake),
-answers, and then reads frames (wsproto's decoder) and hands one SIP message per
+answers, and then reads frames (``frames.py``) and hands one SIP message per
 WebSocket message to the intake. Nothing else waits per connection: a message out is
 written at once when the socket takes it (a short-lived flusher task is started only
 when it does not), and one task per listener pings every flow and closes those that
@@ -30,23 +30,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-from wsproto.connection import Connection, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
-from wsproto.utilities import RemoteProtocolError
 
 from ..core.types import Transport
-from .handshake import (
+from .frames import (
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
     OP_PONG,
     OP_TEXT,
+    TOO_BIG,
+    FrameError,
+    FrameReader,
+    close_payload,
+    frame,
+)
+from .handshake import (
     NeedMore,
     UpgradeError,
     UpgradeRequest,
     accept_response,
     client_address,
-    frame,
     parse_proxy_header_untrusted,
     parse_upgrade_untrusted,
     refusal,
@@ -127,6 +130,7 @@ class WsFlow(Flow):
     """A WebSocket flow: writes frames itself instead of queueing for a writer task."""
 
     __slots__ = (
+        "close_code",
         "closing",
         "fd",
         "flushed",
@@ -153,6 +157,7 @@ class WsFlow(Flow):
         self.ping_sent = 0  # keep-alives sent ...
         self.pong_seen = 0  # ... and the number of the last one answered
         self.closing = False  # ``send_nowait(None)``: close once the pending bytes left
+        self.close_code = 0  # the close code a protocol error calls for (1002, 1007)
         self.flushed: trio.Event | None = None  # made by whoever waits for the flusher
 
     def send_nowait(self, data: bytes | None) -> bool:
@@ -211,7 +216,7 @@ class WsFlow(Flow):
                 self.close("closed")
 
     def close_frame(self, code: int, reason: str) -> bytes:
-        return frame(OP_CLOSE, struct.pack("!H", code) + reason.encode()[:120])
+        return frame(OP_CLOSE, close_payload(code, reason))
 
 
 class Heartbeat:
@@ -547,10 +552,10 @@ async def _run_flow(
             code, reason = (
                 (GOING_AWAY, "going away") if shutting_down else (1000, flow.close_reason)
             )
-            if options.max_message_size and flow.close_reason == "message too big (1009)":
-                code = 1009
-            if flow.close_reason.startswith("protocol error"):
-                code = 1002
+            if flow.close_reason == "message too big (1009)":
+                code = TOO_BIG
+            elif flow.close_code:
+                code = flow.close_code
             flow.write(flow.close_frame(code, reason))
             if flow.pending is not None:  # TLS, or a slow peer: give the flusher a second
                 flow.flushed = trio.Event()
@@ -563,54 +568,34 @@ async def _reader(
     flow: WsFlow, stream: trio.abc.Stream, rest: bytes, intake: Intake, options: WsOptions
 ) -> None:
     peer = flow.peer
-    stats = intake.stats
-    limit = options.max_message_size
-    conn = Connection(ConnectionType.SERVER)
-    parts: list[str | bytes] = []
-    size = 0
+    frames = FrameReader(options.max_message_size)
     data: bytes | bytearray = rest
     while True:
         if data:
             flow.last_received = trio.current_time()
-            conn.receive_data(data)  # type: ignore[arg-type]  # bytearray works too
-            del data
             try:
-                events = list(conn.events())
-            except RemoteProtocolError as e:
-                flow.close_reason = f"protocol error: {e}"
+                events = frames.feed_untrusted(bytes(data))
+            except FrameError as e:
+                if e.code == TOO_BIG:
+                    intake.stats["ws_message_too_big"] += 1
+                    flow.close_reason = "message too big (1009)"
+                else:
+                    flow.close_reason = f"protocol error ({e.code}): {e.reason}"
+                    flow.close_code = e.code
                 return
-            for event in events:
-                if isinstance(event, TextMessage | BytesMessage):
-                    parts.append(
-                        event.data if isinstance(event, TextMessage) else bytes(event.data)
-                    )
-                    size += len(event.data)
-                    if size > limit:
-                        stats["ws_message_too_big"] += 1
-                        flow.close_reason = "message too big (1009)"
-                        return
-                    if not event.message_finished:
-                        continue
-                    message: bytes = (
-                        "".join(parts).encode()  # type: ignore[arg-type]
-                        if isinstance(event, TextMessage)
-                        else b"".join(parts)  # type: ignore[arg-type]
-                    )
-                    parts.clear()
-                    size = 0
-                    await _message(flow, message, peer, intake)
-                    del message
-                elif isinstance(event, Ping):
-                    flow.write(frame(OP_PONG, bytes(event.payload)))
-                elif isinstance(event, Pong):
+            del data
+            for opcode, payload in events:
+                if opcode <= OP_BINARY:
+                    await _message(flow, payload, peer, intake)
+                elif opcode == OP_PING:
+                    flow.write(frame(OP_PONG, payload))
+                elif opcode == OP_PONG:
                     flow.last_keepalive = trio.current_time()
                     flow.pong_seen = flow.ping_sent
-                elif isinstance(event, CloseConnection):
-                    code = event.code
-                    # echo the code (RFC 6455 5.5.1), unless it is one never sent on the wire
-                    echo = code if 1000 <= code < 5000 and code not in (1005, 1006, 1015) else 1000
-                    flow.write(flow.close_frame(echo, ""))
-                    flow.close_reason = f"closed by peer ({code})"
+                else:  # OP_CLOSE: echo its code (RFC 6455 section 5.5.1)
+                    code = struct.unpack_from("!H", payload)[0] if payload else 1000
+                    flow.write(flow.close_frame(code, ""))
+                    flow.close_reason = f"closed by peer ({code if payload else 1005})"
                     return
             del events
         try:

@@ -14,7 +14,6 @@ from siptrio.transport.handshake import (
     UpgradeError,
     accept_response,
     client_address,
-    frame,
     parse_proxy_header_untrusted,
     parse_upgrade_untrusted,
 )
@@ -130,9 +129,3 @@ def test_forwarded_header_with_ports_and_v6() -> None:
 def test_unknown_node_stops_the_walk_at_the_proxy() -> None:
     r = request(b"X-Forwarded-For: unknown")
     assert client_address("10.0.0.2", r, TRUSTED) == ("10.0.0.2", None)  # type: ignore[arg-type]
-
-
-def test_frames_as_a_server_sends_them() -> None:
-    assert frame(0x1, b"hi") == b"\x81\x02hi"
-    assert frame(0x2, b"x" * 200)[:4] == b"\x82\x7e\x00\xc8"
-    assert frame(0x1, b"x" * 70000)[:10] == b"\x81\x7f" + struct.pack("!Q", 70000)
