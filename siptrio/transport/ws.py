@@ -19,10 +19,10 @@ four tasks and two nurseries each; its clients remain what the tests speak to us
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import logging
 import os
+import socket
 import ssl
 import struct
 from collections import Counter, deque
@@ -56,6 +56,7 @@ from .handshake import (
 )
 from .hub import Flow
 from .intake import Intake
+from .rawstream import RawStream, accept_batches, detach_listener
 from .stream import open_tcp_listeners
 
 __all__ = ["WsFlow", "WsOptions", "WsPolicy", "serve_ws"]
@@ -65,6 +66,7 @@ log = logging.getLogger("siptrio.transport")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 GOING_AWAY = 1001
 GONE = -2  # WsFlow.fd once its socket is closed
+Address = tuple[str, int]
 RECV_SIZE = 16384
 # Bytes a flow may have waiting for a slow peer before it counts as too slow to keep
 # (the TCP flows' queue holds 512 messages; a SIP message is a few hundred bytes).
@@ -144,14 +146,14 @@ class WsFlow(Flow):
     def __init__(
         self,
         *,
-        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+        stream: trio.abc.Stream,
+        fd: int,  # a plain socket's, written to directly; -1: TLS, through the SSLStream
         spawn: Any,  # nursery.start_soon of the listener: runs a flusher when needed
         **kw: Any,
     ) -> None:
         super().__init__(queue_limit=0, **kw)
         self.stream = stream
-        # a plain socket is written to directly; TLS goes through the SSLStream
-        self.fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self.fd = fd
         self.pending: bytearray | None = None  # not None: a flusher is writing
         self.spawn = spawn
         self.ping_sent = 0  # keep-alives sent ...
@@ -316,48 +318,47 @@ async def serve_ws(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve one WS or WSS listener; ``started`` reports the bound port."""
-    listeners = await open_tcp_listeners(host, port, reuse_port=reuse_port)
+    listening = [
+        detach_listener(li) for li in await open_tcp_listeners(host, port, reuse_port=reuse_port)
+    ]
     heartbeat = Heartbeat(options, intake.stats)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(heartbeat.run)
-            for listener in listeners:
-                nursery.start_soon(
-                    _accept_loop, listener, nursery, ssl_context, intake, options, policy, heartbeat
-                )
-            task_status.started(listeners[0].socket.getsockname()[1])
+            for sock in listening:
+                bound = sock.getsockname()
+                wildcard = bound[0] in ("0.0.0.0", "::")
+                local = None if wildcard else (bound[0], bound[1])
+
+                def start(
+                    conn: socket.socket,
+                    peer: tuple[str, int],
+                    local: tuple[str, int] | None = local,
+                ) -> None:
+                    nursery.start_soon(
+                        _connection,
+                        conn,
+                        peer,
+                        local,
+                        nursery,
+                        ssl_context,
+                        intake,
+                        options,
+                        policy,
+                        heartbeat,
+                    )
+
+                nursery.start_soon(accept_batches, sock, start, intake.stats)
+            task_status.started(listening[0].getsockname()[1])
     finally:
-        for listener in listeners:
-            await trio.aclose_forcefully(listener)
+        for sock in listening:
+            if sock.fileno() >= 0:
+                sock.close()
 
 
-async def _accept_loop(
-    listener: trio.SocketListener,
-    nursery: trio.Nursery,
-    ssl_context: ssl.SSLContext | None,
-    intake: Intake,
-    options: WsOptions,
-    policy: WsPolicy,
-    heartbeat: Heartbeat,
-) -> None:
-    while True:
-        try:
-            stream = await listener.accept()
-        except OSError as e:
-            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
-                intake.stats["accept_errors"] += 1
-                log.error("accept() failed (%s); sleeping 100 ms", e)
-                await trio.sleep(0.1)
-                continue
-            raise
-        nursery.start_soon(
-            _connection, stream, nursery, ssl_context, intake, options, policy, heartbeat
-        )
-
-
-def _address(sock: trio.socket.SocketType, remote: bool) -> tuple[str, int]:
+def _address(sock: socket.socket) -> tuple[str, int]:
     try:
-        a = sock.getpeername() if remote else sock.getsockname()
+        a = sock.getsockname()
     except OSError:
         return ("?", 0)
     return (a[0], a[1])
@@ -382,7 +383,9 @@ class _Opening:
 
 
 async def _connection(
-    sock_stream: trio.SocketStream,
+    sock: socket.socket,
+    peer: tuple[str, int],
+    local: tuple[str, int] | None,
     nursery: trio.Nursery,
     ssl_context: ssl.SSLContext | None,
     intake: Intake,
@@ -391,15 +394,15 @@ async def _connection(
     heartbeat: Heartbeat,
 ) -> None:
     stats = intake.stats
-    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = sock_stream
+    raw = RawStream(sock)
+    stream: RawStream | trio.SSLStream[RawStream] = raw
     try:
-        peer = _address(sock_stream.socket, True)
+        if local is None:  # a wildcard listener: which address it came to
+            local = _address(sock)
         opening: _Opening | None = None
         with trio.move_on_after(options.handshake_timeout) as scope:
             if ssl_context is not None:
-                stream = trio.SSLStream(
-                    sock_stream, ssl_context, server_side=True, https_compatible=True
-                )
+                stream = trio.SSLStream(raw, ssl_context, server_side=True, https_compatible=True)
                 try:
                     await stream.do_handshake()
                 except trio.BrokenResourceError as e:
@@ -426,7 +429,7 @@ async def _connection(
             await _reject(stream, opening, 503, why, stats, "per_ip")
             return
         try:
-            await _accept(stream, opening, nursery, intake, options, heartbeat)
+            await _accept(stream, raw, local, opening, nursery, intake, options, heartbeat)
         finally:
             policy.give_back(ip)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -492,7 +495,9 @@ async def _reject(
 
 
 async def _accept(
-    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+    stream: RawStream | trio.SSLStream[RawStream],
+    raw: RawStream,
+    local: tuple[str, int],
     opening: _Opening,
     nursery: trio.Nursery,
     intake: Intake,
@@ -514,14 +519,14 @@ async def _accept(
         return
     await stream.send_all(accept_response(request.key, "sip"))
     stats[f"ws_handshakes.{options.transport.value}"] += 1
-    raw = stream if isinstance(stream, trio.SocketStream) else stream.transport_stream
     flow = WsFlow(
         stream=stream,
+        fd=raw.sock.fileno() if stream is raw else -1,
         spawn=nursery.start_soon,
         flow_id=intake.hub.new_flow_id(options.transport),
         transport=options.transport,
         remote=opening.client,
-        local=_address(raw.socket, False),
+        local=local,
     )
     if opening.via:
         log.debug("flow %s from %s:%s via %s", flow.id, *opening.client, opening.via)
