@@ -84,6 +84,11 @@ class Started:
     stop: object  # () -> int
 
 
+TREES: dict[str, Path] = {}  # --tree NAME=PATH: more siptrio checkouts to run
+KEEPALIVE = 10.0  # siptrio's keepalive_interval (--keepalive)
+REDIS_PID: list[int] = []  # with --workers: the Redis they share (its memory is reported)
+
+
 def start(server: str, workdir: Path, base: Path, workers: int) -> Started:
     workdir.mkdir(parents=True, exist_ok=True)
     for _attempt in range(3):
@@ -102,10 +107,11 @@ def start(server: str, workdir: Path, base: Path, workers: int) -> Started:
                 return Started(kam.pid, kam.ws_port, udp, kam.stop)
             kam.stop()
             continue
-        tree = base if server == "base" else REPO
-        extra: dict[str, str] = {}
+        tree = TREES.get(server) or (base if server == "base" else REPO)
+        # Kamailio's cadence: a ping after 10 s, 10 s for the Pong (the default is 15 + 10)
+        extra: dict[str, str] = {"sip_websocket.keepalive_interval": str(KEEPALIVE)}
         if workers > 1:
-            extra = {
+            extra |= {
                 "registrar.backend": "redis",
                 "registrar.redis_url": os.environ["WS_AB_REDIS"],
             }
@@ -132,7 +138,6 @@ def _workers(
         "sip_websocket.listen_port": str(srv.port),
         "sip_websocket.max_connections": "1000000",
         "sip_websocket.max_connections_per_ip": "1000000",
-        "sip_websocket.keepalive_interval": str(ws_scale.KEEPALIVE_INTERVAL),
         "admin.enable": "false",
         "control.enable": "false",
         **extra,
@@ -209,6 +214,8 @@ class AbRun:
     others_cpu: float = NAN
     pss_before: int = 0
     pss_held: int = 0
+    redis_before: int = 0  # KiB, with --workers: the Redis the workers share
+    redis_held: int = 0
     processes: int = 0
     reg_p50: float = NAN
     reg_p99: float = NAN
@@ -259,6 +266,8 @@ def measure(
             warm.kill()
         time.sleep(1.0)
         run.pss_before = tree_memory(srv.pid).pss
+        if REDIS_PID and server != "kamailio":
+            run.redis_before = tree_memory(REDIS_PID[0]).pss
         load_ = ws_scale.Clients(srv.ws_port, n, clients, f"n{n}u", 200, locals_)
         try:
             load_.expect("ready")
@@ -282,6 +291,8 @@ def measure(
             time.sleep(hold)
             held = tree_memory(srv.pid)
             run.pss_held, run.processes = held.pss, held.processes
+            if REDIS_PID and server != "kamailio":
+                run.redis_held = tree_memory(REDIS_PID[0]).pss
             # while every flow is held: keep-alives answered, calls placed
             load_.tell("probe")
             probed = load_.expect("probed")
@@ -329,6 +340,8 @@ ROW = (
 def row(r: AbRun) -> str:
     errors = f" ({', '.join(f'{k}: {v}' for k, v in r.errors.items())})" if r.errors else ""
     note = f" ({r.note})" if r.note else ""
+    if r.redis_held and r.registered:
+        note += f" (+ Redis {(r.redis_held - r.redis_before) / r.registered:.1f} KiB per flow)"
     return (
         f"| {r.round} | {r.server} | {r.n:,} | {r.registered:,}{errors}{note} | "
         f"{f(r.server_cpu, 2)} | **{f(r.per_cpu_second, 0)}** | **{f(r.kib_per_flow)}** | "
@@ -378,6 +391,40 @@ def summary(runs: list[AbRun]) -> list[str]:
     return out
 
 
+def by_server(runs: list[AbRun], servers: list[str]) -> list[str]:
+    """One row per server, in the order run: each figure per round, and / Kamailio's."""
+    out = [
+        "| server | set-ups per server CPU-s | / Kamailio | KiB per flow | / Kamailio "
+        "| REGISTER->200 p50 ms | / Kamailio | p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rounds = sorted({r.round for r in runs})
+
+    def get(server: str, name: str) -> list[float]:
+        return [
+            float(getattr(r, name))
+            for rnd in rounds
+            for r in runs
+            if r.server == server and r.round == rnd
+        ]
+
+    for server in servers:
+        cells = [server]
+        for name, digits, versus in (
+            ("per_cpu_second", 0, True),
+            ("kib_per_flow", 1, True),
+            ("reg_p50", 0, True),
+            ("reg_p99", 0, False),
+        ):
+            mine, kam = get(server, name), get("kamailio", name)
+            cells.append(", ".join(f(v, digits) for v in mine) or "-")
+            if versus:
+                rs = [a / b for a, b in zip(mine, kam, strict=False) if b and a == a and b == b]
+                cells.append(", ".join(f"{v:.2f}" for v in rs) or "-")
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
 def report(runs: list[AbRun], args: argparse.Namespace, minutes: float) -> str:
     import platform
 
@@ -399,7 +446,9 @@ def report(runs: list[AbRun], args: argparse.Namespace, minutes: float) -> str:
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {minutes:.1f} minutes, on "
         f"{platform.node()} ({os.cpu_count()} CPUs, shared), Python "
         f"{platform.python_version()} ({sys.executable}), Kamailio {kamailio_version()}; "
-        f"base = siptrio at {base_rev}, siptrio = {head_rev} (+ uncommitted changes if any).",
+        f"base = siptrio at {base_rev}, siptrio = {head_rev} (+ uncommitted changes if any)"
+        + "".join(f"; {name} = {path}" for name, path in TREES.items())
+        + ".",
         f"`bench/ws_ab.py --n {args.n} --rounds {args.rounds} --hold {args.hold:g}"
         f"{f' --workers {args.workers}' if args.workers > 1 else ''} --servers {args.servers}`. "
         "Each round runs each server on a fresh process, in the order given.",
@@ -407,6 +456,10 @@ def report(runs: list[AbRun], args: argparse.Namespace, minutes: float) -> str:
         "## Summary (per round)",
         "",
         *summary(runs),
+        "",
+        "## By server",
+        "",
+        *by_server(runs, args.servers.split(",")),
         "",
         "## Every run",
         "",
@@ -436,11 +489,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--servers", default="base,siptrio,kamailio")
     p.add_argument("--base", type=Path, default=Path("/work/base"))
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--keepalive", type=float, default=10.0, help="siptrio's keepalive_interval (10)"
+    )
+    p.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="another siptrio checkout to run as server NAME (list NAME in --servers)",
+    )
     p.add_argument("--output", type=Path, default=RESULTS)
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)
     limit = ws_scale.raise_fd_limit()
     servers = args.servers.split(",")
+    global KEEPALIVE
+    KEEPALIVE = args.keepalive
+    for item in args.tree:
+        name, _, path = item.partition("=")
+        TREES[name] = Path(path)
     scratch = Path(tempfile.mkdtemp(prefix="siptrio-ws-ab-"))
     redis: subprocess.Popen[bytes] | None = None
     if args.workers > 1:
@@ -462,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             stdout=subprocess.DEVNULL,
         )
         os.environ["WS_AB_REDIS"] = f"redis://127.0.0.1:{port}/0"
+        REDIS_PID.append(redis.pid)
         tcp_listening(port, timeout=10)
     elif args.n + 200 > limit:
         print(f"ws_ab: RLIMIT_NOFILE {limit} < N + 200: use --workers", file=sys.stderr)
