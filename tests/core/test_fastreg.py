@@ -368,8 +368,9 @@ def test_flows_tidy_shapes_answered_as_the_general_path(name: str, peer: Peer) -
     pair.send(TIDY.get(name, SIPJS), peer)
     assert pair.taken == 1
     pair.send(TIDY.get(name, SIPJS), peer)  # its retransmission (a stream has none: alike)
-    b = pair.with_fast.location.lookup("sip:alice@example.com", NOW)
-    assert b and b[0].flow_id == peer.flow_id
+    (b,) = pair.with_fast.location.lookup("sip:alice@example.com", NOW)
+    if name == "sipjs":  # a .invalid Contact is reached over its flow only
+        assert b.flow_id == peer.flow_id
 
 
 def test_rfc5626_contacts_on_a_flow_go_the_general_way() -> None:
