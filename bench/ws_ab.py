@@ -86,6 +86,7 @@ class Started:
 
 TREES: dict[str, Path] = {}  # --tree NAME=PATH: more siptrio checkouts to run
 KEEPALIVE = 10.0  # siptrio's keepalive_interval (--keepalive)
+KEEPALIVE_TIMEOUT = 10.0  # ... and keepalive_timeout (--keepalive-timeout)
 REDIS_PID: list[int] = []  # with --workers: the Redis they share (its memory is reported)
 
 
@@ -109,11 +110,18 @@ def start(server: str, workdir: Path, base: Path, workers: int) -> Started:
             continue
         tree = TREES.get(server) or (base if server == "base" else REPO)
         # Kamailio's cadence: a ping after 10 s, 10 s for the Pong (the default is 15 + 10)
-        extra: dict[str, str] = {"sip_websocket.keepalive_interval": str(KEEPALIVE)}
+        extra: dict[str, str] = {
+            "sip_websocket.keepalive_interval": str(KEEPALIVE),
+            "sip_websocket.keepalive_timeout": str(KEEPALIVE_TIMEOUT),
+        }
         if workers > 1:
             extra |= {
                 "registrar.backend": "redis",
                 "registrar.redis_url": os.environ["WS_AB_REDIS"],
+                # With 8 client processes on 2 shared CPUs (load average 15) the workers'
+                # loops went over the 5 s default between heartbeats, and the nodes took
+                # each other for dead, dropping the bindings on each other's flows.
+                "cluster.heartbeat_ttl": "30",
             }
         srv = ws_scale.Server(workdir, free_tcp_port(), tree=tree, udp_port=udp, extra=extra)
         if workers > 1:  # the same server, as N worker processes
@@ -143,7 +151,7 @@ def _workers(
         **extra,
     }
     args = [sys.executable, "-m", "siptrio", "serve", "--workers", str(workers)]
-    args += ["--log-level", "WARNING"]
+    args += ["--log-level", "INFO"]  # flows closed for want of a Pong are logged at INFO
     for key, value in sets.items():
         args += ["--set", f"{key}={value}"]
     srv.log_path = workdir / "siptrio.log"
@@ -493,6 +501,12 @@ def main(argv: list[str] | None = None) -> int:
         "--keepalive", type=float, default=10.0, help="siptrio's keepalive_interval (10)"
     )
     p.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=10.0,
+        help="siptrio's keepalive_timeout (10): raise it when the clients cannot keep up",
+    )
+    p.add_argument(
         "--tree",
         action="append",
         default=[],
@@ -504,8 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     limit = ws_scale.raise_fd_limit()
     servers = args.servers.split(",")
-    global KEEPALIVE
-    KEEPALIVE = args.keepalive
+    global KEEPALIVE, KEEPALIVE_TIMEOUT
+    KEEPALIVE, KEEPALIVE_TIMEOUT = args.keepalive, args.keepalive_timeout
     for item in args.tree:
         name, _, path = item.partition("=")
         TREES[name] = Path(path)

@@ -81,6 +81,7 @@ class Flow:
     )
     outgoing: trio.MemoryReceiveChannel[bytes | None]
     writer_done: trio.Event
+    cancel_scope: trio.CancelScope  # what ``close`` cancels (a subclass may close otherwise)
 
     def __init__(
         self,
@@ -103,10 +104,10 @@ class Flow:
         self.valid_seen = False  # a valid SIP message arrived (keep-alives do not count)
         # made by the CRLF keep-alive for each ping it sends; most flows never need one
         self.crlf_answer: trio.Event | None = None
-        self.cancel_scope = trio.CancelScope()
         self.close_reason: str | None = None
         limit = FLOW_QUEUE_LIMIT if queue_limit is None else queue_limit
         if limit:
+            self.cancel_scope = trio.CancelScope()
             send, receive = trio.open_memory_channel[bytes | None](limit)
             self._send = send
             self.outgoing = receive

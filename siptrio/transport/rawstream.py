@@ -42,10 +42,22 @@ def _error(e: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
 class RawStream(trio.abc.Stream):
     """One connected, non-blocking TCP socket. One receiver and one sender at a time."""
 
-    __slots__ = ("sock",)
+    __slots__ = ("expired", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.expired = False  # cut by its owner's deadline (``cut``)
+
+    def shutdown_read(self) -> None:
+        """Wake a receiver with end-of-file; the socket can still send (a close frame)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RD)
+
+    def cut(self) -> None:
+        """End a connection whose time is up, from another task: both ways, at once."""
+        self.expired = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         # Waiting first: a flow reads when its peer has sent, and the wait is the

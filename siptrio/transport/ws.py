@@ -139,6 +139,7 @@ class WsFlow(Flow):
         "pending",
         "ping_sent",
         "pong_seen",
+        "raw",
         "spawn",
         "stream",
     )
@@ -147,12 +148,14 @@ class WsFlow(Flow):
         self,
         *,
         stream: trio.abc.Stream,
+        raw: RawStream,  # the socket under ``stream`` (the same for plain WS)
         fd: int,  # a plain socket's, written to directly; -1: TLS, through the SSLStream
         spawn: Any,  # nursery.start_soon of the listener: runs a flusher when needed
         **kw: Any,
     ) -> None:
         super().__init__(queue_limit=0, **kw)
         self.stream = stream
+        self.raw = raw
         self.fd = fd
         self.pending: bytearray | None = None  # not None: a flusher is writing
         self.spawn = spawn
@@ -217,6 +220,16 @@ class WsFlow(Flow):
             if self.closing:
                 self.close("closed")
 
+    def close(self, reason: str) -> None:
+        """Close from any task: the reader wakes to end-of-file and sends the close frame.
+
+        No cancel scope per flow: shutting the socket's read side down is what ends
+        the reader's wait (a reader waiting for the core's queue ends after it).
+        """
+        if self.close_reason is None:
+            self.close_reason = reason
+        self.raw.shutdown_read()
+
     def close_frame(self, code: int, reason: str) -> bytes:
         return frame(OP_CLOSE, close_payload(code, reason))
 
@@ -237,7 +250,16 @@ class Heartbeat:
         self.to_ping: deque[tuple[float, WsFlow]] = deque()
         self.to_answer: deque[tuple[float, WsFlow, int]] = deque()
         self.to_speak: deque[tuple[float, WsFlow]] = deque()
+        self.to_open: deque[tuple[float, RawStream]] = deque()
+        self.opening: set[RawStream] = set()  # connections still in their handshake
         self._wake = trio.Event()
+
+    def open(self, raw: RawStream) -> None:
+        """A connection starts its handshake: cut it at ``handshake_timeout`` unless done."""
+        self.opening.add(raw)
+        self.to_open.append((trio.current_time() + self.options.handshake_timeout, raw))
+        if len(self.to_open) == 1:
+            self._wake.set()
 
     def add(self, flow: WsFlow) -> None:
         now = trio.current_time()
@@ -256,7 +278,8 @@ class Heartbeat:
     async def run(self) -> None:
         opts = self.options
         while True:
-            fronts = [q[0][0] for q in (self.to_ping, self.to_answer, self.to_speak) if q]
+            queues = (self.to_ping, self.to_answer, self.to_speak, self.to_open)
+            fronts = [q[0][0] for q in queues if q]
             if not fronts:
                 self._wake = trio.Event()
                 await self._wake.wait()
@@ -284,6 +307,12 @@ class Heartbeat:
                         opts.keepalive_timeout,
                     )
                     flow.close(f"keep-alive timeout ({how})")
+            while self.to_open and self.to_open[0][0] <= now:
+                _, raw = self.to_open.popleft()
+                if raw in self.opening:
+                    self.opening.discard(raw)
+                    self.stats["ws_handshake_timeouts"] += 1
+                    raw.cut()
             while self.to_speak and self.to_speak[0][0] <= now:
                 _, flow = self.to_speak.popleft()
                 if flow.close_reason is None and not flow.valid_seen:
@@ -400,19 +429,20 @@ async def _connection(
         if local is None:  # a wildcard listener: which address it came to
             local = _address(sock)
         opening: _Opening | None = None
-        with trio.move_on_after(options.handshake_timeout) as scope:
+        heartbeat.open(raw)
+        try:
             if ssl_context is not None:
                 stream = trio.SSLStream(raw, ssl_context, server_side=True, https_compatible=True)
                 try:
                     await stream.do_handshake()
                 except trio.BrokenResourceError as e:
-                    stats["tls_handshake_failures"] += 1
-                    log.info("TLS handshake from %s:%s failed: %s", *peer, e.__cause__ or e)
+                    if not raw.expired:
+                        stats["tls_handshake_failures"] += 1
+                        log.info("TLS handshake from %s:%s failed: %s", *peer, e.__cause__ or e)
                     return
             opening = await _read_opening(stream, peer, intake, options)
-        if scope.cancelled_caught:
-            stats["ws_handshake_timeouts"] += 1
-            return
+        finally:
+            heartbeat.opening.discard(raw)
         if opening is None:
             return
         ip = opening.client[0]
@@ -521,6 +551,7 @@ async def _accept(
     stats[f"ws_handshakes.{options.transport.value}"] += 1
     flow = WsFlow(
         stream=stream,
+        raw=raw,
         fd=raw.sock.fileno() if stream is raw else -1,
         spawn=nursery.start_soon,
         flow_id=intake.hub.new_flow_id(options.transport),
@@ -545,8 +576,7 @@ async def _run_flow(
     hub.add_flow(flow)
     heartbeat.add(flow)
     try:
-        with flow.cancel_scope:
-            await _reader(flow, stream, rest, intake, options)
+        await _reader(flow, stream, rest, intake, options)
     finally:
         hub.remove_flow(flow)
         shutting_down = flow.close_reason is None  # nothing closed it: the server is stopping
@@ -583,9 +613,11 @@ async def _reader(
             except FrameError as e:
                 if e.code == TOO_BIG:
                     intake.stats["ws_message_too_big"] += 1
-                    flow.close_reason = "message too big (1009)"
+                    flow.close_reason = flow.close_reason or "message too big (1009)"
                 else:
-                    flow.close_reason = f"protocol error ({e.code}): {e.reason}"
+                    flow.close_reason = (
+                        flow.close_reason or f"protocol error ({e.code}): {e.reason}"
+                    )
                     flow.close_code = e.code
                 return
             del data
@@ -600,16 +632,18 @@ async def _reader(
                 else:  # OP_CLOSE: echo its code (RFC 6455 section 5.5.1)
                     code = struct.unpack_from("!H", payload)[0] if payload else 1000
                     flow.write(flow.close_frame(code, ""))
-                    flow.close_reason = f"closed by peer ({code if payload else 1005})"
+                    flow.close_reason = (
+                        flow.close_reason or f"closed by peer ({code if payload else 1005})"
+                    )
                     return
             del events
         try:
             data = await stream.receive_some(RECV_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-            flow.close_reason = f"receive failed: {e}"
+            flow.close_reason = flow.close_reason or f"receive failed: {e}"
             return
         if not data:
-            flow.close_reason = "closed by peer (no close frame)"
+            flow.close_reason = flow.close_reason or "closed by peer (no close frame)"
             return
 
 
