@@ -221,7 +221,10 @@ async def open_and_register(
             tab = await Tab.open(addr, local)
             tabs.append(tab)
             assert tab.refused is None, f"{user} from {local} refused {tab.refused}"
-            assert (await tab.register(user)).status == 200
+            r = await tab.register(user)
+            assert r.status == 200
+            # received (RFC 3581) names the client, not the proxy
+            assert f"received={local}" in r.values("via")[0]
 
     async with trio.open_nursery() as n:
         for local, user in clients:
