@@ -141,6 +141,10 @@ class Dispatcher:
         """
         self._awaiting_store[txn_key] = answer
 
+    def awaiting_store(self) -> frozenset[Hashable]:
+        """The REGISTER transactions whose answers wait for the store."""
+        return frozenset(self._awaiting_store)
+
     def committed(self, txn_key: Hashable, ok: bool, clock: Clock) -> list[Action]:
         """The store finished (or failed) a REGISTER's write: now it may be answered."""
         resp = self._awaiting_store.pop(txn_key, None)

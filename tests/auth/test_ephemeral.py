@@ -266,7 +266,7 @@ async def test_udp_register_takes_the_fast_path(server: RunningServer) -> None:
     c = await SipClient.connect("udp", *server.addr("udp"))
     cred = credential("alice")
     assert (await register(c, "alice", cred.username, cred.password)).status == 200
-    assert server.server.dispatcher.stats["register_fast"] == 1
+    assert server.server.core_stats["register_fast"] == 1
 
 
 async def test_second_secret_passes_retired_one_fails(server: RunningServer) -> None:
@@ -292,7 +292,7 @@ async def test_expired_credential_is_refused_saying_so(server: RunningServer) ->
     # answering the fresh challenge with it again: 403, final
     again = await register(c, "alice", cred.username, cred.password)
     assert (again.status, again.reason) == (403, "Forbidden: credential expired")
-    assert server.server.dispatcher.stats["auth_failures"] == 2
+    assert server.server.core_stats["auth_failures"] == 2
 
 
 async def test_credential_for_someone_else_is_forbidden(server: RunningServer) -> None:
@@ -340,7 +340,7 @@ async def test_guessing_with_credentials_gets_banned(server: RunningServer) -> N
     await attacker.send(attacker.register("alice"))
     with pytest.raises(trio.TooSlowError):  # banned: dropped without an answer
         await attacker.receive(0.5)
-    assert server.server.dispatcher.stats["auth_bans"] == 1
+    assert server.server.core_stats["auth_bans"] == 1
 
 
 async def test_calls_with_a_credential(server: RunningServer) -> None:

@@ -161,7 +161,7 @@ class Pair:
         assert sorted(a.location, key=repr) == sorted(b.location, key=repr)
         assert txns(a) == txns(b)
         assert a.next_deadline() == b.next_deadline()
-        assert a._awaiting_store.keys() == b._awaiting_store.keys()
+        assert a.awaiting_store() == b.awaiting_store()
         stats = a.stats.copy()
         stats.pop("register_fast", None)
         assert stats == b.stats

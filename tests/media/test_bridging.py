@@ -40,7 +40,7 @@ async def ua(server: RunningServer, nursery: trio.Nursery, transport: str, user:
 
 
 def dialog(server: RunningServer, call_id: str):  # type: ignore[no-untyped-def]
-    return next(d for d in server.server.dispatcher.dialogs if d.call_id == call_id)
+    return next(d for d in server.server.dialogs if d.call_id == call_id)
 
 
 async def until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -189,7 +189,7 @@ async def test_rtpengine_down_gives_503_and_no_dialog(
     await browser.client.send(invite)
     final = await browser.expect_response("INVITE", timeout=10)
     assert final.status == 503 and "media relay" in final.reason
-    assert not [d for d in server.server.dispatcher.dialogs if d.call_id == call_id]
+    assert not [d for d in server.server.dialogs if d.call_id == call_id]
     with pytest.raises(trio.TooSlowError):
         await phone.expect_request("INVITE", timeout=0.5)  # nothing reached the phone
 

@@ -61,7 +61,7 @@ async def ring(
 
 
 def dialog_state(server: RunningServer, call_id: str) -> DialogState | None:
-    for d in server.server.dispatcher.dialogs:
+    for d in server.server.dialogs:
         if d.call_id == call_id:
             return d.state
     return None
@@ -137,7 +137,7 @@ async def test_call_matrix(
         assert (await caller.expect_response("BYE")).status == 200
         ended_by = "caller"
     assert dialog_state(server, call_id) is DialogState.TERMINATED
-    (d,) = [d for d in server.server.dispatcher.dialogs if d.call_id == call_id]
+    (d,) = [d for d in server.server.dialogs if d.call_id == call_id]
     assert d.ended_by == ended_by
     assert d.caller.transport.value == caller_t and d.callee.transport.value == callee_t
 
@@ -197,9 +197,7 @@ async def test_forking_one_answers_other_cancelled(
     d = caller.uac_dialog(invite, ok)
     await caller.client.send(caller.ack(d))
     await browser.expect_request("ACK")
-    states = {
-        d.callee.tag: d.state for d in server.server.dispatcher.dialogs if d.call_id == call_id
-    }
+    states = {d.callee.tag: d.state for d in server.server.dialogs if d.call_id == call_id}
     assert states == {browser.tag: DialogState.CONFIRMED, phone.tag: DialogState.TERMINATED}
 
 

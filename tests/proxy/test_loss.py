@@ -67,7 +67,7 @@ async def test_call_completes_despite_lost_messages(
         with pytest.raises(trio.TooSlowError):  # and the callee sees no third BYE
             await callee.expect_request("BYE", timeout=2)
 
-        (dialog,) = [x for x in server.server.dispatcher.dialogs if x.call_id == call_id]
+        (dialog,) = [x for x in server.server.dialogs if x.call_id == call_id]
         assert dialog.state is DialogState.TERMINATED and dialog.ended_by == "caller"
 
 

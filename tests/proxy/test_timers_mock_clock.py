@@ -90,7 +90,7 @@ async def test_a_timer_b_408_is_retransmitted_until_the_ack(
     await caller.client.send(ack_for(invite, got[0][1]))
     after = await finals(caller, "INVITE", trio.current_time() + 10)
     assert after == []  # the ACK was absorbed: no more 408s
-    assert server.server.dispatcher.stats["ack_absorbed"] == 1
+    assert server.server.core_stats["ack_absorbed"] == 1
 
 
 async def test_without_an_ack_timer_h_ends_it(
@@ -107,7 +107,7 @@ async def test_without_an_ack_timer_h_ends_it(
     # Timer H ended the transaction: a late ACK meets none (a 2xx-less ACK is dropped)
     await caller.client.send(ack_for(invite, got[0][1]))
     await trio.sleep(1)
-    assert server.server.dispatcher.stats["ack_absorbed"] == 0
+    assert server.server.core_stats["ack_absorbed"] == 0
 
 
 async def test_a_relayed_486_is_retransmitted_to_a_caller_that_does_not_ack(
@@ -154,4 +154,4 @@ async def test_a_register_answer_is_repeated_only_for_its_retransmission(
     again = await c.request(register)  # the same branch, inside Timer J (64·T1)
     assert again.status == 423 and again.serialise() == first.serialise()
     assert trio.current_time() - start < 64 * T1
-    assert server.server.dispatcher.stats["retransmissions_absorbed"] == 1
+    assert server.server.core_stats["retransmissions_absorbed"] == 1

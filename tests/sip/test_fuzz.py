@@ -360,7 +360,7 @@ class ServerThread:
         """
         internal = (
             self.server.server.stats["internal_errors"]
-            + self.server.server.dispatcher.stats["internal_errors"]
+            + self.server.server.core_stats["internal_errors"]
         )
         errors = [r.getMessage() for r in self.errors[self._errors_seen :]]
         new_internal = internal - self._internal_seen

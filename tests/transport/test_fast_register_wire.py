@@ -41,7 +41,7 @@ async def test_same_answer_bytes_with_and_without_it(tmp_path: Path) -> None:
                 await sock.sendto(data, server.addr("udp"))
                 with trio.fail_after(5):
                     answers[fast] = await sock.recv(65536)
-                taken = server.server.dispatcher.stats["register_fast"]
+                taken = server.server.core_stats["register_fast"]
                 assert taken == (1 if fast == "true" else 0)
             loaded = SqliteStore(str(tmp_path / fast / "location.sqlite")).load(time.time())
             assert [(b.aor, b.contact_uri) for b in loaded.bindings] == [
@@ -73,5 +73,5 @@ async def test_rate_limit_counts_each_register_once(tmp_path: Path) -> None:
                 answers.append(await c.receive(1))
         statuses = sorted(a.status for a in answers)  # type: ignore[union-attr]
         assert statuses == [200, 200, 200, 420, 420, 503]
-        assert server.server.dispatcher.stats["register_fast"] == 3
+        assert server.server.core_stats["register_fast"] == 3
         await c.aclose()

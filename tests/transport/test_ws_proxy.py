@@ -242,10 +242,10 @@ async def test_200_clients_through_haproxy_each_seen_as_itself(
             await open_and_register(("127.0.0.1", port), clients, tabs)
             # all 200 open at once, 50 per client address: 200 > the cap of 60 per address
             # that the proxy's own address would hit
-            assert len(server.server.hub.flows) == 200
+            assert len(server.server.flows) == 200
             seen = sources(server)
             assert all(seen[user] == local for local, user in clients)
-            remotes = {f.remote for f in server.server.hub.flows.values()}
+            remotes = {f.remote for f in server.server.flows.values()}
             assert {host for host, _ in remotes} == {f"127.0.0.{10 + i}" for i in range(4)}
             # the PROXY header names the client's port too: every flow has its own
             assert len(remotes) == 200
@@ -263,7 +263,7 @@ async def test_200_clients_through_nginx_each_seen_as_itself(
     with nginx(tmp_path, server.addr("ws")[1]) as port:
         try:
             await open_and_register(("127.0.0.1", port), clients, tabs)
-            assert len(server.server.hub.flows) == 200
+            assert len(server.server.flows) == 200
             seen = sources(server)
             assert all(seen[user] == local for local, user in clients)
         finally:
