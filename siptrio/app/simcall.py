@@ -21,7 +21,6 @@ import socket as stdsocket
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -29,6 +28,8 @@ import trio
 from ..core.types import Transport
 from ..sip import Request, Response, SipParseError, parse_message_untrusted, parse_uri_untrusted
 from ..sip.uri import SipUri
+from .formats import iso
+from .simcall_sdp import PLAIN_SDP, WEBRTC_SDP
 
 if TYPE_CHECKING:
     from ..core.location import Location
@@ -49,56 +50,11 @@ __all__ = ["PLAIN_SDP", "WEBRTC_SDP", "SimCall", "SimCallError", "Simulator"]
 
 log = logging.getLogger("siptrio.simcall")
 
-PLAIN_SDP = (
-    "v=0\r\n"
-    "o=siptrio 1 1 IN IP4 127.0.0.1\r\n"
-    "s=siptrio simulated call\r\n"
-    "c=IN IP4 127.0.0.1\r\n"
-    "t=0 0\r\n"
-    "m=audio 40000 RTP/AVP 0 8 101\r\n"
-    "a=rtpmap:0 PCMU/8000\r\n"
-    "a=rtpmap:8 PCMA/8000\r\n"
-    "a=rtpmap:101 telephone-event/8000\r\n"
-    "a=sendrecv\r\n"
-)
-
-# A WebRTC-shaped offer (ICE, DTLS fingerprint, SAVPF, rtcp-mux): browsers refuse
-# a plain RTP/AVP offer outright, but accept this one and answer it.
-WEBRTC_SDP = (
-    "v=0\r\n"
-    "o=siptrio 1 1 IN IP4 127.0.0.1\r\n"
-    "s=siptrio simulated call\r\n"
-    "t=0 0\r\n"
-    "a=group:BUNDLE 0\r\n"
-    "a=msid-semantic: WMS\r\n"
-    "m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\n"
-    "c=IN IP4 127.0.0.1\r\n"
-    "a=rtcp:9 IN IP4 0.0.0.0\r\n"
-    "a=candidate:1 1 udp 2113937151 127.0.0.1 40000 typ host\r\n"
-    "a=ice-ufrag:sTrI\r\n"
-    "a=ice-pwd:siptriosimulatedcallpwd0\r\n"
-    "a=fingerprint:sha-256 "
-    "7B:8B:F0:65:5F:78:E2:51:3B:AC:6F:F3:3F:46:1B:35:DC:B8:5F:64:1A:24:C2:43:F0:A1:58:D0:A1:2C:19:08\r\n"
-    "a=setup:actpass\r\n"
-    "a=mid:0\r\n"
-    "a=sendrecv\r\n"
-    "a=rtcp-mux\r\n"
-    "a=rtpmap:111 opus/48000/2\r\n"
-    "a=rtpmap:0 PCMU/8000\r\n"
-)
-
 _ids = itertools.count(1)
 
 
 class SimCallError(ValueError):
     """Bad input for a simulated call (the API answers 4xx with this message)."""
-
-
-def _iso(t: float | None) -> str | None:
-    """ISO-8601 UTC with milliseconds and Z, as every other view writes times."""
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(eq=False)
@@ -136,10 +92,10 @@ class SimCall:
             "ended_by": self.ended_by,
             "duration": self.duration,
             "answer_timeout": self.answer_timeout,
-            "created_at": _iso(self.created_at),
-            "ringing_at": _iso(self.ringing_at),
-            "answered_at": _iso(self.answered_at),
-            "ended_at": _iso(self.ended_at),
+            "created_at": iso(self.created_at),
+            "ringing_at": iso(self.ringing_at),
+            "answered_at": iso(self.answered_at),
+            "ended_at": iso(self.ended_at),
             "talk_seconds": (
                 round(self.ended_at - self.answered_at, 3)
                 if self.ended_at is not None and self.answered_at is not None

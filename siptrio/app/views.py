@@ -9,7 +9,6 @@ seconds. Nothing here does I/O: each function takes ``now`` (wall clock) or
 
 from __future__ import annotations
 
-import datetime
 from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from ..core.types import Listener
 from ..sip.errors import SipParseError
 from ..sip.uri import SipUri, parse_uri_untrusted
 from ..transport.hub import Flow
+from .formats import hostport, iso
 
 if TYPE_CHECKING:
     from .ports import ServerView
@@ -45,18 +45,6 @@ __all__ = [
 
 MAX_CALL_SECONDS = 3600.0
 MAX_RING_SECONDS = 600.0
-
-
-def iso(t: float | None) -> str | None:
-    """Wall-clock seconds as ISO-8601 UTC with milliseconds, or None."""
-    if t is None:
-        return None
-    moment = datetime.datetime.fromtimestamp(t, datetime.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # --- things ---------------------------------------------------------------------------
