@@ -62,11 +62,22 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
 
     certs = sub.add_parser(
-        "certs", help="write a development CA and server certificate for TLS/WSS"
+        "certs",
+        help="write a development CA and server certificate for TLS/WSS",
+        description=(
+            "Issue a server certificate (server.pem, server.key) and a client certificate "
+            "(client.pem) from the development CA in DIR (ca.pem, its key ca.key), made on "
+            "the first run and reused after, so clients that trust it need nothing new."
+        ),
     )
     certs.add_argument("--dir", default="certs", help="output directory (default: certs)")
     certs.add_argument(
         "--hosts", default="localhost,127.0.0.1,::1", help="comma-separated names and addresses"
+    )
+    certs.add_argument(
+        "--force",
+        action="store_true",
+        help="make a new CA even if DIR has one (clients must then trust the new one)",
     )
     from .cli_credentials import add_subcommand as add_credentials
     from .cli_ops import add_subcommands
@@ -95,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(args.file)
     if args.command == "certs":
-        return _certs(args.dir, args.hosts)
+        return _certs(args.dir, args.hosts, force=args.force)
     if args.command == "users":
         from .cli_users import run as run_users
 
@@ -214,10 +225,18 @@ def _check_config(path: str) -> int:
     return 0
 
 
-def _certs(directory: str, hosts: str) -> int:
-    from .certs import trust_instructions, write_dev_certs
+def _certs(directory: str, hosts: str, *, force: bool) -> int:
+    from .certs import CertError, trust_instructions, write_dev_certs
 
-    paths = write_dev_certs(directory, [h.strip() for h in hosts.split(",") if h.strip()])
+    names = [h.strip() for h in hosts.split(",") if h.strip()]
+    if not names:
+        print("siptrio: --hosts needs at least one name or address", file=sys.stderr)
+        return 2
+    try:
+        paths = write_dev_certs(directory, names, force=force)
+    except CertError as e:
+        print(f"siptrio: {e}", file=sys.stderr)
+        return 1
     print(trust_instructions(paths))
     return 0
 

@@ -13,7 +13,13 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from siptrio.app.certs import CLIENT_NAME, CertPaths, trust_instructions, write_dev_certs
+from siptrio.app.certs import (
+    CLIENT_NAME,
+    CertError,
+    CertPaths,
+    trust_instructions,
+    write_dev_certs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +148,61 @@ def test_trust_instructions_name_the_ca(certs: CertPaths) -> None:
     assert "libnss3-tools" in text
     assert "Firefox" in text
     assert text.count(str(certs.ca)) >= 3
+
+
+# --- the CA is kept: running it again needs no new trust ---------------------------------
+
+
+def test_the_ca_key_is_kept_0600(certs: CertPaths) -> None:
+    assert certs.ca_key.name == "ca.key"
+    assert stat.S_IMODE(certs.ca_key.stat().st_mode) == 0o600
+    assert b"PRIVATE KEY" in certs.ca_key.read_bytes()
+    assert b"PRIVATE KEY" not in certs.ca.read_bytes()
+
+
+def test_a_second_run_keeps_the_ca_and_its_certificate_is_trusted(tmp_path: Path) -> None:
+    first = write_dev_certs(tmp_path, ["localhost"])
+    ca_before, key_before = first.ca.read_bytes(), first.ca_key.read_bytes()
+    old_trust = ssl.create_default_context(cafile=str(first.ca))  # a client set up once
+    first.ca_key.chmod(0o644)  # someone loosened it since
+    second = write_dev_certs(tmp_path, ["localhost", "sip.example.com"])
+    assert second.reused_ca and not first.reused_ca
+    assert second.ca.read_bytes() == ca_before and second.ca_key.read_bytes() == key_before
+    assert stat.S_IMODE(second.ca_key.stat().st_mode) == 0o600
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(second.cert, second.key)
+    for port in serve_tls(context):
+        # the new certificate names a new host, and the old trust accepts it
+        assert talk(port, old_trust, "sip.example.com") == b"hello "
+    assert "need nothing new" in trust_instructions(second)
+
+
+def test_force_makes_a_new_ca(tmp_path: Path) -> None:
+    first = write_dev_certs(tmp_path, ["localhost"])
+    before = first.ca.read_bytes()
+    second = write_dev_certs(tmp_path, ["localhost"], force=True)
+    assert not second.reused_ca and second.ca.read_bytes() != before
+    (tmp_path / "old-ca.pem").write_bytes(before)
+    old_trust = ssl.create_default_context(cafile=str(tmp_path / "old-ca.pem"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(second.cert, second.key)
+    for port in serve_tls(context):
+        with pytest.raises(ssl.SSLCertVerificationError):
+            talk(port, old_trust, "localhost")
+
+
+def test_a_ca_without_its_key_is_refused_unless_forced(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "ca.pem").write_bytes(write_dev_certs(tmp_path / "other").ca.read_bytes())
+    with pytest.raises(CertError, match="--force"):
+        write_dev_certs(tmp_path)
+    cli = [sys.executable, "-m", "siptrio", "certs", "--dir", str(tmp_path)]
+    result = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "without its key" in result.stderr
+    assert not (tmp_path / "server.pem").exists()
+    result = subprocess.run([*cli, "--force"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and (tmp_path / "ca.key").exists()
+    again = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "need nothing new" in again.stdout
