@@ -58,6 +58,7 @@ from .credentials import (
     issue_credential,
     websocket_uris,
 )
+from .jsonbody import JsonBodies
 from .simcall import SimCallError
 from .views import (
     CallRequest,
@@ -110,7 +111,12 @@ async def _validation_error(_request: HttpRequest, exc: Exception) -> Response:
     for e in errors:
         if e.get("type") == "json_invalid":
             why = (e.get("ctx") or {}).get("error", e.get("msg", ""))
-            return error_response(400, f"request body is not valid JSON: {why}", field="body")
+            return error_response(
+                400,
+                f"request body is not valid JSON: {why}; send a JSON object, "
+                "e.g. -H 'Content-Type: application/json' -d '{\"to\": \"bob\"}'",
+                field="body",
+            )
     details = [
         {
             "field": _field_name(e.get("loc", ())),
@@ -343,6 +349,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(JsonBodies)  # curl -d sends a form content type: JSON all the same
     if token:
         app.add_middleware(BearerAuth, token=token)
         _document_bearer(app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,39 @@ async def test_call_over_the_control_socket(tmp_path: Path, nursery: trio.Nurser
         reply = await ctl.command("call", to="tel:1")
         assert not reply["ok"] and "to" in reply["error"]
         await ctl.aclose()
+
+
+def readme_curl_call() -> str:
+    """The README's own line, run as written (the port is the test server's)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (line,) = [li for li in readme.splitlines() if li.startswith("curl") and "simulateCall" in li]
+    return line
+
+
+async def test_the_readme_curl_line_works_as_written(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """curl -d sends application/x-www-form-urlencoded: the API reads JSON all the same."""
+    line = readme_curl_call()
+    assert "-H" not in line and "localhost:8088/simulateCall?wait=true" in line
+    async with ops_server(tmp_path) as ops:
+        bob = await ops.ua(nursery, "udp", "bob")
+        nursery.start_soon(answer, bob)
+        command = line.replace("localhost:8088", ops.base_url.removeprefix("http://"))
+        done = await trio.run_process(["sh", "-c", command], capture_stdout=True)
+        call = json.loads(done.stdout)
+        assert call["state"] == "ended" and call["answered"] and call["final_status"] == 200
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+async def test_a_body_that_is_not_json_is_400_saying_send_json(
+    tmp_path: Path, content_type: str | None
+) -> None:
+    async with ops_server(tmp_path) as ops, ops.http() as http:
+        headers = {"content-type": content_type} if content_type else {}
+        r = await http.post("/simulateCall", content=b"to=bob&duration=3", headers=headers)
+        assert r.status_code == 400, r.text
+        body = r.json()
+        assert body["field"] == "body" and "not valid JSON" in body["error"]
+        assert "Content-Type: application/json" in body["error"]
+        # and a JSON body under any label is read as JSON
+        r = await http.post("/simulateCall", content=b'{"to": "tel:1"}', headers=headers)
+        assert r.status_code == 422 and r.json()["field"] == "to"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -60,6 +61,24 @@ def test_check_config_reports_file_line_and_key(tmp_path: Path) -> None:
     good.write_text("[sip]\nudp_port = 5070\n")
     result = run_cli("check-config", str(good))
     assert result.returncode == 0 and '"udp_port": 5070' in result.stdout
+
+
+def test_check_config_names_sections_as_files_do_and_refuses_one_port(tmp_path: Path) -> None:
+    good = tmp_path / "good.ini"
+    good.write_text("[sip_tls]\nenable = true\n[sip_websocket]\nlisten_port = 8081\n")
+    result = run_cli("check-config", str(good))
+    assert result.returncode == 0, result.stderr
+    settings = json.loads(result.stdout)
+    assert (
+        settings["sip_tls"]["enable"] is True and settings["sip_websocket"]["listen_port"] == 8081
+    )
+    assert "tls" not in settings and "websocket" not in settings
+    one_port = tmp_path / "one-port.ini"
+    one_port.write_text(
+        "[sip]\ntcp_port = 5070\n[sip_websocket]\nlisten_port = 5070\n[admin]\nlisten_port = 5070\n"
+    )
+    result = run_cli("check-config", str(one_port))
+    assert result.returncode == 2 and f"{one_port}:4: [sip_websocket] listen_port" in result.stderr
 
 
 def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:

@@ -256,9 +256,10 @@ def test_config_as_dict_is_json(tmp_path: Path) -> None:
     assert json.loads(json.dumps(data)) == data
     assert data["proxy"]["allowed_destinations"] == ["10.0.0.0/8", "::1/128"]
     assert data["sip"]["listen_addr"] == ["127.0.0.1"]
-    assert data["tls"]["listen_addr"] is None
+    assert data["sip_tls"]["listen_addr"] is None  # named as in files and --set
+    assert data["sip_websocket"]["enable"] is True
     assert data["source"] == str(path)
-    assert set(data) == {f.name for f in dataclasses.fields(Config)}
+    assert set(data) == {*_SECTIONS, "source"}
 
 
 # --- errors name file, line, section and key -----------------------------------------
@@ -394,6 +395,23 @@ ERRORS = {
         "[sip_tls]\ncert_file =\n",
         '{path}:2: [sip_tls] cert_file = "": expected a file path',
     ),
+    "a rate is per second": (
+        "[security]\nrate_limit = -5\n",
+        '{path}:2: [security] rate_limit = "-5": expected a number of requests per second > 0',
+    ),
+    "SIP, WebSocket and admin on one port": (
+        "[sip]\ntcp_port = 5070\n[sip_websocket]\nlisten_port = 5070\n[admin]\nlisten_port = 5070\n",
+        "{path}:4: [sip_websocket] listen_port: TCP port 5070 on 127.0.0.1 is also [sip] tcp_port; "
+        "expected a port no other listener uses (0 picks a free one)",
+    ),
+    "admin on the WebSocket port, the admin set last": (
+        "[admin]\nlisten_port = 8080\n",
+        "{path}:2: [admin] listen_port: TCP port 8080 on 127.0.0.1 is also [sip_websocket] listen_port",
+    ),
+    "a wildcard covers its family": (
+        "[sip]\nlisten_addr = 0.0.0.0\n[sip_tls]\nenable = true\nlisten_addr = 127.0.0.1\nlisten_port = 5060\n",
+        "{path}:6: [sip_tls] listen_port: TCP port 5060 on 127.0.0.1 is also [sip] tcp_port",
+    ),
 }
 
 
@@ -494,6 +512,19 @@ def test_bad_overrides_name_the_override(
 def test_an_override_fixes_a_bad_file_value(tmp_path: Path) -> None:
     path = write(tmp_path, "[sip]\nudp_port = abc\n")
     assert load_config(path, {"sip.udp_port": "5060"}).sip.udp_port == 5060
+
+
+def test_ports_apart_by_protocol_address_or_zero_pass(tmp_path: Path) -> None:
+    ok = (
+        "[sip]\nudp_port = 5060\ntcp_port = 5060\n"  # UDP and TCP: two sockets
+        "[admin]\nlisten_addr = ::1\nlisten_port = 8080\n"  # another address
+        "[sip_tls]\nenable = true\nlisten_port = 0\n"
+        "[sip_websocket]\nwss_enable = true\nwss_listen_port = 0\n"  # 0: free ports
+    )
+    config = load_config(write(tmp_path, ok))
+    assert config.admin.listen_port == config.websocket.listen_port == 8080
+    disabled = "[sip]\ntcp_enable = false\n[sip_websocket]\nlisten_port = 5060\n"
+    assert load_config(write(tmp_path, disabled)).websocket.listen_port == 5060
 
 
 def test_cross_check_blames_the_override_set_last(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ def test_the_trunk_example_passes_check_config() -> None:
     assert settings["auth"]["enable"] is True  # calls to the trunk cost money
     assert settings["sip"]["domains"] == ["example.com"]
     assert settings["dns"] == {"servers": [], "timeout": 2.0}
-    rules = [parse_rule(name, text) for name, text in settings["routes"]["rules"]]
+    # [routes] as the file writes it: NAME = RULE, in order
+    rules = [parse_rule(name, text) for name, text in settings["routes"].items()]
     assert [(r.name, r.kind) for r in rules] == [
         ("us", MatchKind.PREFIX),
         ("intl", MatchKind.USER),

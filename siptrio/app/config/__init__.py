@@ -12,7 +12,7 @@ annotated reference file is ``examples/config.ini``.
 from __future__ import annotations
 
 from .loading import load_config
-from .schema import _SECTIONS
+from .schema import _SECTIONS, config_as_dict
 from .sections import (
     AdminConfig,
     AuthSection,
@@ -30,7 +30,6 @@ from .sections import (
     SipConfig,
     TlsConfig,
     WebSocketConfig,
-    config_as_dict,
     default_control_socket,
     default_database_path,
 )

@@ -260,3 +260,61 @@ def _check_relations(config: Config, settings: Mapping[tuple[str, str], _Setting
     if not reg.min_expires <= reg.default_expires <= reg.max_expires:
         keys = ("min_expires", "default_expires", "max_expires")
         fail("registrar", keys, "0 < min_expires <= default_expires <= max_expires")
+    _check_ports(config, settings)
+
+
+def _listening(config: Config) -> list[tuple[str, str, str, tuple[str, ...], int]]:
+    """Every socket the server would bind: (section, port key, protocol, addresses, port)."""
+    sip, tls, ws, admin = config.sip, config.tls, config.websocket, config.admin
+    out = []
+    if sip.udp_enable:
+        out.append(("sip", "udp_port", "udp", sip.listen_addr, sip.udp_port))
+    if sip.tcp_enable:
+        out.append(("sip", "tcp_port", "tcp", sip.listen_addr, sip.tcp_port))
+    if tls.enable:
+        tls_addr = tls.listen_addr or sip.listen_addr
+        out.append(("sip_tls", "listen_port", "tcp", tls_addr, tls.listen_port))
+    ws_addr = ws.listen_addr or sip.listen_addr
+    if ws.enable:
+        out.append(("sip_websocket", "listen_port", "tcp", ws_addr, ws.listen_port))
+    if ws.wss_enable:
+        out.append(("sip_websocket", "wss_listen_port", "tcp", ws_addr, ws.wss_listen_port))
+    if admin.enable:
+        out.append(("admin", "listen_port", "tcp", (admin.listen_addr,), admin.listen_port))
+    return out
+
+
+_WILDCARDS = ("0.0.0.0", "::")
+
+
+def _overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether two address lists bind a common address (a wildcard covers its family)."""
+
+    def covers(x: str, y: str) -> bool:
+        return x == y or (x in _WILDCARDS and (":" in x) == (":" in y))
+
+    return any(covers(x, y) or covers(y, x) for x in a for y in b)
+
+
+def _check_ports(config: Config, settings: Mapping[tuple[str, str], _Setting]) -> None:
+    """Two listeners on one TCP (or UDP) port would fail only at start: say so now,
+    blaming whichever of the two ports was set last (port 0 picks a free one)."""
+    sockets = [s for s in _listening(config) if s[4] != 0]
+    for i, (sec_a, key_a, proto_a, addr_a, port_a) in enumerate(sockets):
+        for sec_b, key_b, proto_b, addr_b, port_b in sockets[i + 1 :]:
+            if proto_a != proto_b or port_a != port_b or not _overlap(addr_a, addr_b):
+                continue
+            ranked = sorted(
+                [
+                    (settings.get((sec_a, key_a)), sec_a, key_a, addr_a, f"[{sec_b}] {key_b}"),
+                    (settings.get((sec_b, key_b)), sec_b, key_b, addr_b, f"[{sec_a}] {key_a}"),
+                ],
+                key=lambda r: r[0].rank if r[0] is not None else (-1, 0),
+            )
+            setting, sec, key, addresses, other = ranked[-1]
+            where = setting.where if setting is not None else "the defaults"
+            raise ConfigError(
+                f"{where}: [{sec}] {key}: {proto_a.upper()} port {port_a} on "
+                f"{', '.join(addresses)} is also {other}; expected a port no other "
+                "listener uses (0 picks a free one)"
+            )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .sections import (
     AdminConfig,
     AuthSection,
     ClusterSection,
+    Config,
     ControlConfig,
     DnsSection,
     LoggingConfig,
@@ -20,6 +22,7 @@ from .sections import (
     SipConfig,
     TlsConfig,
     WebSocketConfig,
+    jsonable,
 )
 from .values import (
     Parse,
@@ -41,6 +44,7 @@ from .values import (
     _optional_text,
     _origins,
     _path,
+    _per_second,
     _port,
     _redis_url,
     _route_rule,
@@ -200,7 +204,7 @@ _SECTIONS: dict[str, _Section] = {
         attribute="security",
         cls=SecuritySection,
         keys={
-            "rate_limit": _seconds,
+            "rate_limit": _per_second,
             "rate_burst": _integer(1, 1_000_000),
             "rate_limit_exempt": _networks,
             "ban_after": _integer(1, 1_000_000),
@@ -230,3 +234,17 @@ _SECTIONS: dict[str, _Section] = {
         },
     ),
 }
+
+
+def config_as_dict(config: Config) -> dict[str, Any]:
+    """The effective config as JSON-able data for ``check-config``: each section under
+    the name files and ``--set`` use (``sip_tls``, not the attribute ``tls``)."""
+    out: dict[str, Any] = {}
+    for name, spec in _SECTIONS.items():
+        section = getattr(config, spec.attribute)
+        if spec.free is not None:  # [routes]: the user's names, in the order written
+            out[name] = {key: text for key, text in section.rules}
+        else:
+            out[name] = jsonable(section)
+    out["source"] = config.source
+    return out

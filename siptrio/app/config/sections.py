@@ -213,18 +213,11 @@ class Config:
     source: str | None = None  # the config file, None when running on defaults
 
 
-def config_as_dict(config: Config) -> dict[str, Any]:
-    """The effective config as JSON-able data, so ``check-config`` can show it."""
-    result = _jsonable(config)
-    assert isinstance(result, dict)
-    return result
-
-
-def _jsonable(value: object) -> Any:
+def jsonable(value: object) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple):
-        return [_jsonable(item) for item in value]
+        return [jsonable(item) for item in value]
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
         return str(value)
     return value

@@ -53,6 +53,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _per_second(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise _BadValue("expected a number of requests per second > 0, e.g. 100 or 0.5")
+    return value
+
+
 def _boolean(text: str) -> bool:
     try:
         return configparser.RawConfigParser.BOOLEAN_STATES[text.lower()]
