@@ -88,6 +88,8 @@ class Context:
     # and transactions point at each other, and without this each call would leave
     # ~120 objects for the cyclic collector (a full collection) to find.
     live: int = 1
+    started_at: float | None = None  # wall clock of an initial INVITE's first fork
+    reported: bool = False  # its outcome went out as a CallEvent (once per attempt)
 
 
 def branch_node_tag(resp: Response) -> str | None:

@@ -25,6 +25,7 @@ from ..sip.message import Request, Response, make_response, with_top_via
 from ..sip.transaction import ServerTransaction, Timers, TransactionLayer, TxEvent, TxSend
 from ..sip.uri import SipUri
 from .auth import AuthConfig, Authenticator
+from .calls import Refused
 from .dialogs import DialogEvent, DialogEventKind, Dialogs
 from .events import Action, BindingEvent, BindingEventKind, Persist, Publish
 from .location import Binding, Location
@@ -294,12 +295,18 @@ class Dispatcher:
         clock: Clock,
         *,
         headers: tuple[tuple[str, str], ...] = (),
+        quiet: bool = False,
     ) -> list[Action]:
+        """Answer a request ourselves; an error answer is published as a refusal
+        unless ``quiet`` (a first digest challenge: every client gets one)."""
         response = make_response(
             txn.request, status, reason, headers=(*headers, ("Server", self.config.server_name))
         )
         self.stats[f"responses_out.{status // 100}xx"] += 1
-        return self._tx(txn.respond(response.serialise(), status, clock.now), clock)
+        out = self._tx(txn.respond(response.serialise(), status, clock.now), clock)
+        if status >= 300 and not quiet:
+            out.append(_refused(txn, status, reason))
+        return out
 
     def _authorize(self, txn: ServerTransaction, peer: Peer, clock: Clock) -> list[Action] | None:
         """Challenge, refuse, or let through (None); RFC 3261 section 22."""
@@ -342,7 +349,9 @@ class Dispatcher:
             )
             reason += f": {result.told}" if result.told else ""
             challenge = self.auth.challenge(proxy=proxy, now=clock.wall, stale=result.stale)
-            return self._answer(txn, status, reason, clock, headers=tuple(challenge))
+            return self._answer(
+                txn, status, reason, clock, headers=tuple(challenge), quiet=not result.failed
+            )
         claimed = req.to.uri if req.method == "REGISTER" else req.from_.uri
         if not self.auth.may_claim(result.user, claimed):
             self.stats["auth_identity_refused"] += 1
@@ -385,7 +394,10 @@ class Dispatcher:
         self.stats[f"register_{status}"] += 1
         if not outcome.upserts and not outcome.deletes:
             self.stats[f"responses_out.{status // 100}xx"] += 1
-            return self._tx(txn.respond(outcome.response.serialise(), status, clock.now), clock)
+            out = self._tx(txn.respond(outcome.response.serialise(), status, clock.now), clock)
+            if status >= 300:
+                out.append(_refused(txn, status, outcome.response.reason))
+            return out
         self.answer_when_stored(txn.key, outcome.response)
         self.stats[f"responses_out.{status // 100}xx"] += 1
         return [
@@ -394,6 +406,23 @@ class Dispatcher:
             ),
             *(Publish(event=e) for e in outcome.events),
         ]
+
+
+def _refused(txn: ServerTransaction, status: int, reason: str) -> Publish:
+    req = txn.request
+    peer = txn.dest
+    assert isinstance(peer, Peer)
+    return Publish(
+        event=Refused(
+            method=req.method,
+            status=status,
+            reason=reason,
+            call_id=req.call_id,
+            from_uri=str(req.from_.uri),
+            to_uri=str(req.to.uri),
+            peer=peer,
+        )
+    )
 
 
 def stamp_via(request: Request, peer: Peer) -> Request:

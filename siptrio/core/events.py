@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..sip.message import Message
+from .calls import CallEvent, Refused
 from .dialogs import DialogEvent
 from .location import Binding
 from .types import Peer
@@ -45,7 +46,7 @@ class BindingEvent:
     binding: Binding
 
 
-Event = BindingEvent | DialogEvent
+Event = BindingEvent | DialogEvent | CallEvent | Refused
 
 
 @dataclass(slots=True, kw_only=True, unsafe_hash=True)

@@ -28,7 +28,8 @@ from ..sip.transaction import (
 )
 from .branches import MAGIC, Branch, Context, Forward, loop_hash
 from .bridge import MediaBridge, sdp_bytes
-from .events import Action
+from .calls import CallEvent, CallEventKind, Refused
+from .events import Action, Publish
 from .media import answer_command, delete_command, has_sdp, offer_command, should_bridge
 from .plumbing import Plumbing
 from .routing import Candidate, Locate, LocateError, Refuse, Router, Target
@@ -86,6 +87,8 @@ class Forker:
             # 100 Trying only once the INVITE is really going somewhere: a request we
             # refuse gets its final answer alone.
             out += self.respond(ctx, 100, "Trying", clock)
+            if ctx.request.to.tag is None:
+                out.append(self._call_setup(ctx, len(targets), clock))
         for target in targets:
             b = Branch(
                 ctx=ctx,
@@ -412,7 +415,7 @@ class Forker:
             else:
                 out += self.tracker.in_dialog_done(ctx, status, clock)
             ctx.final_sent = True
-            out += self.respond_raw(ctx, up, clock)  # every 2xx goes upstream
+            out += self.respond_raw(ctx, up, clock, branch=b)  # every 2xx goes upstream
             return out
         if status == 503:
             moved = self._failover(b, 503, resp.reason, clock)
@@ -450,7 +453,8 @@ class Forker:
             if up.status == 503:
                 up = _restatus(up, 500, "Server Internal Error (downstream 503)")
             status = up.status
-            out += self.respond_raw(ctx, up, clock)
+            answering = next((b for b in ctx.branches if b.final is best), None)
+            out += self.respond_raw(ctx, up, clock, branch=answering)
         else:
             status, reason = local or (480, "Temporarily Unavailable")
             out += self.respond(ctx, status, reason, clock)
@@ -541,12 +545,99 @@ class Forker:
         if status >= 200:
             ctx.final_sent = True
         self.stats[f"responses_out.{status // 100}xx"] += 1
-        return self.plumbing.actions(ctx.txn.respond(resp.serialise(), status, clock.now), clock)
+        sent = self.plumbing.actions(ctx.txn.respond(resp.serialise(), status, clock.now), clock)
+        if status >= 200:
+            sent += self._told(ctx, status, reason, None, clock)
+        return sent
 
-    def respond_raw(self, ctx: Context, resp: Response, clock: Clock) -> list[Action]:
+    def respond_raw(
+        self, ctx: Context, resp: Response, clock: Clock, *, branch: Branch | None = None
+    ) -> list[Action]:
+        """Pass on a callee's answer; ``branch``: the one it came from."""
         self.stats[f"responses_out.{resp.status // 100}xx"] += 1
-        return self.plumbing.actions(
+        sent = self.plumbing.actions(
             ctx.txn.respond(resp.serialise(), resp.status, clock.now), clock
+        )
+        if resp.status >= 200:
+            sent += self._told(ctx, resp.status, resp.reason, branch, clock, local=False)
+        return sent
+
+    # --- what observers hear (calls.py) ------------------------------------------------------
+
+    def _call_setup(self, ctx: Context, branches: int, clock: Clock) -> Publish:
+        ctx.started_at = clock.wall
+        return Publish(
+            event=self._call_event(ctx, CallEventKind.SETUP, None, clock, branches=branches)
+        )
+
+    def _told(
+        self,
+        ctx: Context,
+        status: int,
+        reason: str,
+        branch: Branch | None,
+        clock: Clock,
+        *,
+        local: bool = True,
+    ) -> list[Action]:
+        """The caller's final answer: an initial INVITE's outcome (once), or a refusal."""
+        req = ctx.request
+        if req.method != "INVITE" or req.to.tag is not None:
+            if local and status >= 300 and status != 487:
+                refused = Refused(
+                    method=req.method,
+                    status=status,
+                    reason=reason,
+                    call_id=req.call_id,
+                    from_uri=str(req.from_.uri),
+                    to_uri=str(req.to.uri),
+                    peer=ctx.peer,
+                )
+                return [Publish(event=refused)]
+            return []
+        if ctx.reported:
+            return []  # a forked call's second 2xx
+        ctx.reported = True
+        if status < 300:
+            kind, by = CallEventKind.ANSWERED, None
+        else:
+            kind = CallEventKind.FAILED
+            by = "caller" if ctx.cancelled else ("proxy" if local else "callee")
+        if branch is None:
+            branch = next((b for b in reversed(ctx.branches) if b.peer is not None), None)
+        event = self._call_event(
+            ctx, kind, branch, clock, status=status, reason=reason, ended_by=by
+        )
+        return [Publish(event=event)]
+
+    @staticmethod
+    def _call_event(
+        ctx: Context,
+        kind: CallEventKind,
+        branch: Branch | None,
+        clock: Clock,
+        *,
+        status: int | None = None,
+        reason: str | None = None,
+        ended_by: str | None = None,
+        branches: int = 0,
+    ) -> CallEvent:
+        req = ctx.request
+        return CallEvent(
+            kind=kind,
+            call_id=req.call_id,
+            caller=str(req.from_.uri),
+            callee=str(req.to.uri),
+            request_uri=ctx.txn.request.uri_text,
+            caller_peer=ctx.peer,
+            callee_peer=branch.peer if branch is not None else None,
+            started_at=clock.wall if ctx.started_at is None else ctx.started_at,
+            at=clock.wall,
+            status=status,
+            reason=reason,
+            ended_by=ended_by,
+            bridged=branch is not None and branch.bridged and kind is CallEventKind.ANSWERED,
+            branches=branches,
         )
 
 
