@@ -464,6 +464,22 @@ def create_app(
             call.as_dict(), status_code=status, headers={"Location": f"/calls/{call.id}"}
         )
 
+    @app.post(
+        "/reload",
+        summary="Read the config file again and apply what can change live (as SIGHUP does)",
+        description=(
+            "200 with what changed, what needs a restart (kept as it runs) and the TLS/WSS "
+            "certificates read again; 422 when the file does not pass check-config (its "
+            "error names file, line and key) and the running config stays."
+        ),
+        responses={422: {"model": ErrorBody, "description": "The config file was refused"}},
+    )
+    async def reload() -> Response:
+        outcome = await server.reloader.reload("admin API")
+        if not outcome.ok:
+            return error_response(422, outcome.error or "refused", field="config")
+        return JSONResponse(outcome.as_dict())
+
     @app.get("/calls", summary="Simulated calls, newest last")
     async def calls() -> list[dict[str, Any]]:
         return [c.as_dict() for c in server.simulator.calls()]

@@ -125,15 +125,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def _setup_logging(level: str, *, worker: int | None = None) -> None:
-    who = "" if worker is None else f"[w{worker}] "
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format=f"%(asctime)s %(levelname)-7s {who}%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def _serve(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_config
 
@@ -147,9 +138,19 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"siptrio: {e}", file=sys.stderr)
         return 2
-    _setup_logging(config.logging.level, worker=args.worker_index)
-    if config.logging.sip_trace:
-        logging.getLogger("siptrio.trace").setLevel(logging.INFO)
+    from .logs import LogSetup
+
+    # Until the server's own handler is in place a SIGHUP must not kill the process
+    # (its default): one sent while starting is ignored.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        logs = LogSetup(config.logging, worker=args.worker_index)
+    except OSError as e:
+        print(
+            f"siptrio: [logging] file = {config.logging.file}: cannot open: {e.strerror or e}",
+            file=sys.stderr,
+        )
+        return 1
     if args.workers is not None:
         if args.workers < 1:
             print("siptrio: --workers needs a number of 1 or more", file=sys.stderr)
@@ -172,8 +173,10 @@ def _serve(args: argparse.Namespace) -> int:
     from ..store.base import StoreError
     from .server import Server, StartupError
 
+    server = Server(config, worker=args.worker_index)
+    server.reloader.logs = logs
     try:
-        trio.run(_serve_until_signal, Server(config, worker=args.worker_index))
+        trio.run(_serve_until_signal, server)
     except BaseException as e:
         # Trio's nurseries wrap errors in exception groups: find ours inside.
         found = _find(e, (StartupError, StoreError))
@@ -196,15 +199,19 @@ def _find(e: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseExcep
 
 
 async def _serve_until_signal(server: object) -> None:
+    """Run until SIGINT or SIGTERM; SIGHUP reloads the config (and reopens the log)."""
     from .server import Server
 
     assert isinstance(server, Server)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
 
             async def wait_signal() -> None:
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        nursery.start_soon(server.reloader.reload, "SIGHUP")
+                        continue
                     log.info("received %s, shutting down", signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
                     return

@@ -1,4 +1,5 @@
-"""``siptrio clients | dialogs | call | kick``: talk to a running server over its control socket.
+"""``siptrio clients | dialogs | call | kick | reload``: talk to a running server over its
+control socket.
 
 Plain blocking sockets: one connection, the snapshot the server sends on connect,
 at most one command and its reply. Tables for people, ``--json`` for scripts.
@@ -18,7 +19,7 @@ from typing import Any
 
 __all__ = ["COMMANDS", "ControlError", "add_subcommands", "run"]
 
-COMMANDS = ("clients", "dialogs", "call", "kick")
+COMMANDS = ("clients", "dialogs", "call", "kick", "reload")
 TIMEOUT = 10.0
 
 
@@ -104,6 +105,17 @@ def add_subcommands(subparsers: Any) -> None:
     p = subparsers.add_parser("kick", help="remove a client's bindings; its flow is told nothing")
     p.add_argument("aor", metavar="AOR", help="bob, bob@example.com or sip:bob@example.com")
     p.add_argument("--contact", metavar="URI", help="only the binding with this contact URI")
+    _common(p)
+    p = subparsers.add_parser(
+        "reload",
+        help="make a running server read its config file again (as SIGHUP does)",
+        description=(
+            "The server re-reads its config file (with its --set overrides), applies what "
+            "can change while running, names the keys that need a restart, and reopens its "
+            "log file. A file that does not pass check-config is refused and the running "
+            "config stays. Exit status 0 when reloaded, 1 when refused or unreachable."
+        ),
+    )
     _common(p)
 
 
@@ -233,7 +245,33 @@ def _kick(conn: ControlConnection, args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"clients": _clients, "dialogs": _dialogs, "call": _call, "kick": _kick}
+def _reload(conn: ControlConnection, args: argparse.Namespace) -> int:
+    reply = conn.command("reload", timeout=60)
+    if args.json:
+        _print_json(reply)
+        return 0 if reply.get("ok") else 1
+    if not reply.get("ok"):
+        print(f"siptrio: reload refused, the running config stays: {reply.get('error')}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    changed = reply.get("changed") or []
+    print(f"reloaded {reply.get('source') or '(no config file)'}: {len(changed)} change(s)")
+    for item in changed:
+        print(f"  {item}")
+    for item in reply.get("certificates") or []:
+        print(f"  certificate read again: {item}")
+    for item in reply.get("restart_needed") or []:
+        print(f"  needs a restart (the running value stays): {item}")
+    return 0
+
+
+_COMMANDS = {
+    "clients": _clients,
+    "dialogs": _dialogs,
+    "call": _call,
+    "kick": _kick,
+    "reload": _reload,
+}
 
 
 def _failed(reply: dict[str, Any], args: argparse.Namespace) -> int:

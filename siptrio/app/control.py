@@ -27,7 +27,7 @@ import trio
 from pydantic import ValidationError
 
 from ..core.dialogs import DialogEvent
-from ..core.events import BindingEvent
+from ..core.events import BindingEvent, Event
 from ..core.types import Peer
 from ..transport.hub import Flow
 from .config import Config
@@ -117,6 +117,7 @@ class ControlServer:
             "unsubscribe_trace": self._cmd_unsubscribe_trace,
             "kick": self._cmd_kick,
             "call": self._cmd_call,
+            "reload": self._cmd_reload,
         }
         self._nursery: trio.Nursery | None = None
 
@@ -203,9 +204,7 @@ class ControlServer:
                 sub.cancel_scope.cancel()
                 return
 
-    async def _events(
-        self, sub: _Subscriber, events: trio.MemoryReceiveChannel[BindingEvent | DialogEvent]
-    ) -> None:
+    async def _events(self, sub: _Subscriber, events: trio.MemoryReceiveChannel[Event]) -> None:
         async for event in events:
             now = time.time()
             if isinstance(event, BindingEvent):
@@ -366,6 +365,12 @@ class ControlServer:
             with trio.move_on_after(request.answer_timeout + request.duration + WAIT_MARGIN):
                 await call.done.wait()
         sub.push(_reply(msg, "call", ok=True, call=call.as_dict()))
+
+    async def _cmd_reload(self, sub: _Subscriber, msg: dict[str, Any]) -> None:
+        outcome = await self.server.reloader.reload("control socket")
+        fields = outcome.as_dict()
+        del fields["ok"]
+        sub.push(_reply(msg, "reload", ok=outcome.ok, **fields))
 
 
 def _reply(

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ..core.routing import Router
     from ..transport.rtpengine import NgClient
     from .events import EventBus
+    from .reload import Reloader
     from .simcall import Simulator
 
 __all__ = [
@@ -74,6 +75,7 @@ class Operable(ServerView, Protocol):
     realm: str
     simulator: Simulator
     events: EventBus
+    reloader: Reloader  # SIGHUP's work, for POST /reload and the control socket's reload
 
     async def kick(self, aor: str, contact: str | None = None) -> list[Binding]: ...
 

@@ -24,9 +24,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..core.abuse import RateLimiter
-from ..core.auth import AuthConfig
 from ..core.dialogs import Dialogs
-from ..core.dispatcher import Dispatcher, DispatcherConfig
+from ..core.dispatcher import Dispatcher
 from ..core.events import (
     Action,
     BindingEvent,
@@ -39,13 +38,8 @@ from ..core.events import (
 )
 from ..core.fastreg import FastRegister
 from ..core.location import Binding, Location
-from ..core.media import MediaConfig, MediaMode
-from ..core.proxy import ProxyConfig
-from ..core.registrar import RegistrarConfig
-from ..core.routing import NatMode, ResolverConfig, parse_hop, parse_rule
 from ..core.types import Clock, Listener, Peer, Transport
 from ..sip import Request, Response, make_response
-from ..sip.transaction import Timers
 from ..store.base import BindingStore
 from ..store.redis_store import RedisStore
 from ..store.sqlite import SqliteStore
@@ -64,18 +58,20 @@ from ..transport.stream import (
 from ..transport.tls import TlsSetupError, client_context, server_context
 from ..transport.udp import bind_udp, serve_udp
 from ..transport.ws import WsOptions, WsPolicy, serve_ws
+from .activity import ActivityLog
 from .cluster import Cluster
 from .config import Config
-from .credentials import ephemeral_config
 from .errors import StartupError
+from .events import EventBus
+from .reload import Reloader, core_config, realm_of
+from .simcall import Simulator
 
 if TYPE_CHECKING:
     from .ports import ClusterHost, OpsHost
+    from .reload import ReloadHost
     from .simcall import SimHost
-from .events import EventBus
-from .simcall import Simulator
 
-__all__ = ["Listener", "Server", "StartupError"]
+__all__ = ["Listener", "Server", "StartupError", "realm_of"]
 
 log = logging.getLogger("siptrio.server")
 
@@ -119,11 +115,6 @@ async def _in_thread(fn: Callable[[], None]) -> None:
     await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
 
 
-def realm_of(config: Config) -> str:
-    """[auth] realm, else the first domain, else "siptrio": the CLI and server agree."""
-    return config.auth.realm or (config.sip.domains[0] if config.sip.domains else "siptrio")
-
-
 def _loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -143,54 +134,8 @@ class Server:
         self.cluster: Cluster | None = None
         self.hub = Hub(trace=config.logging.sip_trace, log_trace=config.logging.sip_trace)
         self.location = Location()
-        reg = config.registrar
         self.dispatcher = Dispatcher(
-            DispatcherConfig(
-                registrar=RegistrarConfig(
-                    min_expires=reg.min_expires,
-                    default_expires=reg.default_expires,
-                    max_expires=reg.max_expires,
-                    max_contacts=reg.max_contacts,
-                    domains=config.sip.domains,
-                    node=self.node if self.clustered else None,
-                    nat=NatMode(reg.nat),
-                    allowed_contacts=config.proxy.allowed_destinations,
-                    trust_contacts=config.auth.enable,
-                ),
-                proxy=ProxyConfig(
-                    domains=config.sip.domains,
-                    allowed_destinations=config.proxy.allowed_destinations,
-                    record_route=config.proxy.record_route,
-                    max_dialog_duration=config.proxy.max_dialog_duration,
-                    advertised_address=config.sip.advertised_address,
-                    node_id=self.node if self.clustered else None,
-                    nat=NatMode(reg.nat),
-                    routes=tuple(parse_rule(name, text) for name, text in config.routes.rules),
-                    outbound_proxy=(
-                        parse_hop(config.proxy.outbound_proxy)
-                        if config.proxy.outbound_proxy
-                        else None
-                    ),
-                    trust_contacts=config.auth.enable,
-                    dns=ResolverConfig(),
-                    media=MediaConfig(
-                        enabled=bool(config.media.rtpengine),
-                        mode=MediaMode(config.media.mode),
-                        fail_open=config.media.on_failure == "passthrough",
-                    ),
-                ),
-                timers=Timers(t1=config.sip.t1, t2=config.sip.t2, t4=config.sip.t4),
-                auth=AuthConfig(
-                    enabled=config.auth.enable,
-                    realm=self.realm,
-                    nonce_ttl=config.auth.nonce_ttl,
-                    ban_after=config.security.ban_after,
-                    ban_window=config.security.ban_window,
-                    ban_time=config.security.ban_time,
-                    ephemeral=ephemeral_config(config),
-                    algorithms=config.auth.algorithms,
-                ),
-            ),
+            core_config(config, node=self.node if self.clustered else None),
             self.location,
             secret=os.urandom(32),
         )
@@ -209,6 +154,13 @@ class Server:
             )
         self.ops: Any = None  # where the admin API and the control socket listen
         self.events = EventBus()
+        self.events.listen(ActivityLog(node=self.node if self.clustered else None))
+        self.reloader = Reloader(self)  # SIGHUP, `siptrio reload`, POST /reload
+        # what a reload changes in place (reload.py): the listeners' TLS contexts by
+        # section, the WebSocket origin rules, the TCP/TLS connection caps
+        self.tls_contexts: dict[str, ssl.SSLContext] = {}
+        self.ws_policy: WsPolicy | None = None
+        self.connection_limits: ConnectionLimits | None = None
         self.listeners: list[Listener] = []
         self.store: BindingStore | None = None  # SqliteStore, or RedisStore in a cluster
         self.stats: Counter[str] = self.hub.stats
@@ -246,7 +198,7 @@ class Server:
                 loaded.expired,
                 loaded.stale_flows,
             )
-            await self._load_users()
+            await self.load_users()
             self._sync_clock()
             inbound_send, inbound_recv = trio.open_memory_channel[Inbound](INBOUND_QUEUE)
             closed_send, closed_recv = trio.open_memory_channel[FlowClosed | SendFailed](math.inf)
@@ -341,6 +293,7 @@ class Server:
         limits = ConnectionLimits(
             sec.max_connections, sec.max_connections_per_ip, sec.rate_limit_exempt
         )
+        self.connection_limits = limits
         stream_opts = self._stream_options = StreamOptions(
             transport=Transport.TCP,
             idle_timeout=cfg.sip.idle_timeout,
@@ -374,6 +327,7 @@ class Server:
                 )
             except TlsSetupError as e:
                 raise StartupError(str(e)) from e
+            self.tls_contexts["sip_tls"] = ctx
             tls_opts = StreamOptions(
                 transport=Transport.TLS,
                 idle_timeout=cfg.sip.idle_timeout,
@@ -414,7 +368,7 @@ class Server:
 
     async def _start_websocket(self, nursery: trio.Nursery, intake: Intake) -> None:
         ws = self.config.websocket
-        policy = WsPolicy()
+        policy = self.ws_policy = WsPolicy()
         jobs: list[tuple[Transport, int, ssl.SSLContext | None]] = []
         if ws.enable:
             jobs.append((Transport.WS, ws.listen_port, None))
@@ -429,6 +383,7 @@ class Server:
                 )
             except TlsSetupError as e:
                 raise StartupError(str(e)) from e
+            self.tls_contexts["sip_websocket"] = wss_ctx
             jobs.append((Transport.WSS, ws.wss_listen_port, wss_ctx))
         for transport, port, ctx in jobs:
             options = WsOptions(
@@ -612,7 +567,7 @@ class Server:
                 await self.execute(actions)
             await self._reload_users_if_changed()
 
-    async def _load_users(self) -> None:
+    async def load_users(self) -> None:
         assert self.store is not None
         users = await trio.to_thread.run_sync(self.store.users, self.realm)
         self._users_version = await trio.to_thread.run_sync(self.store.data_version)
@@ -627,7 +582,7 @@ class Server:
             return
         version = await trio.to_thread.run_sync(store.data_version)
         if version != self._users_version:
-            await self._load_users()
+            await self.load_users()
 
     def _warn_if_open(self) -> None:
         if self.config.auth.enable:
@@ -778,6 +733,37 @@ class Server:
 
         return unwatch
 
+    # --- reload (reload.py) -----------------------------------------------------------
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload's checked config (its restart keys as they run), applied to the parts
+        this server composed; what they hold (bindings, flows, dialogs) stays."""
+        old, self.config = self.config, config
+        self.realm = realm_of(config)
+        self.dispatcher.reconfigure(core_config(config, node=self.node if self.clustered else None))
+        sec = config.security
+        if self.intake is not None:
+            if (sec.rate_limit, sec.rate_burst) != (
+                old.security.rate_limit,
+                old.security.rate_burst,
+            ):
+                self.intake.limiter = RateLimiter(sec.rate_limit, sec.rate_burst)
+            self.intake.exempt = sec.rate_limit_exempt
+        if self.connection_limits is not None:
+            self.connection_limits.max_total = sec.max_connections
+            self.connection_limits.max_per_ip = sec.max_connections_per_ip
+            self.connection_limits.exempt = sec.rate_limit_exempt
+        if self.ws_policy is not None:
+            self.ws_policy.allowed_origins = config.websocket.allowed_origins
+            self.ws_policy.allow_missing_origin = config.websocket.allow_missing_origin
+        if config.dns != old.dns:
+            self.dns = DnsClient(config.dns.servers, config.dns.timeout)
+        if self.media is not None and config.media.rtpengine:
+            engines = [parse_engine(e) for e in config.media.rtpengine]
+            self.media.retarget(engines, config.media.timeout)
+        self.hub.log_trace = config.logging.sip_trace
+        self.hub.trace = self.hub.log_trace or bool(self.hub.taps)
+
     # --- operations (admin API, control socket) ------------------------------------------
 
     async def kick(self, aor: str, contact: str | None = None) -> list[Binding]:
@@ -863,5 +849,5 @@ class Server:
 
 if TYPE_CHECKING:  # the server is every part's host (ports.py): mypy holds it to that
 
-    def _hosts(server: Server) -> tuple[OpsHost, ClusterHost, SimHost]:
-        return server, server, server
+    def _hosts(server: Server) -> tuple[OpsHost, ClusterHost, SimHost, ReloadHost]:
+        return server, server, server, server

@@ -5,7 +5,8 @@ processes that bind the same SIP ports with SO_REUSEPORT (the kernel spreads
 datagrams and connections across them) and share the Redis location store; each is
 a node of the cluster with its own internal address, so a request landing on one
 worker reaches a client connected to another. A worker that dies is started again;
-SIGINT or SIGTERM stops them all (each closes its WebSockets, flushes its store).
+SIGINT or SIGTERM stops them all (each closes its WebSockets, flushes its store);
+SIGHUP is passed on to each, which reloads its config.
 """
 
 from __future__ import annotations
@@ -78,7 +79,11 @@ def worker_overrides(config: Config, count: int, supervisor_pid: int) -> list[li
     return out
 
 
-async def _run_worker(index: int, argv: list[str]) -> None:
+async def _run_worker(
+    index: int, argv: list[str], running: dict[int, trio.Process] | None = None
+) -> None:
+    """Run worker ``index`` and start it again when it dies; ``running`` holds its
+    process while it runs."""
     failures = 0
     while True:
         started = trio.current_time()
@@ -89,6 +94,8 @@ async def _run_worker(index: int, argv: list[str]) -> None:
                 partial(trio.run_process, [sys.executable, "-m", "siptrio", *argv], check=False)
             )
             log.info("worker %d started, pid %d", index, proc.pid)
+            if running is not None:
+                running[index] = proc
         ran = trio.current_time() - started
         failures = 0 if ran >= STABLE_SECONDS else failures + 1
         delay = RESTART_BACKOFF[min(failures, len(RESTART_BACKOFF) - 1)]
@@ -103,11 +110,18 @@ async def _run_worker(index: int, argv: list[str]) -> None:
 
 
 async def _supervise(argvs: list[list[str]]) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    running: dict[int, trio.Process] = {}
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             for i, argv in enumerate(argvs):
-                nursery.start_soon(_run_worker, i, argv)
+                nursery.start_soon(_run_worker, i, argv, running)
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    live = [p for p in running.values() if p.returncode is None]
+                    log.info("received SIGHUP, passing it to %d workers", len(live))
+                    for proc in live:
+                        proc.send_signal(signal.SIGHUP)
+                    continue
                 log.info(
                     "received %s, stopping %d workers", signal.Signals(signum).name, len(argvs)
                 )

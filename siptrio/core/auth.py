@@ -80,6 +80,12 @@ class Authenticator:
         # an HA1 to check unknown users against, so they take as long as known ones
         self._dummy = {a: ha1("\x00nobody", config.realm, "\x00", a) for a in ALGORITHMS}
 
+    def reconfigure(self, config: AuthConfig) -> None:
+        """A reload's settings. Nonces stay good (same secret); a new realm makes the
+        old ones fail as any other realm's would, and its users come from the store."""
+        self.config = config
+        self._dummy = {a: ha1("\x00nobody", config.realm, "\x00", a) for a in ALGORITHMS}
+
     # --- challenges -------------------------------------------------------------------
 
     def rekey(self, secret: bytes) -> None:

@@ -96,6 +96,22 @@ class Dispatcher:
     def set_listeners(self, listeners: list[Listener]) -> None:
         self.proxy.set_listeners(listeners)
 
+    def reconfigure(self, config: DispatcherConfig) -> None:
+        """A reload's settings, from the next message on. What was built from the old
+        ones is rebuilt; what the server holds (bindings, dialogs, transactions, nonces,
+        bans) stays. The shell keeps the keys that need a restart (the timers, the
+        server name) as they were."""
+        self.config = config
+        self.registrar.config = config.registrar
+        proxy_config = config.proxy
+        if proxy_config.server_name != config.server_name:
+            from dataclasses import replace
+
+            proxy_config = replace(proxy_config, server_name=config.server_name)
+        self.proxy.reconfigure(proxy_config)
+        self.dialogs.max_duration = config.proxy.max_dialog_duration
+        self.auth.reconfigure(config.auth)
+
     # --- entry points ---------------------------------------------------------------------
 
     def receive_request(self, request: Request, peer: Peer, clock: Clock) -> list[Action]:

@@ -68,6 +68,20 @@ class ProxyConfig:
     dns: ResolverConfig = field(default_factory=ResolverConfig)
 
 
+def _routing_config(config: ProxyConfig) -> RoutingConfig:
+    return RoutingConfig(
+        domains=config.domains,
+        allowed_destinations=config.allowed_destinations,
+        advertised_address=config.advertised_address,
+        node_id=config.node_id,
+        nat=config.nat,
+        routes=config.routes,
+        outbound_proxy=config.outbound_proxy,
+        trust_contacts=config.trust_contacts,
+        dns=config.dns,
+    )
+
+
 class Proxy:
     def __init__(
         self,
@@ -86,21 +100,7 @@ class Proxy:
         self.plumbing = plumbing
         self.dialogs = dialogs
         self.stats = stats
-        self.router = Router(
-            RoutingConfig(
-                domains=config.domains,
-                allowed_destinations=config.allowed_destinations,
-                advertised_address=config.advertised_address,
-                node_id=config.node_id,
-                nat=config.nat,
-                routes=config.routes,
-                outbound_proxy=config.outbound_proxy,
-                trust_contacts=config.trust_contacts,
-                dns=config.dns,
-            ),
-            location=location,
-            stats=stats,
-        )
+        self.router = Router(_routing_config(config), location=location, stats=stats)
         self.bridge = MediaBridge(stats)
         self.forker = Forker(
             config,
@@ -116,6 +116,13 @@ class Proxy:
 
     def set_listeners(self, listeners: list[Listener]) -> None:
         self.router.set_listeners(listeners)
+
+    def reconfigure(self, config: ProxyConfig) -> None:
+        """A reload's settings (Dispatcher.reconfigure): calls under way keep going."""
+        self.config = config
+        self.router.reconfigure(_routing_config(config))
+        self.forker.config = config
+        self.forker.tracker.record_route = config.record_route
 
     def is_local_domain(self, uri: SipUri) -> bool:
         return self.router.is_local_domain(uri)

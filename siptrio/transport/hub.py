@@ -31,6 +31,16 @@ FLOW_QUEUE_LIMIT = 512
 BOOT_ID = os.urandom(3).hex()
 
 
+def call_id_of(data: bytes) -> str | None:
+    """The Call-ID of a message as raw bytes (for traces; no full parse)."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    for line in head.split(b"\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() in (b"call-id", b"i"):
+            return value.strip().decode("utf-8", "replace")
+    return None
+
+
 @dataclass(slots=True, unsafe_hash=True)
 class Inbound:
     """A parsed message handed from a transport to the core."""
@@ -252,8 +262,10 @@ class Hub:
         arrow = "->" if direction == "send" else "<-"
         local = f"{peer.local_host}:{peer.local_port}"
         text = data.decode("utf-8", errors="backslashreplace")
+        # The message is the record's ``sip`` field: the text log prints it under the
+        # line, the JSON log keeps it in the line (app/logs.py).
         trace_log.info(
-            "%s %s %s %s %s (%d bytes)%s\n%s",
+            "%s %s %s %s %s (%d bytes)%s",
             direction,
             peer.transport.value.upper(),
             local,
@@ -261,5 +273,14 @@ class Hub:
             peer.address,
             len(data),
             f" flow {peer.flow_id}" if peer.flow_id else "",
-            text.rstrip("\r\n") if text.strip() else repr(text),
+            extra={
+                "sip": text.rstrip("\r\n") if text.strip() else repr(text),
+                "direction": direction,
+                "transport": peer.transport.value,
+                "local": local,
+                "peer": peer.address,
+                "flow": peer.flow_id,
+                "size": len(data),
+                "call_id": call_id_of(data),
+            },
         )

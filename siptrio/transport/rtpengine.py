@@ -43,6 +43,10 @@ def parse_engine(spec: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def families(engines: list[tuple[str, int]]) -> set[int]:
+    return {stdsocket.AF_INET6 if ":" in h else stdsocket.AF_INET for h, _ in engines}
+
+
 def _plain(value: Any) -> Any:
     """OrderedDicts and bytes from bencode.py to plain JSON-able values."""
     if isinstance(value, dict):
@@ -64,14 +68,22 @@ class NgClient:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            for family in {
-                stdsocket.AF_INET6 if ":" in h else stdsocket.AF_INET for h, _ in self.engines
-            }:
+            for family in families(self.engines):
                 sock = trio.socket.socket(family, stdsocket.SOCK_DGRAM)
                 await sock.bind(("::1" if family == stdsocket.AF_INET6 else "127.0.0.1", 0))
                 self._sockets[family] = sock
                 nursery.start_soon(self._receive, sock)
             task_status.started()
+
+    def can_reach(self, engines: list[tuple[str, int]]) -> bool:
+        """Whether ``retarget`` can take these: their address families have sockets."""
+        return families(engines) <= set(self._sockets)
+
+    def retarget(self, engines: list[tuple[str, int]], timeout: float) -> None:
+        """A reload's engines (of families ``can_reach``); requests under way finish."""
+        self.engines = engines
+        self.timeout = timeout
+        self._preferred = 0
 
     async def _receive(self, sock: trio.socket.SocketType) -> None:
         try:

@@ -91,11 +91,14 @@ class WsOptions:
 
 
 class WsPolicy:
-    """Connection counts shared by the WS and WSS listeners (caps are per server)."""
+    """Connection counts shared by the WS and WSS listeners (caps are per server), and
+    the origin rules once a reload has changed them (None: the listener's options)."""
 
     def __init__(self) -> None:
         self.total = 0
         self.per_ip: Counter[str] = Counter()
+        self.allowed_origins: tuple[str, ...] | None = None
+        self.allow_missing_origin: bool | None = None
 
     def take(self, ip: str, options: WsOptions) -> str | None:
         """None when the connection may open; otherwise which cap refuses it.
@@ -393,12 +396,19 @@ def _address(sock: socket.socket) -> tuple[str, int]:
     return (a[0], a[1])
 
 
-def origin_allowed(origin: str | None, options: WsOptions) -> bool:
+def origin_allowed(origin: str | None, options: WsOptions, policy: WsPolicy | None = None) -> bool:
+    missing_ok = options.allow_missing_origin
+    allowed = options.allowed_origins
+    if policy is not None:
+        if policy.allow_missing_origin is not None:
+            missing_ok = policy.allow_missing_origin
+        if policy.allowed_origins is not None:
+            allowed = policy.allowed_origins
     if origin is None:
-        return options.allow_missing_origin
-    if "*" in options.allowed_origins:
+        return missing_ok
+    if "*" in allowed:
         return True
-    return origin.rstrip("/").lower() in options.allowed_origins
+    return origin.rstrip("/").lower() in allowed
 
 
 @dataclass(slots=True)
@@ -459,7 +469,9 @@ async def _connection(
             await _reject(stream, opening, 503, why, stats, "per_ip")
             return
         try:
-            await _accept(stream, raw, local, opening, nursery, intake, options, heartbeat)
+            await _accept(
+                stream, raw, local, opening, nursery, intake, options, heartbeat, policy=policy
+            )
         finally:
             policy.give_back(ip)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -533,10 +545,12 @@ async def _accept(
     intake: Intake,
     options: WsOptions,
     heartbeat: Heartbeat,
+    *,
+    policy: WsPolicy | None = None,  # its origin rules, once a reload changed them
 ) -> None:
     stats = intake.stats
     request = opening.request
-    if not origin_allowed(request.origin, options):
+    if not origin_allowed(request.origin, options, policy):
         origin = request.origin
         why = "Origin header required" if origin is None else f"Origin {origin} is not allowed"
         await _reject(stream, opening, 403, why, stats, "origin")

@@ -51,7 +51,7 @@ def load_config(
         settings[section, key] = _Setting(
             text=text.strip(), where=where, rank=(1, index), from_file=False
         )
-    return _build(settings, source)
+    return _build(settings, source, tuple((overrides or {}).items()))
 
 
 def _check_known(where: str, section: str, key: str | None) -> None:
@@ -186,7 +186,11 @@ def _parse_error_message(
     return f"{source}: {error}"
 
 
-def _build(settings: Mapping[tuple[str, str], _Setting], source: str | None) -> Config:
+def _build(
+    settings: Mapping[tuple[str, str], _Setting],
+    source: str | None,
+    overrides: tuple[tuple[str, str], ...] = (),
+) -> Config:
     base_dir = os.path.dirname(os.path.abspath(source)) if source is not None else None
     sections: dict[str, Any] = {}
     for name, spec in _SECTIONS.items():
@@ -217,7 +221,7 @@ def _build(settings: Mapping[tuple[str, str], _Setting], source: str | None) -> 
                 value = _resolve(value, base_dir if setting.from_file else None)
             values[key] = value
         sections[spec.attribute] = spec.cls(**values)
-    config = Config(**sections, source=source)
+    config = Config(**sections, source=source, overrides=overrides)
     _check_relations(config, settings)
     return config
 

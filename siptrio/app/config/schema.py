@@ -231,7 +231,10 @@ _SECTIONS: dict[str, _Section] = {
         keys={
             "level": _choice("debug", "info", "warning", "error", upper=True),
             "sip_trace": _boolean,
+            "format": _choice("text", "json"),
+            "file": _optional_path,
         },
+        paths=frozenset({"file"}),
     ),
 }
 

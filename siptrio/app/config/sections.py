@@ -192,6 +192,8 @@ class ControlConfig:
 class LoggingConfig:
     level: str = "INFO"
     sip_trace: bool = False
+    format: str = "text"  # text | json (one object per line)
+    file: str | None = None  # None: stderr; reopened on SIGHUP
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,6 +213,8 @@ class Config:
     security: SecuritySection = field(default_factory=SecuritySection)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str | None = None  # the config file, None when running on defaults
+    # the --set overrides, in order: a reload reads the file again and applies them again
+    overrides: tuple[tuple[str, str], ...] = ()
 
 
 def jsonable(value: object) -> Any:

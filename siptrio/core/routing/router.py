@@ -134,14 +134,19 @@ class Router:
         self._supported: tuple[Transport, ...] = (Transport.TCP, Transport.TLS)
         self._ipv6 = False
         # hosts the operator named as next hops: a Route to them is no relay
-        self._trusted_hosts = {h.host_ip.lower() for r in config.routes for h in r.hops}
-        if config.outbound_proxy is not None:
-            self._trusted_hosts.add(config.outbound_proxy.host_ip.lower())
+        self._trusted_hosts = _trusted_hosts(config)
         # cluster: other nodes' internal SIP addresses, and the key that signs flow tokens
         self.cluster_nodes: dict[str, tuple[str, int]] = {}
         self.internal: Listener | None = None
         self.cluster_secret = b""
         self.node_tag = node_tag(config.node_id) if config.node_id else ""
+
+    def reconfigure(self, config: RoutingConfig) -> None:
+        """A reload's settings: the next hops remembered under the old ones are forgotten
+        (the DNS cache stays: names mean the same)."""
+        self.config = config
+        self._trusted_hosts = _trusted_hosts(config)
+        self.set_listeners(self.listeners)  # clears the remembered hops too
 
     # --- our own addresses --------------------------------------------------------------
 
@@ -556,3 +561,10 @@ def _transport_or(uri: SipUri, fallback: Transport) -> Transport:
         return uri_transport(uri) or (Transport.TLS if uri.scheme == "sips" else fallback)
     except LocateError:
         return fallback
+
+
+def _trusted_hosts(config: RoutingConfig) -> set[str]:
+    hosts = {h.host_ip.lower() for r in config.routes for h in r.hops}
+    if config.outbound_proxy is not None:
+        hosts.add(config.outbound_proxy.host_ip.lower())
+    return hosts
