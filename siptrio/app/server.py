@@ -59,6 +59,7 @@ from ..transport.tls import TlsSetupError, client_context, server_context
 from ..transport.udp import bind_udp, serve_udp
 from ..transport.ws import WsOptions, WsPolicy, serve_ws
 from .activity import ActivityLog
+from .capture import Capture
 from .cluster import Cluster
 from .config import Config
 from .errors import StartupError
@@ -156,6 +157,8 @@ class Server:
         self.events = EventBus()
         self.events.listen(ActivityLog(node=self.node if self.clustered else None))
         self.reloader = Reloader(self)  # SIGHUP, `siptrio reload`, POST /reload
+        self.capture = Capture(self)  # [capture] hep
+        self.reloader.hooks.append(self.capture.apply)
         # what a reload changes in place (reload.py): the listeners' TLS contexts by
         # section, the WebSocket origin rules, the TCP/TLS connection caps
         self.tls_contexts: dict[str, ssl.SSLContext] = {}
@@ -227,6 +230,7 @@ class Server:
                 )
                 intake.fast_register = self._register_fast
             self.intake = intake
+            self.capture.apply(cfg)
             auth = self.dispatcher.auth
             intake.is_banned = lambda address: auth.is_banned(address, trio.current_time())
             async with trio.open_nursery() as nursery:
@@ -280,6 +284,7 @@ class Server:
                     log.info("listening on %s", listener)
                 task_status.started(list(self.listeners))
         finally:
+            self.capture.close()
             store = self.store
             if store is not None:
                 with trio.CancelScope(shield=True):

@@ -16,6 +16,7 @@ from .schema import _SECTIONS, config_as_dict
 from .sections import (
     AdminConfig,
     AuthSection,
+    CaptureSection,
     ClusterSection,
     Config,
     ConfigError,
@@ -38,6 +39,7 @@ __all__ = [
     "_SECTIONS",
     "AdminConfig",
     "AuthSection",
+    "CaptureSection",
     "ClusterSection",
     "Config",
     "ConfigError",

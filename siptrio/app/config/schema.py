@@ -9,6 +9,7 @@ from typing import Any
 from .sections import (
     AdminConfig,
     AuthSection,
+    CaptureSection,
     ClusterSection,
     Config,
     ControlConfig,
@@ -35,6 +36,7 @@ from .values import (
     _dns_servers,
     _domains,
     _engines,
+    _hep_target,
     _integer,
     _networks,
     _node_id,
@@ -235,6 +237,11 @@ _SECTIONS: dict[str, _Section] = {
             "file": _optional_path,
         },
         paths=frozenset({"file"}),
+    ),
+    "capture": _Section(
+        attribute="capture",
+        cls=CaptureSection,
+        keys={"hep": _hep_target, "hep_id": _integer(0, 2**32 - 1)},
     ),
 }
 

@@ -197,6 +197,12 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CaptureSection:
+    hep: str | None = None  # "udp:HOST:PORT": every SIP message as HEPv3 (Homer, sngrep)
+    hep_id: int = 2001  # the capture agent id in each packet (Homer's "capture_id")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     sip: SipConfig = field(default_factory=SipConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -212,6 +218,7 @@ class Config:
     cluster: ClusterSection = field(default_factory=ClusterSection)
     security: SecuritySection = field(default_factory=SecuritySection)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    capture: CaptureSection = field(default_factory=CaptureSection)
     source: str | None = None  # the config file, None when running on defaults
     # the --set overrides, in order: a reload reads the file again and applies them again
     overrides: tuple[tuple[str, str], ...] = ()

@@ -168,6 +168,24 @@ def _engines(text: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _hep_target(text: str) -> str | None:
+    """``udp:HOST:PORT`` of a HEP collector (Homer, sngrep -L), HOST an IP address."""
+    if not text:
+        return None
+    scheme, _, rest = text.partition(":")
+    host, _, port = rest.rpartition(":")
+    try:
+        ok = scheme.lower() == "udp" and bool(_ip(host.strip("[]"))) and 0 < int(port) < 65536
+    except (ValueError, _BadValue):
+        ok = False
+    if not ok:
+        raise _BadValue(
+            "expected udp:HOST:PORT with HOST an IP address, e.g. udp:127.0.0.1:9060 "
+            "(empty: no capture)"
+        )
+    return f"udp:{host}:{int(port)}"
+
+
 def _split(text: str) -> list[str]:
     """Commas separate items; so do newlines, for values continued on indented lines."""
     return [item.strip() for item in re.split(r"[,\n]", text) if item.strip()]
