@@ -48,8 +48,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .. import __version__
 from ..core.media import query_command, summarize_query
 from ..core.types import Transport
+from ..store.cdrs import MAX_PAGE
 from ..transport.rtpengine import MediaError
 from ..transport.udp import receive_drops
+from .cdr import QueryError, parse_query
 from .config import Config
 from .credentials import (
     CredentialError,
@@ -64,6 +66,7 @@ from .views import (
     CallRequest,
     binding_view,
     bindings_view,
+    cdr_view,
     dialogs_by_state,
     dialogs_view,
     flows_view,
@@ -479,6 +482,41 @@ def create_app(
         if not outcome.ok:
             return error_response(422, outcome.error or "refused", field="config")
         return JSONResponse(outcome.as_dict())
+
+    @app.get(
+        "/cdrs",
+        summary="Call records: one per call attempt, answered or not, newest first",
+        description=(
+            "Filters: `since`/`until` (the call's start, ISO-8601 or epoch seconds; UTC "
+            "unless an offset says otherwise), `aor` (caller or callee: a URI, "
+            "user@host, or a user name of any domain), `status` (404, or a class: 4xx); "
+            "paging with `limit` (1..1000) and `offset`. `total` counts every match."
+        ),
+        responses={422: {"model": ErrorBody, "description": "A filter that does not parse"}},
+    )
+    async def cdrs(
+        since: str | None = Query(None, description="started at or after this time"),
+        until: str | None = Query(None, description="started before this time"),
+        aor: str | None = Query(None, description="the caller or the callee"),
+        status: str | None = Query(None, description="final status (404) or class (4xx)"),
+        limit: int = Query(100, description=f"records per page, 1..{MAX_PAGE}"),
+        offset: int = Query(0, description="records to skip"),
+    ) -> Response:
+        try:
+            query = parse_query(
+                since=since, until=until, aor=aor, status=status, limit=limit, offset=offset
+            )
+        except QueryError as e:
+            return error_response(422, str(e), field=e.field)
+        page = await server.cdrs.query(query)
+        return JSONResponse(
+            {
+                "total": page.total,
+                "limit": query.limit,
+                "offset": query.offset,
+                "records": [cdr_view(r) for r in page.records],
+            }
+        )
 
     @app.get("/calls", summary="Simulated calls, newest last")
     async def calls() -> list[dict[str, Any]]:

@@ -79,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="make a new CA even if DIR has one (clients must then trust the new one)",
     )
+    from .cli_cdrs import add_subcommand as add_cdrs
     from .cli_credentials import add_subcommand as add_credentials
     from .cli_ops import add_subcommands
     from .cli_users import add_subcommand as add_users
@@ -86,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     add_subcommands(sub)
     add_users(sub)
     add_credentials(sub)
+    add_cdrs(sub)
     return p
 
 
@@ -111,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .cli_users import run as run_users
 
         return run_users(args)
+    if args.command == "cdrs":
+        from .cli_cdrs import run as run_cdrs
+
+        return run_cdrs(args)
     if args.command == "credentials":
         from .cli_credentials import run as run_credentials
 

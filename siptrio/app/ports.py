@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from ..core.routing import Router
     from ..transport.rtpengine import NgClient
+    from .cdr import CallRecorder
     from .events import EventBus
     from .reload import Reloader
     from .simcall import Simulator
@@ -82,6 +83,7 @@ class Operable(ServerView, Protocol):
 
 class AdminHost(Operable, Protocol):
     media: NgClient | None
+    cdrs: CallRecorder  # GET /cdrs
 
     @property
     def udp_sockets(self) -> Mapping[tuple[str, int], socket.socket]: ...

@@ -60,6 +60,7 @@ from ..transport.udp import bind_udp, serve_udp
 from ..transport.ws import WsOptions, WsPolicy, serve_ws
 from .activity import ActivityLog
 from .capture import Capture
+from .cdr import CallRecorder
 from .cluster import Cluster
 from .config import Config
 from .errors import StartupError
@@ -159,6 +160,9 @@ class Server:
         self.reloader = Reloader(self)  # SIGHUP, `siptrio reload`, POST /reload
         self.capture = Capture(self)  # [capture] hep
         self.reloader.hooks.append(self.capture.apply)
+        self.cdrs = CallRecorder(config, node=config.cluster.node_id or socket.gethostname())
+        self.events.listen(self.cdrs)
+        self.reloader.hooks.append(self.cdrs.apply)
         # what a reload changes in place (reload.py): the listeners' TLS contexts by
         # section, the WebSocket origin rules, the TCP/TLS connection caps
         self.tls_contexts: dict[str, ssl.SSLContext] = {}
@@ -240,6 +244,7 @@ class Server:
                 nursery.start_soon(self._housekeeping)
                 nursery.start_soon(self._timer_loop)
                 self._nursery = nursery
+                await nursery.start(self.cdrs.run, self.store)
                 if self.media is not None:
                     await nursery.start(self.media.run)
                 self.hub.connector = Connector(

@@ -22,6 +22,7 @@ from ..core.location import Binding, Location
 from ..core.types import Listener
 from ..sip.errors import SipParseError
 from ..sip.uri import SipUri, parse_uri_untrusted
+from ..store.cdrs import CallRecord
 from ..transport.hub import Flow
 from .formats import hostport, iso
 
@@ -118,6 +119,31 @@ def flow_view(flow: Flow, mono: float, bindings: Iterable[Binding] = ()) -> dict
             None if last_keepalive is None else round(max(0.0, mono - last_keepalive), 3)
         ),
         "bindings": [{"aor": b.aor, "contact": b.contact_uri} for b in bindings],
+    }
+
+
+def cdr_view(r: CallRecord) -> dict[str, Any]:
+    """A call record; ``duration`` is seconds talking (None: never answered)."""
+    return {
+        "id": r.id,
+        "call_id": r.call_id,
+        "caller": r.caller,
+        "callee": r.callee,
+        "request_uri": r.request_uri,
+        "caller_transport": r.caller_transport,
+        "callee_transport": r.callee_transport,
+        "caller_peer": r.caller_peer,
+        "callee_peer": r.callee_peer,
+        "started_at": iso(r.started_at),
+        "answered_at": iso(r.answered_at),
+        "ended_at": iso(r.ended_at),
+        "duration": r.duration,
+        "status": r.status,
+        "reason": r.reason,
+        "ended_by": r.ended_by,
+        "end_reason": r.end_reason,
+        "media": r.media,
+        "node": r.node,
     }
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..core.location import Binding
+from .cdrs import CallRecordStore
 
 __all__ = ["BindingStore", "LoadResult", "StoreError"]
 
@@ -29,9 +30,10 @@ class LoadResult:
     stale_flows: int  # tied to a connection of the previous process (RFC 5626)
 
 
-class BindingStore(Protocol):
+class BindingStore(CallRecordStore, Protocol):
     """Blocking calls, made from a worker thread (the event loop never waits on I/O),
-    except ``stage``, which the loop may call because it never blocks."""
+    except ``stage``, which the loop may call because it never blocks. Every store
+    keeps the call records too (store/cdrs.py)."""
 
     def load(self, now: float) -> LoadResult:
         """Every live binding, after dropping what a restart made useless."""

@@ -30,6 +30,7 @@ import redis
 from ..core.location import Binding
 from ..core.types import Transport
 from .base import LoadResult, StoreError
+from .cdrs import CallRecord, CdrPage, CdrQuery, matches
 
 __all__ = ["CHANNEL", "RedisStore", "binding_from_json", "binding_to_json"]
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 PREFIX = "siptrio:"
 CHANNEL = PREFIX + "bindings"
+CDRS = PREFIX + "cdrs"  # a sorted set: each call record as JSON, scored by its start
+CDR_IDS = PREFIX + "cdr_id"
 _FIELDS = tuple(f.name for f in fields(Binding))
 
 
@@ -350,6 +353,45 @@ class RedisStore:
             "reading the users version", lambda: self._r.get(f"{PREFIX}users:version")
         )
         return int(value or 0)
+
+    # --- call records (store/cdrs.py) ------------------------------------------------------
+
+    def add_cdrs(self, records: Sequence[CallRecord]) -> None:
+        if not records:
+            return
+
+        def run() -> None:
+            first = int(self._r.incrby(CDR_IDS, len(records))) - len(records) + 1
+            members = {}
+            for i, record in enumerate(records):
+                values = {f.name: getattr(record, f.name) for f in fields(CallRecord)}
+                values["id"] = first + i
+                members[json.dumps(values, ensure_ascii=False)] = record.started_at
+            self._r.zadd(CDRS, members)
+
+        self._call("storing call records", run)
+
+    def cdrs(self, query: CdrQuery) -> CdrPage:
+        """Read the time range, filter here: a cluster's call records fit a sorted set."""
+
+        def run() -> CdrPage:
+            low = "-inf" if query.since is None else query.since
+            high = "+inf" if query.until is None else f"({query.until}"
+            raw: list[bytes] = self._r.zrevrangebyscore(CDRS, high, low)  # type: ignore[assignment]
+            found = [r for r in (CallRecord(**json.loads(m)) for m in raw) if matches(r, query)]
+            found.sort(key=lambda r: (r.started_at, r.id or 0), reverse=True)
+            return CdrPage(found[query.offset : query.offset + query.limit], len(found))
+
+        result: CdrPage = self._call("reading call records", run)
+        return result
+
+    def purge_cdrs(self, before: float) -> int:
+        return int(
+            self._call(
+                "deleting old call records",
+                lambda: self._r.zremrangebyscore(CDRS, "-inf", f"({before}"),
+            )
+        )
 
     def close(self) -> None:
         with contextlib.suppress(redis.RedisError):

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..core.location import Binding
 from ..core.types import Transport
+from . import cdrs
 from .base import LoadResult, StoreError
 
 __all__ = ["SCHEMA_VERSION", "LoadResult", "SqliteStore", "StoreError"]
@@ -95,6 +96,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE bindings ADD COLUMN nat INTEGER NOT NULL DEFAULT 0",
         "UPDATE bindings SET nat = 1",
     ),
+    # Call records, one per call attempt (store/cdrs.py).
+    cdrs.MIGRATION,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 BUSY_TIMEOUT_MS = 5000  # how long a write waits for another process holding the lock
@@ -405,6 +408,35 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise self._error("read failed", exc) from exc
         return [_from_row(r) for r in rows]
+
+    # -- call records (store/cdrs.py) ---------------------------------------------
+
+    def add_cdrs(self, records: Sequence[cdrs.CallRecord]) -> None:
+        if not records:
+            return
+        with self._lock:
+            conn = self._connection()
+            try:
+                with _write_transaction(conn):
+                    cdrs.sqlite_add(conn, records)
+            except sqlite3.Error as exc:
+                raise self._error(f"storing {len(records)} call records", exc) from exc
+
+    def cdrs(self, query: cdrs.CdrQuery) -> cdrs.CdrPage:
+        with self._lock:
+            try:
+                return cdrs.sqlite_query(self._connection(), query)
+            except sqlite3.Error as exc:
+                raise self._error("reading call records", exc) from exc
+
+    def purge_cdrs(self, before: float) -> int:
+        with self._lock:
+            conn = self._connection()
+            try:
+                with _write_transaction(conn):
+                    return cdrs.sqlite_purge(conn, before)
+            except sqlite3.Error as exc:
+                raise self._error("deleting old call records", exc) from exc
 
     def close(self) -> None:
         """Fold the WAL back into the file so a copy of the file alone is complete."""

@@ -272,7 +272,7 @@ ERRORS = {
         [sipp]
         tcp_port = 5060
         """,
-        "{path}:3: unknown section [sipp]; known sections: admin, auth, capture, cluster, control, dns, logging, media, proxy, "
+        "{path}:3: unknown section [sipp]; known sections: admin, auth, capture, cdr, cluster, control, dns, logging, media, proxy, "
         "registrar, routes, security, sip, sip_tls, sip_websocket",
     ),
     "DEFAULT is not special": (

@@ -97,7 +97,7 @@ def test_schema_has_a_column_per_binding_field_and_a_version(
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         indexes = [(row[1], row[4]) for row in conn.execute("PRAGMA index_list(bindings)")]
     assert columns == [f.name for f in dataclasses.fields(Binding)]
-    assert version == SCHEMA_VERSION == 5
+    assert version == SCHEMA_VERSION == 6
     assert mode == "wal"
     # partial: only bindings that live on a flow are in it
     assert {name: partial for name, partial in indexes} == {
@@ -301,7 +301,7 @@ def test_a_file_of_schema_version_3_migrates_and_keeps_its_bindings(db_path: Pat
         assert store.load(NOW).stale_flows == 1  # found through the new partial index
         assert store.all() == [plain_then]
     with sqlite3.connect(db_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         names = {row[1] for row in conn.execute("PRAGMA index_list(bindings)")}
     conn.close()
     assert "bindings_expires_at" not in names

@@ -10,6 +10,7 @@ from .sections import (
     AdminConfig,
     AuthSection,
     CaptureSection,
+    CdrSection,
     ClusterSection,
     Config,
     ControlConfig,
@@ -242,6 +243,11 @@ _SECTIONS: dict[str, _Section] = {
         attribute="capture",
         cls=CaptureSection,
         keys={"hep": _hep_target, "hep_id": _integer(0, 2**32 - 1)},
+    ),
+    "cdr": _Section(
+        attribute="cdr",
+        cls=CdrSection,
+        keys={"enable": _boolean, "retention_days": _integer(1, 36500, "a number of days")},
     ),
 }
 

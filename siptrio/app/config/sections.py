@@ -203,6 +203,12 @@ class CaptureSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CdrSection:
+    enable: bool = True  # one call record per call attempt, kept in the store
+    retention_days: int = 30  # older records are deleted (once an hour)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     sip: SipConfig = field(default_factory=SipConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -219,6 +225,7 @@ class Config:
     security: SecuritySection = field(default_factory=SecuritySection)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     capture: CaptureSection = field(default_factory=CaptureSection)
+    cdr: CdrSection = field(default_factory=CdrSection)
     source: str | None = None  # the config file, None when running on defaults
     # the --set overrides, in order: a reload reads the file again and applies them again
     overrides: tuple[tuple[str, str], ...] = ()
