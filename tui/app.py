@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -58,6 +59,20 @@ def _state(s: str | None) -> Text:
     return Text(s or "?", style=STATE_STYLE.get(s or "", ""))
 
 
+def _clock_time(t: float | None) -> str:
+    """Wall-clock seconds as local HH:MM:SS."""
+    if t is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(t).strftime("%H:%M:%S")
+
+
+def _status(status: int | None, text: str) -> Text:
+    style = (
+        "" if not status else ("green" if status < 300 else "bold red" if status < 500 else "red")
+    )
+    return Text(text, style=style)
+
+
 def _seconds(v: float | None) -> str:
     if v is None:
         return "-"
@@ -102,10 +117,13 @@ class CallScreen(ModalScreen[dict[str, Any] | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label("Simulate a call")
-            yield Input(placeholder="to: bob, bob@example.com or sip:bob@example.com", id="to")
-            yield Input(value="5", placeholder="duration (seconds)", id="duration")
-            yield Input(value="30", placeholder="answer timeout (seconds)", id="answer_timeout")
+            yield Label("[b]Simulate a call[/b] from the built-in client")
+            yield Label("To", classes="field")
+            yield Input(placeholder="bob, bob@example.com or sip:bob@example.com", id="to")
+            yield Label("Duration: seconds of talk after the answer", classes="field")
+            yield Input(value="5", id="duration")
+            yield Label("Answer timeout: seconds of ringing before CANCEL", classes="field")
+            yield Input(value="30", id="answer_timeout")
             yield Label("", id="error")
             with Horizontal(id="buttons"):
                 yield Button("Call", variant="success", id="call")
@@ -134,11 +152,11 @@ class CallScreen(ModalScreen[dict[str, Any] | None]):
 HELP = """\
 [b]siptrio-tui[/b]: a live view of a running siptrio
 
-  [b]1[/b]..[b]5[/b]   bindings, dialogs, history, flows, ladder
-  [b]/[/b]       filter the rows of the table shown (Escape clears)
+  [b]1[/b]..[b]6[/b]   bindings, dialogs, history, flows, transactions, ladder
+  [b]/[/b]       filter rows by AOR, Call-ID or any text (Escape clears)
   [b]k[/b]       kick the selected binding (asks first)
   [b]c[/b]       simulate a call
-  [b]l[/b]/Enter on a dialog: show its SIP ladder
+  [b]l[/b]/Enter on a dialog, a call or a transaction: its SIP ladder
   [b]?[/b]       this help
   [b]q[/b]       quit
 
@@ -168,6 +186,7 @@ class MonitorApp(App[None]):
     #messages { height: 8; }
     ModalScreen { align: center middle; }
     #dialog { width: 64; height: auto; padding: 1 2; border: thick $primary; background: $surface; }
+    #dialog .field { margin-top: 1; color: $text-muted; }
     #buttons { height: auto; margin-top: 1; }
     #buttons Button { margin-right: 2; }
     """
@@ -182,7 +201,8 @@ class MonitorApp(App[None]):
         Binding("2", "tab('dialogs')", "Dialogs", show=False),
         Binding("3", "tab('history')", "History", show=False),
         Binding("4", "tab('flows')", "Flows", show=False),
-        Binding("5", "tab('ladder')", "Ladder", show=False),
+        Binding("5", "tab('transactions')", "Transactions", show=False),
+        Binding("6", "tab('ladder')", "Ladder", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
@@ -201,13 +221,16 @@ class MonitorApp(App[None]):
         self.ladder_node: str | None = None  # another node's dialog: no trace here
         self.status_text = "connecting"
         self.last_error: str | None = None
+        self._trace_dirty = False
 
     # --- layout -----------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield Static("", id="status")
         yield Static("", id="summary")
-        yield Input(placeholder="filter rows (Escape to clear)", id="filter")
+        yield Input(
+            placeholder="filter rows by AOR, Call-ID or any text (Escape clears)", id="filter"
+        )
         with TabbedContent(initial="bindings", id="tabs"):
             with TabPane("Bindings", id="bindings"):
                 yield DataTable(id="bindings-table", cursor_type="row", zebra_stripes=True)
@@ -217,9 +240,11 @@ class MonitorApp(App[None]):
                 yield DataTable(id="history-table", cursor_type="row", zebra_stripes=True)
             with TabPane("Flows", id="flows"):
                 yield DataTable(id="flows-table", cursor_type="row", zebra_stripes=True)
+            with TabPane("Transactions", id="transactions"):
+                yield DataTable(id="transactions-table", cursor_type="row", zebra_stripes=True)
             with TabPane("Ladder", id="ladder"):
                 with VerticalScroll(id="ladder-box"):
-                    yield Static("Select a dialog and press l.", id="ladder-view")
+                    yield Static(NO_LADDER, id="ladder-view")
                 yield ListView(id="messages")
                 with VerticalScroll(id="message"):
                     yield Static("", id="message-text")
@@ -229,8 +254,9 @@ class MonitorApp(App[None]):
         for table_id, columns in (
             ("#bindings-table", _BINDING_COLUMNS),
             ("#dialogs-table", _DIALOG_COLUMNS),
-            ("#history-table", _DIALOG_COLUMNS),
+            ("#history-table", _HISTORY_COLUMNS),
             ("#flows-table", _FLOW_COLUMNS),
+            ("#transactions-table", _TRANSACTION_COLUMNS),
         ):
             table = self.query_one(table_id, DataTable)
             for label, key in columns:
@@ -274,6 +300,7 @@ class MonitorApp(App[None]):
             self.redraw_all()
         elif changed == "bindings":
             self.draw_bindings()
+            self.draw_flows()  # a flow's bindings are the bindings made over it
             self.draw_summary()
         elif changed == "dialogs":
             self.draw_dialogs()
@@ -287,8 +314,12 @@ class MonitorApp(App[None]):
             self.draw_summary()
             self.draw_dialogs()
             self.draw_flows()
-        elif changed == "trace" and self.ladder_call and msg.get("call_id") == self.ladder_call:
-            self.draw_ladder()
+        elif changed == "history":
+            self.draw_history()
+        elif changed == "trace":
+            self._trace_dirty = True  # drawn at the next tick: a busy server sends many
+            if self.ladder_call and msg.get("call_id") == self.ladder_call:
+                self.draw_ladder()
         elif msg.get("type") == "reply" and not msg.get("ok"):
             self.notify(str(msg.get("error") or "command failed"), severity="error")
         elif msg.get("type") == "reply" and msg.get("cmd") == "call":
@@ -318,6 +349,7 @@ class MonitorApp(App[None]):
         self.draw_dialogs()
         self.draw_history()
         self.draw_flows()
+        self.draw_transactions()
 
     def draw_summary(self) -> None:
         state = self.state
@@ -391,8 +423,9 @@ class MonitorApp(App[None]):
         rows = {}
         for key, b in sorted(self.state.bindings.items()):
             if not self._matches(
-                b.get("aor"), b.get("contact"), b.get("source"), b.get("user_agent")
-            ):
+                b.get("aor"), b.get("contact"), b.get("source"), b.get("user_agent"),
+                b.get("call_id"), b.get("flow"),
+            ):  # fmt: skip
                 continue
             expires_at = parse_time(b.get("expires_at"))
             left = expires_at - now if expires_at else b.get("expires_in")
@@ -441,19 +474,70 @@ class MonitorApp(App[None]):
         self._sync_with_nodes(table, self.state.dialogs, self.state.remote_dialogs, cells)
 
     def draw_history(self) -> None:
-        now = self.clock()
-        rows = {
-            d["id"]: self._dialog_cells(d, now)
-            for d in self.state.history
-            if self._matches(d.get("caller"), d.get("callee"), d.get("call_id"))
-        }
-        self._sync(self.query_one("#history-table", DataTable), rows)
+        """Ended calls, newest first: when each started and how it ended."""
+        rows = {}
+        started: dict[str, float] = {}
+        for d in self.state.history:
+            status = d.get("status")
+            final = f"{status} {d.get('reason') or ''}".strip() if status else "-"
+            if not self._matches(d.get("caller"), d.get("callee"), d.get("call_id"), final):
+                continue
+            answered = parse_time(d.get("answered_at"))
+            ended = parse_time(d.get("ended_at"))
+            talk = None if answered is None or ended is None else ended - answered
+            start = parse_time(d.get("started_at") or d.get("created_at"))
+            started[str(d.get("call_id", ""))] = start or 0.0
+            rows[d["id"]] = [
+                _clock_time(start),
+                d.get("caller", ""),
+                d.get("callee", ""),
+                Text.assemble(
+                    _transport(d.get("caller_transport")),
+                    " > ",
+                    _transport(d.get("callee_transport")) if d.get("callee_transport") else "-",
+                ),
+                _status(status, final),
+                _seconds(talk),
+                d.get("ended_by") or "",
+                d.get("call_id", ""),
+            ]
+        table = self.query_one("#history-table", DataTable)
+        self._sync(table, rows)
+        table.sort("call_id", key=lambda call_id: started.get(call_id, 0.0), reverse=True)
+
+    def draw_transactions(self) -> None:
+        """Every traced Call-ID (REGISTER, OPTIONS, MESSAGE, failed INVITEs too) in the
+        order they began, as sngrep lists them: a new one comes at the bottom."""
+        self._trace_dirty = False
+        rows = {}
+        first: dict[str, float] = {}
+        for t in self.state.recent_transactions():
+            first[t.call_id] = t.first
+            final = f"{t.status} {t.reason}".strip() if t.status else "-"
+            if not self._matches(t.call_id, t.from_, t.to, t.method, final):
+                continue
+            rows[t.call_id] = [
+                _clock_time(t.first),
+                t.method or "?",
+                t.from_,
+                t.to,
+                _status(t.status, final),
+                str(t.messages),
+                t.call_id,
+            ]
+        table = self.query_one("#transactions-table", DataTable)
+        self._sync(table, rows)
+        table.sort("call_id", key=lambda call_id: first.get(call_id, 0.0))
 
     def draw_flows(self) -> None:
         now = self.clock()
 
         def cells(f: dict[str, Any], node: str | None) -> list[Any] | None:
-            if not self._matches(f.get("peer"), f.get("transport"), f.get("id"), node):
+            # ours: the bindings as they are now; another node's: as it published them
+            mine = node == self.state.node or "node" not in f
+            bound = self.state.flow_bindings(f.get("id", "")) if mine else f.get("bindings") or []
+            aors = [b.get("aor") for b in bound]
+            if not self._matches(f.get("peer"), f.get("transport"), f.get("id"), node, *aors):
                 return None
             opened = parse_time(f.get("opened_at"))
             ka = f.get("last_keepalive_age")
@@ -462,7 +546,8 @@ class MonitorApp(App[None]):
                 f.get("peer", ""),
                 _seconds(now - opened if opened else f.get("age")),
                 "-" if ka is None else f"{ka:.0f} s ago",
-                str(len(f.get("bindings") or [])),
+                str(len(bound)),
+                ", ".join(a for a in aors if a) or "-",
                 f.get("id", ""),
             ]
 
@@ -473,7 +558,7 @@ class MonitorApp(App[None]):
         view = self.query_one("#ladder-view", Static)
         messages_view = self.query_one("#messages", ListView)
         if not self.ladder_call:
-            view.update("Select a dialog and press l.")
+            view.update(NO_LADDER)
             return
         messages = self.state.messages_for(self.ladder_call)
         if not messages and self.ladder_node:
@@ -511,6 +596,9 @@ class MonitorApp(App[None]):
         self.draw_summary()
         self.draw_bindings()  # expires counting down
         self.draw_dialogs()  # durations ticking
+        self.draw_flows()  # ages growing
+        if self._trace_dirty:
+            self.draw_transactions()
 
     # --- actions ----------------------------------------------------------------------------
 
@@ -589,26 +677,32 @@ class MonitorApp(App[None]):
 
     @on(DataTable.RowSelected, "#dialogs-table")
     @on(DataTable.RowSelected, "#history-table")
+    @on(DataTable.RowSelected, "#transactions-table")
     def dialog_chosen(self) -> None:
         self.action_ladder()
 
     def action_ladder(self) -> None:
         active = self.query_one("#tabs", TabbedContent).active
-        table = "#history-table" if active == "history" else "#dialogs-table"
+        table = {"history": "#history-table", "transactions": "#transactions-table"}.get(
+            active, "#dialogs-table"
+        )
         key = self._selected(table)
         if key is None:
-            self.notify("select a dialog first", severity="warning")
+            self.notify("select a dialog, a call or a transaction first", severity="warning")
             return
-        remote = self.state.remote_dialogs.get(key)
-        dialog = (
-            self.state.dialogs.get(key)
-            or remote
-            or next((d for d in self.state.history if d["id"] == key), None)
-        )
-        if dialog is None:
-            return
-        self.ladder_call = dialog.get("call_id")
-        self.ladder_node = remote.get("node") if remote is not None else None
+        if active == "transactions":
+            self.ladder_call, self.ladder_node = key, None
+        else:
+            remote = self.state.remote_dialogs.get(key)
+            dialog = (
+                self.state.dialogs.get(key)
+                or remote
+                or next((d for d in self.state.history if d["id"] == key), None)
+            )
+            if dialog is None:
+                return
+            self.ladder_call = dialog.get("call_id")
+            self.ladder_node = remote.get("node") if remote is not None else None
         self.query_one("#messages", ListView).clear()
         self.draw_ladder()
         self.action_tab("ladder")
@@ -619,7 +713,9 @@ _TABLES = {
     "dialogs": "#dialogs-table",
     "history": "#history-table",
     "flows": "#flows-table",
+    "transactions": "#transactions-table",
 }
+NO_LADDER = "Select a dialog (2), a call (3) or a transaction (5) and press l."
 _BINDING_COLUMNS = [
     ("AOR", "aor"),
     ("Contact", "contact"),
@@ -639,13 +735,33 @@ _DIALOG_COLUMNS = [
     ("Ended by", "ended_by"),
     ("Call-ID", "call_id"),
 ]
+_HISTORY_COLUMNS = [
+    ("Started", "started"),
+    ("Caller", "caller"),
+    ("Callee", "callee"),
+    ("Legs", "legs"),
+    ("Final status", "status"),
+    ("Talk", "duration"),
+    ("Ended by", "ended_by"),
+    ("Call-ID", "call_id"),
+]
 _FLOW_COLUMNS = [
     ("Transport", "transport"),
     ("Peer", "peer"),
     ("Age", "age"),
     ("Last keep-alive", "keepalive"),
     ("Bindings", "bindings"),
+    ("AORs", "aors"),
     ("Flow", "flow"),
+]
+_TRANSACTION_COLUMNS = [
+    ("First seen", "first"),
+    ("Method", "method"),
+    ("From", "from"),
+    ("To", "to"),
+    ("Final status", "status"),
+    ("Msgs", "messages"),
+    ("Call-ID", "call_id"),
 ]
 
 

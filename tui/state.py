@@ -11,12 +11,14 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MonitorState", "TraceMessage", "parse_time"]
+__all__ = ["MonitorState", "TraceMessage", "Transaction", "parse_time"]
 
 ENDED_VISIBLE = 10.0  # seconds an ended dialog stays in the live table
 MAX_HISTORY = 500
-MAX_TRACED_CALLS = 300
+MAX_TRACED_CALLS = 300  # Call-IDs whose messages are kept (the Transactions view) ...
 MAX_MESSAGES_PER_CALL = 200
+MAX_TRACED_MESSAGES = 20_000  # ... and messages in all, whichever limit comes first
+MAX_CALLS = 2000  # call attempts remembered for the history's start time and status
 
 
 def parse_time(text: str | None) -> float | None:
@@ -45,6 +47,54 @@ class TraceMessage:
 
 
 @dataclass
+class Transaction:
+    """What the Transactions view shows of one Call-ID, from its traced messages."""
+
+    call_id: str
+    first: float
+    last: float
+    method: str = ""  # of the first request seen (REGISTER, INVITE, MESSAGE ...)
+    from_: str = ""
+    to: str = ""
+    status: int | None = None  # the last final answer to that method
+    reason: str = ""
+    messages: int = 0
+
+    def take(self, m: TraceMessage) -> None:
+        self.last = m.time
+        self.messages += 1
+        first = m.first_line
+        if first.startswith("SIP/2.0 "):
+            code, _, reason = first[8:].partition(" ")
+            cseq = _header(m.text, "cseq", "")
+            method = cseq.rpartition(" ")[2]
+            mine = not self.method or not method or method == self.method
+            if code.isdigit() and int(code) >= 200 and mine:
+                self.status, self.reason = int(code), reason
+        elif not self.method:
+            self.method = first.partition(" ")[0]
+            self.from_ = _uri(_header(m.text, "from", "f"))
+            self.to = _uri(_header(m.text, "to", "t"))
+
+
+def _header(text: str | None, name: str, compact: str) -> str:
+    if not text:
+        return ""
+    for line in text.split("\r\n\r\n", 1)[0].split("\n")[1:]:
+        key, colon, value = line.partition(":")
+        if colon and key.strip().lower() in (name, compact):
+            return value.strip()
+    return ""
+
+
+def _uri(value: str) -> str:
+    """The URI of a From/To value: ``"Bob" <sip:bob@x>;tag=1`` -> ``sip:bob@x``."""
+    if "<" in value:
+        return value.partition("<")[2].partition(">")[0]
+    return value.partition(";")[0].strip()
+
+
+@dataclass
 class MonitorState:
     server: dict[str, Any] = field(default_factory=dict)
     bindings: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -55,6 +105,10 @@ class MonitorState:
     gauges: dict[str, int] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)
     trace: OrderedDict[str, list[TraceMessage]] = field(default_factory=OrderedDict)
+    transactions: dict[str, Transaction] = field(default_factory=dict)  # by Call-ID, as trace
+    # call attempts by Call-ID (call events): their start and final answer, for the history
+    calls: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    _traced: int = 0  # messages in ``trace``
     # In a cluster: this node's name, every live node, and the other nodes' dialogs and
     # flows as they last published them, keyed "node|id" (ids repeat across nodes).
     node: str | None = None
@@ -121,7 +175,42 @@ class MonitorState:
         if kind == "sip":
             self._trace(msg)
             return "trace"
+        if kind == "call":
+            return self._call(msg.get("event"), msg.get("call") or {})
         return None
+
+    def _call(self, event: object, call: dict[str, Any]) -> str | None:
+        """A call attempt's setup, answer or failure; a failure goes to the history now
+        (it has no dialog to retire), an answer waits for its dialog's end."""
+        call_id = call.get("call_id")
+        if not call_id:
+            return None
+        known = self.calls.get(call_id, {})
+        self.calls[call_id] = {**known, **{k: v for k, v in call.items() if v is not None}}
+        self.calls.move_to_end(call_id)
+        while len(self.calls) > MAX_CALLS:
+            self.calls.popitem(last=False)
+        if event != "failed":
+            return "calls"
+        c = self.calls[call_id]
+        self.history.appendleft(
+            {
+                "id": f"call:{call_id}",
+                "call_id": call_id,
+                "caller": c.get("caller"),
+                "callee": c.get("callee"),
+                "caller_transport": c.get("caller_transport"),
+                "callee_transport": c.get("callee_transport"),
+                "started_at": c.get("started_at"),
+                "ended_at": c.get("at"),
+                "status": c.get("status"),
+                "reason": c.get("reason"),
+                "ended_by": c.get("ended_by"),
+                "media": c.get("media"),
+                "state": "failed",
+            }
+        )
+        return "history"
 
     def _put_dialog(self, d: dict[str, Any], now: float) -> None:
         if not d.get("id"):
@@ -178,22 +267,49 @@ class MonitorState:
         messages = self.trace.get(call_id)
         if messages is None:
             messages = self.trace[call_id] = []
-            while len(self.trace) > MAX_TRACED_CALLS:
-                self.trace.popitem(last=False)
+            self.transactions[call_id] = Transaction(call_id, entry.time, entry.time)
         messages.append(entry)
-        del messages[:-MAX_MESSAGES_PER_CALL]
+        self.transactions[call_id].take(entry)
+        self._traced += 1
+        if len(messages) > MAX_MESSAGES_PER_CALL:
+            del messages[0]
+            self._traced -= 1
+        while len(self.trace) > MAX_TRACED_CALLS or self._traced > MAX_TRACED_MESSAGES:
+            gone, dropped = self.trace.popitem(last=False)
+            self.transactions.pop(gone, None)
+            self._traced -= len(dropped)
 
     # --- housekeeping ------------------------------------------------------------------
 
     def retire_dialogs(self, now: float) -> bool:
-        """Ended dialogs leave the live table after a while, for the history view."""
+        """Ended dialogs leave the live table after a while, for the history view, with
+        their call's start and final answer. A dialog that was never answered is there
+        already as its call's failure (when the server sends call events)."""
         moved = False
         for key, d in list(self.dialogs.items()):
             ended = d.get("_ended_seen")
             if ended is not None and now - ended >= ENDED_VISIBLE:
-                self.history.appendleft(self.dialogs.pop(key))
+                d = self.dialogs.pop(key)
+                call = self.calls.get(str(d.get("call_id")))
+                if call is not None and d.get("answered_at") is None:
+                    continue  # its call's "failed" event is in the history
+                d = dict(d)
+                d["started_at"] = (call or {}).get("started_at") or d.get("created_at")
+                if d.get("answered_at") is not None:
+                    d.setdefault("status", (call or {}).get("status", 200))
+                    d.setdefault("reason", (call or {}).get("reason", "OK"))
+                self.history.appendleft(d)
                 moved = True
         return moved
+
+    def recent_transactions(self) -> list[Transaction]:
+        """Every traced Call-ID, in the order they began."""
+        return sorted(self.transactions.values(), key=lambda t: t.first)
+
+    def flow_bindings(self, flow_id: str) -> list[dict[str, Any]]:
+        """The bindings made over a flow, as the bindings now are (a flow's own list
+        is only as new as its last flow event)."""
+        return [b for b in self.bindings.values() if b.get("flow") == flow_id]
 
     def messages_for(self, call_id: str) -> list[TraceMessage]:
         return list(self.trace.get(call_id, ()))

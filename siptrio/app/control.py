@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from pydantic import ValidationError
 
+from ..core.calls import CallEvent
 from ..core.dialogs import DialogEvent
 from ..core.events import BindingEvent, Event
 from ..core.types import Peer
@@ -36,6 +37,7 @@ from .views import (
     CallRequest,
     binding_event_view,
     binding_view,
+    call_event_view,
     counters_view,
     dialog_event_view,
     flow_view,
@@ -211,8 +213,9 @@ class ControlServer:
                 sub.push(binding_event_view(event, now))
             elif isinstance(event, DialogEvent):
                 sub.push(dialog_event_view(event, now))
-            else:
-                log.debug("no control view for %r", event)
+            elif isinstance(event, CallEvent):
+                sub.push(call_event_view(event, now))
+            # (refusals are the log's and the trace's: no view here)
         # the event bus closes the channel of a subscriber that fell behind
         sub.drop("event queue full: the client does not read")
 

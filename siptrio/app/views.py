@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
+from ..core.calls import CallEvent
 from ..core.dialogs import DialogEvent, DialogInfo, DialogState
 from ..core.events import BindingEvent
 from ..core.location import Binding, Location
@@ -233,6 +234,29 @@ def binding_event_view(event: BindingEvent, now: float) -> dict[str, Any]:
         "event": event.kind.value,
         "time": iso(now),
         "binding": binding_view(event.binding, now),
+    }
+
+
+def call_event_view(event: CallEvent, now: float) -> dict[str, Any]:
+    """A call attempt set out, was answered or failed (core/calls.py): dialog or not."""
+    callee = event.callee_peer
+    return {
+        "type": "call",
+        "event": event.kind.value,
+        "time": iso(now),
+        "call": {
+            "call_id": event.call_id,
+            "caller": event.caller,
+            "callee": event.callee,
+            "caller_transport": event.caller_peer.transport.value,
+            "callee_transport": callee.transport.value if callee is not None else None,
+            "started_at": iso(event.started_at),
+            "at": iso(event.at),
+            "status": event.status,
+            "reason": event.reason,
+            "ended_by": event.ended_by,
+            "media": "bridged" if event.bridged else "direct",
+        },
     }
 
 

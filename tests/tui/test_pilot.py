@@ -127,3 +127,28 @@ def test_disconnected_then_reconnects(siptrio: Siptrio) -> None:
             assert "connected to siptrio" in str(app.query_one("#status").render())
 
     asyncio.run(scenario())
+
+
+def test_a_failed_invite_and_a_register_are_transactions_and_history(siptrio: Siptrio) -> None:
+    """What sngrep would list: the REGISTER and a 404 INVITE, which leaves no dialog."""
+
+    async def calls_nobody() -> None:
+        c = await SipClient.connect("udp", *siptrio.udp)
+        ua = UA(c, "alice")
+        invite, _ = ua.invite("nobody")
+        assert (await c.request(invite)).status == 404
+
+    async def scenario() -> None:
+        app = MonitorApp(siptrio.socket, retry=0.2)
+        async with app.run_test(size=(170, 40)) as pilot:
+            await until(pilot, lambda: app.connected)
+            register(siptrio, "alice")
+            TrioThread(calls_nobody).join()
+            await until(pilot, lambda: "404 Not Found" in table_text(app, "#transactions-table"))
+            rows = table_text(app, "#transactions-table")
+            assert "REGISTER sip:alice@example.com sip:alice@example.com 200 OK" in rows
+            assert "INVITE sip:alice@example.com sip:nobody@example.com 404 Not Found" in rows
+            await until(pilot, lambda: "404 Not Found" in table_text(app, "#history-table"))
+            assert "proxy" in table_text(app, "#history-table")
+
+    asyncio.run(scenario())

@@ -353,3 +353,168 @@ def test_a_dialog_of_another_node_says_where_its_trace_is(tmp_path: Path) -> Non
             assert "INVITE" in str(app.query_one("#ladder-view").content)  # type: ignore[attr-defined]
 
     asyncio.run(scenario())
+
+
+# --- history, transactions, the call form, the filter, flows that follow ------------------
+
+
+def _sip(call_id: str, at: float, direction: str, first: str, *, cseq: str, frm: str, to: str,
+         transport: str = "udp", peer: str = "127.0.0.1:5062") -> dict[str, Any]:  # fmt: skip
+    text = f"{first}\r\nFrom: <{frm}>;tag=1\r\nTo: <{to}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\n\r\n"
+    return {"type": "sip", "time": _at(at), "direction": direction, "transport": transport,
+            "peer": peer, "local": "127.0.0.1:5060", "first_line": first, "call_id": call_id,
+            "text": text}  # fmt: skip
+
+
+ALICE, BOB, NOBODY = "sip:alice@example.com", "sip:bob@example.com", "sip:nobody@example.com"
+TRANSACTIONS = [
+    _sip("reg-1@h", -50, "recv", "REGISTER sip:example.com SIP/2.0", cseq="1 REGISTER", frm=ALICE, to=ALICE),
+    _sip("reg-1@h", -49.99, "send", "SIP/2.0 401 Unauthorized", cseq="1 REGISTER", frm=ALICE, to=ALICE),
+    _sip("reg-1@h", -49.9, "recv", "REGISTER sip:example.com SIP/2.0", cseq="2 REGISTER", frm=ALICE, to=ALICE),
+    _sip("reg-1@h", -49.89, "send", "SIP/2.0 200 OK", cseq="2 REGISTER", frm=ALICE, to=ALICE),
+    _sip("opt-1@h", -30, "recv", "OPTIONS sip:127.0.0.1 SIP/2.0", cseq="7 OPTIONS", frm=ALICE, to="sip:127.0.0.1"),
+    _sip("opt-1@h", -29.99, "send", "SIP/2.0 200 OK", cseq="7 OPTIONS", frm=ALICE, to="sip:127.0.0.1"),
+    _sip("msg-1@h", -20, "recv", "MESSAGE sip:bob@example.com SIP/2.0", cseq="1 MESSAGE", frm=ALICE, to=BOB),
+    _sip("msg-1@h", -19.99, "send", "MESSAGE sip:k3u8sq1r@0kbc0ovlj2vf.invalid;transport=ws SIP/2.0",
+         cseq="1 MESSAGE", frm=ALICE, to=BOB, transport="ws", peer="127.0.0.1:40112"),
+    _sip("msg-1@h", -19.9, "recv", "SIP/2.0 200 OK", cseq="1 MESSAGE", frm=ALICE, to=BOB,
+         transport="ws", peer="127.0.0.1:40112"),
+    _sip("msg-1@h", -19.89, "send", "SIP/2.0 200 OK", cseq="1 MESSAGE", frm=ALICE, to=BOB),
+    _sip("inv-404@h", -10, "recv", "INVITE sip:nobody@example.com SIP/2.0", cseq="1 INVITE", frm=ALICE, to=NOBODY),
+    _sip("inv-404@h", -9.99, "send", "SIP/2.0 404 Not Found", cseq="1 INVITE", frm=ALICE, to=NOBODY),
+    _sip("inv-404@h", -9.98, "recv", "ACK sip:nobody@example.com SIP/2.0", cseq="1 ACK", frm=ALICE, to=NOBODY),
+]  # fmt: skip
+
+
+def _call(event: str, call_id: str, started: float, **fields: Any) -> dict[str, Any]:
+    call = {"call_id": call_id, "caller": ALICE, "callee": BOB, "caller_transport": "udp",
+            "callee_transport": "ws", "started_at": _at(started), "at": _at(started + 1),
+            "media": "direct", **fields}  # fmt: skip
+    return {"type": "call", "event": event, "time": T, "call": call}
+
+
+CALLS = [
+    _call("setup", "a84b4c76e66710@pc33", -75.5),
+    _call("answered", "a84b4c76e66710@pc33", -75.5, status=200, reason="OK"),
+    _call("failed", "inv-404@h", -10, callee=NOBODY, callee_transport=None, status=404,
+          reason="Not Found", ended_by="proxy"),
+    _call("failed", "0c1d@pc33", -5, status=487, reason="Request Terminated", ended_by="caller"),
+    # the answered call ends: its dialog moves to the history once it has shown a while
+    {"type": "dialog", "event": "ended", "time": T,
+     "dialog": {**SNAPSHOT["dialogs"][0], "state": "terminated", "ended_at": _at(-2),
+                "ended_by": "callee", "end_reason": "BYE (200)"}},
+]  # fmt: skip
+
+
+def served_with(*extra: dict[str, Any]):  # type: ignore[no-untyped-def]
+    async def run_before(pilot) -> None:  # type: ignore[no-untyped-def]
+        pilot.app._fake = await fake_server(SOCKET, SNAPSHOT, *extra)
+        for _ in range(100):  # the fake server sends TRACE last: then all the rest came
+            if len(pilot.app.state.messages_for("a84b4c76e66710@pc33")) == len(TRACE):
+                break
+            await pilot.pause(0.05)
+        await pilot.pause(0.3)
+
+    return run_before
+
+
+def test_history_screen(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every ended call with when it started and its final status, a dialog or not."""
+    now = [NOW]
+    app = MonitorApp(SOCKET, retry=0.05, clock=lambda: now[0])
+
+    async def before(pilot) -> None:  # type: ignore[no-untyped-def]
+        await served_with(*CALLS)(pilot)
+        now[0] = NOW + 11  # the ended dialog has shown for long enough
+        app.tick()
+        await pilot.press("3")
+        await pilot.pause(0.2)
+
+    assert snap_compare(app, terminal_size=(170, 24), run_before=before)
+    assert [h["status"] for h in app.state.history] == [200, 487, 404]
+
+
+def test_transactions_screen(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every traced Call-ID, newest first: REGISTER, OPTIONS, MESSAGE, a failed INVITE."""
+
+    async def before(pilot) -> None:  # type: ignore[no-untyped-def]
+        await served_with(*TRANSACTIONS)(pilot)
+        pilot.app.tick()
+        await pilot.press("5")
+        await pilot.pause(0.2)
+
+    assert snap_compare(app_for(tmp_path), terminal_size=(150, 24), run_before=before)
+
+
+def test_a_failed_invite_has_its_ladder(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    app = app_for(tmp_path)
+
+    async def before(pilot) -> None:  # type: ignore[no-untyped-def]
+        await served_with(*TRANSACTIONS)(pilot)
+        app.tick()
+        await pilot.press("5")
+        table = app.query_one("#transactions-table")
+        table.move_cursor(row=table.get_row_index("inv-404@h"))  # type: ignore[attr-defined]
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+
+    assert snap_compare(app, terminal_size=(150, 30), run_before=before)
+    assert app.ladder_call == "inv-404@h"
+
+
+def test_the_filter_finds_an_aor_in_every_table(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    app = app_for(tmp_path)
+    kept: dict[str, int] = {}
+
+    async def before(pilot) -> None:  # type: ignore[no-untyped-def]
+        await served_with(*TRANSACTIONS)(pilot)
+        app.tick()
+        await pilot.press("5")
+        await pilot.press("slash")
+        for key in "nobody":
+            await pilot.press(key)
+        await pilot.pause(0.2)
+        for table in ("bindings", "flows", "transactions"):
+            kept[table] = app.query_one(f"#{table}-table").row_count  # type: ignore[attr-defined]
+
+    assert snap_compare(app, terminal_size=(150, 24), run_before=before)
+    assert kept == {"bindings": 0, "flows": 0, "transactions": 1}
+
+
+def test_the_call_form_has_labels(snap_compare, tmp_path: Path, served) -> None:  # type: ignore[no-untyped-def]
+    async def before(pilot) -> None:  # type: ignore[no-untyped-def]
+        await served(pilot)
+        await pilot.press("c")
+        await pilot.pause(0.2)
+
+    assert snap_compare(app_for(tmp_path), terminal_size=(100, 30), run_before=before)
+
+
+def test_flows_follow_the_clock_and_the_bindings(tmp_path: Path) -> None:
+    """Ages grow at every tick; a binding gone from a flow leaves its row at once."""
+    now = [NOW]
+
+    async def scenario() -> None:
+        app = MonitorApp(SOCKET, retry=0.05, clock=lambda: now[0])
+        removed = {
+            "type": "binding",
+            "event": "removed",
+            "time": T,
+            "binding": SNAPSHOT["bindings"][1],
+        }
+        async with app.run_test(size=(150, 24)) as pilot:
+            await served_with()(pilot)
+            await pilot.press("4")
+            table = app.query_one("#flows-table")
+
+            def row() -> list[str]:
+                return [str(c) for c in table.get_row("ws-ab12cd-3")]  # type: ignore[attr-defined]
+
+            assert row()[2:6] == ["2:00", "4 s ago", "1", BOB]
+            now[0] = NOW + 61
+            app.tick()
+            assert row()[2] == "3:01"
+            app.receive(removed)
+            assert row()[4:6] == ["0", "-"]
+
+    asyncio.run(scenario())

@@ -108,3 +108,78 @@ def test_other_nodes_come_from_the_cluster_view_and_are_replaced_whole() -> None
     # a single node's snapshot (after a reconnect) has no cluster: nothing of b is left
     s.apply({"type": "snapshot", "cluster": None}, 3)
     assert (s.node, s.nodes, s.remote_dialogs, s.remote_flows) == (None, [], {}, {})
+
+
+def traced(call_id: str, t: float, first: str, cseq: str = "1 INVITE") -> dict[str, object]:
+    text = f'{first}\r\nFrom: "A" <sip:a@x>;tag=1\r\nt: <sip:b@x>\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\n\r\n'
+    return {"type": "sip", "time": f"2026-01-01T00:00:{t:06.3f}Z", "direction": "recv",
+            "first_line": first, "call_id": call_id, "text": text}  # fmt: skip
+
+
+def test_transactions_summarise_each_call_id_and_stay_bounded() -> None:
+    import tui.state as state
+
+    s = MonitorState()
+    s.apply(traced("r1", 1, "REGISTER sip:x SIP/2.0", "1 REGISTER"), 0)
+    s.apply(traced("r1", 1.1, "SIP/2.0 401 Unauthorized", "1 REGISTER"), 0)
+    s.apply(traced("r1", 1.2, "REGISTER sip:x SIP/2.0", "2 REGISTER"), 0)
+    s.apply(traced("r1", 1.3, "SIP/2.0 200 OK", "2 REGISTER"), 0)
+    s.apply(traced("i1", 2, "INVITE sip:b@x SIP/2.0"), 0)
+    s.apply(traced("i1", 2.1, "SIP/2.0 404 Not Found"), 0)
+    s.apply(traced("i1", 2.2, "ACK sip:b@x SIP/2.0", "1 ACK"), 0)
+    r1, i1 = s.recent_transactions()
+    assert (r1.method, r1.status, r1.reason, r1.messages) == ("REGISTER", 200, "OK", 4)
+    assert (i1.method, i1.status, i1.from_, i1.to) == ("INVITE", 404, "sip:a@x", "sip:b@x")
+    old = (state.MAX_TRACED_CALLS, state.MAX_TRACED_MESSAGES)
+    try:
+        state.MAX_TRACED_CALLS, state.MAX_TRACED_MESSAGES = 100, 10
+        for n in range(12):
+            s.apply(traced(f"o{n}", 3 + n, "OPTIONS sip:x SIP/2.0", "1 OPTIONS"), 0)
+    finally:
+        state.MAX_TRACED_CALLS, state.MAX_TRACED_MESSAGES = old
+    assert [t.call_id for t in s.recent_transactions()] == [f"o{n}" for n in range(2, 12)]
+    assert set(s.trace) == set(s.transactions) and sum(map(len, s.trace.values())) == 10
+
+
+def test_failed_calls_go_to_the_history_and_answered_ones_with_their_start() -> None:
+    s = MonitorState()
+    call = {"call_id": "c1", "caller": "sip:a@x", "started_at": "2026-01-01T00:00:01.000Z"}
+    s.apply({"type": "call", "event": "setup", "call": call}, 0)
+    s.apply(
+        {"type": "call", "event": "answered", "call": {**call, "status": 200, "reason": "OK"}}, 1
+    )
+    s.apply({"type": "call", "event": "failed", "call": {"call_id": "c2", "status": 486, "reason": "Busy Here",
+                                                         "ended_by": "callee"}}, 2)  # fmt: skip
+    assert [h["status"] for h in s.history] == [486]
+    # the early dialog of c2 was ended by its failure: not twice in the history
+    s.apply({"type": "dialog", "event": "ended", "dialog": {"id": "d2", "call_id": "c2",
+             "state": "terminated", "answered_at": None}}, 3)  # fmt: skip
+    s.apply({"type": "dialog", "event": "ended", "dialog": {"id": "d1", "call_id": "c1",
+             "state": "terminated", "answered_at": "2026-01-01T00:00:02.000Z",
+             "created_at": "2026-01-01T00:00:01.500Z"}}, 3)  # fmt: skip
+    assert s.retire_dialogs(3 + ENDED_VISIBLE)
+    assert [(h["call_id"], h["status"]) for h in s.history] == [("c1", 200), ("c2", 486)]
+    assert s.history[0]["started_at"] == "2026-01-01T00:00:01.000Z"  # the INVITE's, not the 1xx's
+
+
+def test_a_flows_bindings_are_the_bindings_made_over_it() -> None:
+    s = MonitorState()
+    s.apply({"type": "flow", "event": "opened", "flow": {"id": "ws-1", "bindings": []}}, 0)
+    s.apply(
+        {
+            "type": "binding",
+            "event": "added",
+            "binding": {"aor": "sip:a@x", "contact": "c", "flow": "ws-1"},
+        },
+        1,
+    )
+    assert [b["aor"] for b in s.flow_bindings("ws-1")] == ["sip:a@x"]
+    s.apply(
+        {
+            "type": "binding",
+            "event": "removed",
+            "binding": {"aor": "sip:a@x", "contact": "c", "flow": "ws-1"},
+        },
+        2,
+    )
+    assert s.flow_bindings("ws-1") == []
