@@ -23,12 +23,36 @@ __all__ = ["main"]
 log = logging.getLogger("siptrio")
 
 
+EPILOG = """\
+signals (serve): SIGTERM and SIGINT stop cleanly (exit 0); SIGHUP reloads the config
+  file and reopens the log file (keys that need a restart are named in the log).
+exit status: 0 success or clean stop; 1 cannot start or the command failed;
+  2 bad config file or command line (the message names file, line and key).
+files: the store $XDG_STATE_HOME/siptrio/siptrio.sqlite, the control socket
+  $XDG_RUNTIME_DIR/siptrio/control.sock (both set in config.ini).
+shell completion: siptrio completion bash|zsh|tcsh; man page: siptrio manpage.
+Each command has its own --help."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="siptrio", description="SIP registrar and proxy on Trio")
+    p = argparse.ArgumentParser(
+        prog="siptrio",
+        description="SIP registrar and proxy on Trio",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"siptrio {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the server")
+    serve = sub.add_parser(
+        "serve",
+        help="run the server",
+        description=(
+            "Run the registrar and proxy until SIGINT or SIGTERM; SIGHUP reloads the config "
+            "file. Logs one `listening on <transport> <addr>:<port>` line per listener once "
+            "all are bound."
+        ),
+    )
     serve.add_argument(
         "--config", "-c", metavar="FILE", help="config.ini (default: built-in defaults)"
     )
@@ -57,9 +81,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
 
     check = sub.add_parser(
-        "check-config", help="validate a config file and print the effective settings"
+        "check-config",
+        help="validate a config file and print the effective settings",
+        description=(
+            "Exit 0 and print every section and key as JSON, or exit 2 with the first "
+            "problem (file, line, section and key)."
+        ),
     )
-    check.add_argument("file", metavar="FILE")
+    check.add_argument("file", metavar="FILE", help="the config file")
 
     certs = sub.add_parser(
         "certs",
@@ -88,6 +117,20 @@ def _parser() -> argparse.ArgumentParser:
     add_users(sub)
     add_credentials(sub)
     add_cdrs(sub)
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description=(
+            "e.g. `siptrio completion bash > /etc/bash_completion.d/siptrio`, or "
+            "`siptrio completion zsh > ~/.zfunc/_siptrio`"
+        ),
+    )
+    completion.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell")
+    sub.add_parser(
+        "manpage",
+        help="print the siptrio(1) man page (roff)",
+        description="e.g. `siptrio manpage > /usr/local/share/man/man1/siptrio.1`",
+    )
     return p
 
 
@@ -113,6 +156,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .cli_users import run as run_users
 
         return run_users(args)
+    if args.command == "completion":
+        import shtab
+
+        print(shtab.complete(_parser(), args.shell))
+        return 0
+    if args.command == "manpage":
+        from .manpage import render
+
+        print(render(_parser()), end="")
+        return 0
     if args.command == "cdrs":
         from .cli_cdrs import run as run_cdrs
 
