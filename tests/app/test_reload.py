@@ -212,7 +212,9 @@ def test_siptrio_reload_over_the_control_socket(tmp_path: Path) -> None:
 
 def test_plan_keeps_restart_keys_and_applies_live_ones(tmp_path: Path) -> None:
     path = tmp_path / "a.ini"
-    path.write_text("[sip]\nudp_port = 5060\ndomains = a.org\n[routes]\nus = prefix +1 -> sip:gw.a.org\n")
+    path.write_text(
+        "[sip]\nudp_port = 5060\ndomains = a.org\n[routes]\nus = prefix +1 -> sip:gw.a.org\n"
+    )
     running = load_config(path, {"sip.tcp_port": "0"})
     path.write_text(
         "[sip]\nudp_port = 5070\ndomains = a.org, b.org\n[routes]\nus = prefix +1 -> sip:gw2.a.org\n"
@@ -269,4 +271,53 @@ async def test_tls_certificates_are_read_again_for_new_handshakes(
     again = await SipClient.connect("tls", tls.host, tls.port, ca_file=str(second.ca))
     await again.aclose()
     await old.aclose()
+    nursery.cancel_scope.cancel()
+
+
+async def test_origins_rtpengine_and_rate_limits_change_live(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    from trio_websocket import ConnectionRejected
+
+    path = tmp_path / "live.ini"
+
+    def write(origins: str, engine: str, rate: str) -> None:
+        path.write_text(
+            "[sip]\nlisten_addr = 127.0.0.1\nudp_port = 0\ntcp_port = 0\n"
+            f"[sip_websocket]\nlisten_port = 0\nallowed_origins = {origins}\n"
+            "[admin]\nenable = false\n[control]\nenable = false\n"
+            f"[media]\nrtpengine = {engine}\n[security]\nrate_limit = {rate}\n"
+            f"[registrar]\ndatabase = {tmp_path / 'db.sqlite'}\n"
+        )
+
+    async def handshake(origin: str) -> bool:
+        accepted = True
+        try:
+            async with trio.open_nursery() as n:
+                c = await SipClient.connect("ws", *ws, nursery=n, origin=origin)
+                await c.aclose()
+        except* ConnectionRejected:
+            accepted = False
+        return accepted
+
+    write("https://old.example.org", "udp:127.0.0.1:2300", "100")
+    server = Server(load_config(path))
+    listeners = await nursery.start(server.run)
+    ws = next((li.host, li.port) for li in listeners if li.transport.value == "ws")
+    assert await handshake("https://old.example.org")
+    assert not await handshake("https://new.example.org")
+    write("https://new.example.org", "udp:127.0.0.1:2301, udp:127.0.0.1:2302", "7")
+    outcome = await server.reloader.reload("test")
+    assert outcome.ok, outcome.error
+    assert await handshake("https://new.example.org")
+    assert not await handshake("https://old.example.org")
+    assert server.media is not None
+    assert server.media.engines == [("127.0.0.1", 2301), ("127.0.0.1", 2302)]
+    assert server.intake is not None and server.intake.limiter.rate == 7
+    # an IPv6 engine where the client has only an IPv4 socket: refused, all of it
+    write("https://other.example.org", "udp:[::1]:2303", "9")
+    outcome = await server.reloader.reload("test")
+    assert not outcome.ok and "needs a restart" in (outcome.error or "")
+    assert await handshake("https://new.example.org")
+    assert server.media.engines == [("127.0.0.1", 2301), ("127.0.0.1", 2302)]
     nursery.cancel_scope.cancel()
