@@ -228,7 +228,7 @@ def _serve(args: argparse.Namespace) -> int:
         passed += ["--log-level", args.log_level] if args.log_level else []
         for item in args.set:
             passed += ["--set", item]
-        return supervise(config, args.workers, passed)
+        return supervise(config, args.workers, passed, reopen_log=logs.reopen)
     from ..store.base import StoreError
     from .server import Server, StartupError
 

@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import trio
@@ -109,7 +109,7 @@ async def _run_worker(
         await trio.sleep(delay)
 
 
-async def _supervise(argvs: list[list[str]]) -> None:
+async def _supervise(argvs: list[list[str]], reopen_log: Callable[[], None]) -> None:
     running: dict[int, trio.Process] = {}
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
@@ -117,6 +117,7 @@ async def _supervise(argvs: list[list[str]]) -> None:
                 nursery.start_soon(_run_worker, i, argv, running)
             async for signum in signals:
                 if signum == signal.SIGHUP:
+                    reopen_log()  # its own log file, moved by logrotate too
                     live = [p for p in running.values() if p.returncode is None]
                     log.info("received SIGHUP, passing it to %d workers", len(live))
                     for proc in live:
@@ -129,12 +130,18 @@ async def _supervise(argvs: list[list[str]]) -> None:
                 return
 
 
-def supervise(config: Config, count: int, serve_argv: Sequence[str]) -> int:
+def supervise(
+    config: Config,
+    count: int,
+    serve_argv: Sequence[str],
+    *,
+    reopen_log: Callable[[], None] = lambda: None,
+) -> int:
     """Run ``count`` workers of ``siptrio serve <serve_argv>`` until a signal."""
     per_worker = worker_overrides(config, count, os.getpid())
     argvs = [
         ["serve", *serve_argv, *extra, "--worker-index", str(i)]
         for i, extra in enumerate(per_worker)
     ]
-    trio.run(_supervise, argvs)
+    trio.run(_supervise, argvs, reopen_log)
     return 0

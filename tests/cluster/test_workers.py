@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -314,3 +315,18 @@ async def test_sipp_registers_1000_over_two_workers(workers: Workers, tmp_path: 
         owners.append(Counter(c["node"] for c in clients))
     assert owners[0] == owners[1]
     assert len(owners[0]) == 2 and min(owners[0].values()) > 100, owners[0]
+
+
+def test_sighup_to_the_supervisor_reloads_every_worker(tmp_path: Path, redis_server: Redis) -> None:
+    with started(tmp_path, redis_server) as workers:
+        workers.ready()
+        pids = workers.pids()
+        workers.proc.proc.send_signal(signal.SIGHUP)
+        wanted = [f"[w{i}] siptrio.reload: reload (SIGHUP): no config file" for i in (0, 1)]
+        end = time.monotonic() + 15
+        while not all(w in workers.proc.output() for w in wanted) and time.monotonic() < end:
+            time.sleep(0.1)
+        text = workers.proc.output()
+        assert "received SIGHUP, passing it to 2 workers" in text
+        assert all(w in text for w in wanted), text[-3000:]
+        assert workers.pids() == pids and workers.proc.proc.poll() is None  # nobody restarted
