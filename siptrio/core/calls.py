@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .types import Peer
+from .types import Clock, Peer
 
-__all__ = ["CallEvent", "CallEventKind", "Refused"]
+if TYPE_CHECKING:
+    from .branches import Branch, Context
+
+__all__ = ["CallEvent", "CallEventKind", "Refused", "call_setup", "told"]
 
 
 class CallEventKind(enum.Enum):
@@ -59,3 +63,80 @@ class Refused:
     from_uri: str
     to_uri: str
     peer: Peer
+
+
+# --- what the forker reports ------------------------------------------------------------
+
+
+def call_setup(ctx: Context, branches: int, clock: Clock) -> CallEvent:
+    """An initial INVITE sets out (its first branch is forwarded)."""
+    ctx.started_at = clock.wall
+    return _call_event(ctx, CallEventKind.SETUP, None, clock, branches=branches)
+
+
+def told(
+    ctx: Context,
+    status: int,
+    reason: str,
+    branch: Branch | None,
+    clock: Clock,
+    *,
+    local: bool = True,
+) -> CallEvent | Refused | None:
+    """The caller's final answer: an initial INVITE's outcome (once), or a refusal."""
+    req = ctx.request
+    if req.method != "INVITE" or req.to.tag is not None:
+        if local and status >= 300 and status != 487:
+            refused = Refused(
+                method=req.method,
+                status=status,
+                reason=reason,
+                call_id=req.call_id,
+                from_uri=str(req.from_.uri),
+                to_uri=str(req.to.uri),
+                peer=ctx.peer,
+            )
+            return refused
+        return None
+    if ctx.reported:
+        return None  # a forked call's second 2xx
+    ctx.reported = True
+    if status < 300:
+        kind, by = CallEventKind.ANSWERED, None
+    else:
+        kind = CallEventKind.FAILED
+        by = "caller" if ctx.cancelled else ("proxy" if local else "callee")
+    if branch is None:
+        branch = next((b for b in reversed(ctx.branches) if b.peer is not None), None)
+    event = _call_event(ctx, kind, branch, clock, status=status, reason=reason, ended_by=by)
+    return event
+
+
+def _call_event(
+    ctx: Context,
+    kind: CallEventKind,
+    branch: Branch | None,
+    clock: Clock,
+    *,
+    status: int | None = None,
+    reason: str | None = None,
+    ended_by: str | None = None,
+    branches: int = 0,
+) -> CallEvent:
+    req = ctx.request
+    return CallEvent(
+        kind=kind,
+        call_id=req.call_id,
+        caller=str(req.from_.uri),
+        callee=str(req.to.uri),
+        request_uri=ctx.txn.request.uri_text,
+        caller_peer=ctx.peer,
+        callee_peer=branch.peer if branch is not None else None,
+        started_at=clock.wall if ctx.started_at is None else ctx.started_at,
+        at=clock.wall,
+        status=status,
+        reason=reason,
+        ended_by=ended_by,
+        bridged=branch is not None and branch.bridged and kind is CallEventKind.ANSWERED,
+        branches=branches,
+    )

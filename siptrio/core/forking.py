@@ -28,7 +28,7 @@ from ..sip.transaction import (
 )
 from .branches import MAGIC, Branch, Context, Forward, loop_hash
 from .bridge import MediaBridge, sdp_bytes
-from .calls import CallEvent, CallEventKind, Refused
+from .calls import CallEvent, Refused, call_setup, told
 from .events import Action, Publish
 from .media import answer_command, delete_command, has_sdp, offer_command, should_bridge
 from .plumbing import Plumbing
@@ -88,7 +88,7 @@ class Forker:
             # refuse gets its final answer alone.
             out += self.respond(ctx, 100, "Trying", clock)
             if ctx.request.to.tag is None:
-                out.append(self._call_setup(ctx, len(targets), clock))
+                out.append(Publish(event=call_setup(ctx, len(targets), clock)))
         for target in targets:
             b = Branch(
                 ctx=ctx,
@@ -547,7 +547,7 @@ class Forker:
         self.stats[f"responses_out.{status // 100}xx"] += 1
         sent = self.plumbing.actions(ctx.txn.respond(resp.serialise(), status, clock.now), clock)
         if status >= 200:
-            sent += self._told(ctx, status, reason, None, clock)
+            sent += _published(told(ctx, status, reason, None, clock))
         return sent
 
     def respond_raw(
@@ -559,86 +559,12 @@ class Forker:
             ctx.txn.respond(resp.serialise(), resp.status, clock.now), clock
         )
         if resp.status >= 200:
-            sent += self._told(ctx, resp.status, resp.reason, branch, clock, local=False)
+            sent += _published(told(ctx, resp.status, resp.reason, branch, clock, local=False))
         return sent
 
-    # --- what observers hear (calls.py) ------------------------------------------------------
 
-    def _call_setup(self, ctx: Context, branches: int, clock: Clock) -> Publish:
-        ctx.started_at = clock.wall
-        return Publish(
-            event=self._call_event(ctx, CallEventKind.SETUP, None, clock, branches=branches)
-        )
-
-    def _told(
-        self,
-        ctx: Context,
-        status: int,
-        reason: str,
-        branch: Branch | None,
-        clock: Clock,
-        *,
-        local: bool = True,
-    ) -> list[Action]:
-        """The caller's final answer: an initial INVITE's outcome (once), or a refusal."""
-        req = ctx.request
-        if req.method != "INVITE" or req.to.tag is not None:
-            if local and status >= 300 and status != 487:
-                refused = Refused(
-                    method=req.method,
-                    status=status,
-                    reason=reason,
-                    call_id=req.call_id,
-                    from_uri=str(req.from_.uri),
-                    to_uri=str(req.to.uri),
-                    peer=ctx.peer,
-                )
-                return [Publish(event=refused)]
-            return []
-        if ctx.reported:
-            return []  # a forked call's second 2xx
-        ctx.reported = True
-        if status < 300:
-            kind, by = CallEventKind.ANSWERED, None
-        else:
-            kind = CallEventKind.FAILED
-            by = "caller" if ctx.cancelled else ("proxy" if local else "callee")
-        if branch is None:
-            branch = next((b for b in reversed(ctx.branches) if b.peer is not None), None)
-        event = self._call_event(
-            ctx, kind, branch, clock, status=status, reason=reason, ended_by=by
-        )
-        return [Publish(event=event)]
-
-    @staticmethod
-    def _call_event(
-        ctx: Context,
-        kind: CallEventKind,
-        branch: Branch | None,
-        clock: Clock,
-        *,
-        status: int | None = None,
-        reason: str | None = None,
-        ended_by: str | None = None,
-        branches: int = 0,
-    ) -> CallEvent:
-        req = ctx.request
-        return CallEvent(
-            kind=kind,
-            call_id=req.call_id,
-            caller=str(req.from_.uri),
-            callee=str(req.to.uri),
-            request_uri=ctx.txn.request.uri_text,
-            caller_peer=ctx.peer,
-            callee_peer=branch.peer if branch is not None else None,
-            started_at=clock.wall if ctx.started_at is None else ctx.started_at,
-            at=clock.wall,
-            status=status,
-            reason=reason,
-            ended_by=ended_by,
-            bridged=branch is not None and branch.bridged and kind is CallEventKind.ANSWERED,
-            branches=branches,
-        )
+def _published(event: CallEvent | Refused | None) -> list[Action]:
+    return [] if event is None else [Publish(event=event)]
 
 
 def _with_sdp(resp: Response, sdp: bytes) -> Response:
