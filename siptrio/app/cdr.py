@@ -267,6 +267,9 @@ def parse_status(text: str) -> tuple[int | None, int | None]:
     raise QueryError("status", f"{text!r}: expected a status code (404) or a class (4xx)")
 
 
+MAX_OFFSET = 2**62  # SQLite's integers are 64-bit: a larger offset is no page anyway
+
+
 def parse_query(
     *,
     since: str | None = None,
@@ -278,8 +281,8 @@ def parse_query(
 ) -> CdrQuery:
     if not 1 <= limit <= MAX_PAGE:
         raise QueryError("limit", f"expected 1..{MAX_PAGE}")
-    if offset < 0:
-        raise QueryError("offset", "expected 0 or more")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise QueryError("offset", f"expected 0..{MAX_OFFSET}")
     exact, klass = parse_status(status) if status else (None, None)
     who = None
     if aor:

@@ -77,3 +77,11 @@ async def test_no_route_answers_5xx(tmp_path: Path, nursery: trio.Nursery) -> No
         async with ops.http(TOKEN) as http:
             assert (await http.get("/health")).json()["status"] == "ok"
         del bob
+
+
+async def test_a_huge_cdr_offset_is_a_422_not_a_500(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    async with ops_server(tmp_path) as ops, httpx.AsyncClient() as http:
+        r = await http.get(f"{ops.base_url}/cdrs", params={"offset": str(10**24)})
+    assert r.status_code == 422 and r.json()["field"] == "offset"
