@@ -11,10 +11,10 @@ can show them.
 from __future__ import annotations
 
 import enum
-import heapq
 import itertools
 from dataclasses import dataclass
 
+from ..sip.timers import TimerHeap
 from .types import Peer, Transport
 
 __all__ = [
@@ -129,11 +129,11 @@ class Dialogs:
         # Early dialogs by the INVITE transaction that made them: every final answer
         # asks for them, and a scan of all dialogs made that O(dialogs) per call.
         self._early: dict[object, dict[tuple[str, str, str], Dialog]] = {}
-        # Every deadline ever set, earliest first; an entry whose dialog has since got
-        # another deadline (or is gone) is skipped when it comes up. Expiry looks at
-        # what is due, not at every dialog each second.
-        self._deadlines: list[tuple[float, int, tuple[str, str, str]]] = []
-        self._pushed = itertools.count()
+        # One deadline per dialog, its maximum duration while it runs, its linger time
+        # once ended: expiry looks at what is due, not at every dialog each second. The
+        # transactions' timer structure keeps them (two fixed lengths: two queues in
+        # deadline order), so a dialog that ends takes its 12 hours with it at once.
+        self._deadlines = TimerHeap()
         self._ids = itertools.count(1)
 
     def __len__(self) -> int:
@@ -235,19 +235,24 @@ class Dialogs:
                     break
         return events
 
+    @property
+    def deadline_entries(self) -> int:
+        """Entries the deadlines hold (one per dialog)."""
+        return self._deadlines.entries
+
     def _due(self, d: Dialog) -> None:
-        heapq.heappush(self._deadlines, (d.deadline, next(self._pushed), d.key))
+        lane = "linger" if d.state is DialogState.TERMINATED else "run"
+        self._deadlines.cancel(d.key, "run")
+        self._deadlines.start(d.deadline, d.key, lane)
 
     def expire(self, now: float, wall: float) -> list[DialogEvent]:
         events: list[DialogEvent] = []
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            deadline, _, key = heapq.heappop(heap)
-            d = self._by_key.get(key)
-            if d is None or d.deadline != deadline:
-                continue  # a later deadline replaced this one
+        for owner, _lane in self._deadlines.pop_due(now):
+            d = self._by_key.get(owner)  # type: ignore[call-overload]  # our keys
+            if d is None:
+                continue
             if d.state is DialogState.TERMINATED:
-                del self._by_key[key]
+                del self._by_key[d.key]
             else:
                 events += self.end(
                     d, by="timeout", reason="maximum dialog duration reached", now=now, wall=wall

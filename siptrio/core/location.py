@@ -1,7 +1,10 @@
 """Bindings and the in-memory location index (RFC 3261 section 10).
 
 The index is the authority the proxy reads; the store only makes it survive a
-restart. Expiry is kept in a heap so purging costs nothing per untouched binding.
+restart. Expiry is kept in a heap so purging costs nothing per untouched binding;
+a refresh leaves the binding's older entry behind, so the heap is rebuilt whenever
+such replaced entries outnumber the bindings (a client refreshing every minute for
+an hour must not leave sixty entries).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class Location:
         self._by_aor: dict[str, dict[str, Binding]] = {}
         self._by_flow: dict[str, set[tuple[str, str]]] = {}
         self._expiry: list[tuple[float, str, str]] = []
+        self._count = 0
         # AORs and domains that have ever had a binding here: a call to a known user
         # with no live binding is 480, to an unknown one 404.
         self._known: set[str] = set()
@@ -61,7 +65,16 @@ class Location:
         self._flow_failed: set[str] = set()
 
     def __len__(self) -> int:
-        return sum(len(b) for b in self._by_aor.values())
+        return self._count
+
+    @property
+    def expiry_entries(self) -> int:
+        """Entries in the expiry heap, replaced ones included (what the memory holds)."""
+        return len(self._expiry)
+
+    @property
+    def known_aors(self) -> int:
+        return len(self._known)
 
     def __iter__(self) -> Iterator[Binding]:
         for bindings in self._by_aor.values():
@@ -99,13 +112,29 @@ class Location:
             )
         aor_map = self._by_aor.setdefault(binding.aor, {})
         old = aor_map.get(binding.key)
-        if old is not None and old.flow_id:
+        if old is None:
+            self._count += 1
+        elif old.flow_id:
             self._unlink_flow(old)
         aor_map[binding.key] = binding
         if binding.flow_id:
             self._by_flow.setdefault(binding.flow_id, set()).add((binding.aor, binding.key))
-        heapq.heappush(self._expiry, (binding.expires_at, binding.aor, binding.key))
+        expiry = self._expiry
+        heapq.heappush(expiry, (binding.expires_at, binding.aor, binding.key))
+        if len(expiry) > 2 * self._count:
+            self.compact()
         return old
+
+    def compact(self) -> None:
+        """Drop the expiry entries of bindings since refreshed or removed."""
+        by_aor = self._by_aor
+        live = []
+        for entry in self._expiry:
+            current = by_aor.get(entry[1], {}).get(entry[2])
+            if current is not None and current.expires_at == entry[0]:
+                live.append(entry)
+        heapq.heapify(live)
+        self._expiry = live
 
     def remove(self, aor: str, key: str) -> Binding | None:
         aor_map = self._by_aor.get(aor)
@@ -114,8 +143,10 @@ class Location:
         old = aor_map.pop(key, None)
         if not aor_map:
             del self._by_aor[aor]
-        if old is not None and old.flow_id:
-            self._unlink_flow(old)
+        if old is not None:
+            self._count -= 1
+            if old.flow_id:
+                self._unlink_flow(old)
         return old
 
     def _unlink_flow(self, binding: Binding) -> None:
@@ -153,4 +184,6 @@ class Location:
             if current is not None and current.expires_at <= now:
                 self.remove(aor, key)
                 removed.append(current)
+        if len(heap) > 2 * self._count:
+            self.compact()  # bindings removed before they expired left their entries
         return removed
