@@ -97,7 +97,14 @@ async def serve_udp(
     hub = intake.hub
     hub.udp_sockets[(local_host, local_port)] = sock
     stats = intake.stats
-    recvfrom = sock.recvfrom
+    # Into one buffer, then copied at its size: ``recvfrom(65536)`` allocates 64 KiB
+    # and shrinks it in place, and a datagram a transaction keeps for 32 s then pins
+    # the freed rest of that block. Over 12 minutes at 150 calls/s that took the C
+    # heap (glibc malloc_stats) from 54 to 124 MiB with 30 MiB in use; this way it
+    # stays under 40 (bench/soak.py).
+    buffer = bytearray(RECV_SIZE)
+    view = memoryview(buffer)
+    recvfrom_into = sock.recvfrom_into
     fast = intake.fast_register
     task_status.started()
     try:
@@ -105,7 +112,7 @@ async def serve_udp(
             await trio.lowlevel.wait_readable(sock)
             for _ in range(BATCH):
                 try:
-                    data, addr = recvfrom(RECV_SIZE)
+                    size, addr = recvfrom_into(buffer)
                 except BlockingIOError:
                     break
                 except OSError as e:
@@ -113,6 +120,7 @@ async def serve_udp(
                     stats["udp_recv_errors"] += 1
                     log.debug("UDP receive error on %s:%s: %s", local_host, local_port, e)
                     continue
+                data = bytes(view[:size])
                 stats["udp_datagrams_in"] += 1
                 if intake.banned(addr[0]):
                     continue
