@@ -73,6 +73,25 @@ def _status(status: int | None, text: str) -> Text:
     return Text(text, style=style)
 
 
+def _count(n: int) -> str:
+    return f"{n / 1000:.1f}k" if n >= 10_000 else str(n)
+
+
+def _tables_line(tables: dict[str, int]) -> str:
+    """The server's state sizes: over a long run every one of them should stay flat."""
+    if not tables:
+        return " state: -"
+    caches = sum(n for name, n in tables.items() if name.startswith("cache_"))
+    shown = (
+        ("transactions", tables.get("transactions", 0)),
+        ("timer heap", tables.get("timer_heap", 0)),
+        ("deadline heap", tables.get("deadline_heap", 0)),
+        ("expiry heap", tables.get("binding_expiry_heap", 0)),
+        ("caches", caches),
+    )
+    return " state: " + "  ".join(f"{name} {_count(n)}" for name, n in shown)
+
+
 def _seconds(v: float | None) -> str:
     if v is None:
         return "-"
@@ -177,7 +196,7 @@ class MonitorApp(App[None]):
     CSS = """
     #status { height: 1; background: $boost; }
     #status.down { background: $error; color: $text; }
-    #summary { height: 2; }
+    #summary { height: 3; }
     #filter { display: none; }
     #filter.shown { display: block; }
     #ladder-box { height: 1fr; }
@@ -372,7 +391,8 @@ class MonitorApp(App[None]):
             f" in {rates.get('in', 0):.0f}/s  out {rates.get('out', 0):.0f}/s   "
             f"bindings {g.get('bindings', len(state.bindings))}  "
             f"dialogs {g.get('dialogs', len(state.dialogs))}{elsewhere}  "
-            f"flows {g.get('flows', len(state.flows))}"
+            f"flows {g.get('flows', len(state.flows))}\n"
+            f"{_tables_line(state.tables)}"
         )
 
     def _matches(self, *values: Any) -> bool:

@@ -103,6 +103,8 @@ class MonitorState:
     flows: dict[str, dict[str, Any]] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     gauges: dict[str, int] = field(default_factory=dict)
+    # the server's state sizes (entries per table, heap and cache), as /metrics has them
+    tables: dict[str, int] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)
     trace: OrderedDict[str, list[TraceMessage]] = field(default_factory=OrderedDict)
     transactions: dict[str, Transaction] = field(default_factory=dict)  # by Call-ID, as trace
@@ -125,6 +127,7 @@ class MonitorState:
         self.flows.clear()
         self.counters.clear()
         self.gauges.clear()
+        self.tables.clear()
         self.rates.clear()
         self._take_cluster(None)
         self._last_counters = None
@@ -144,6 +147,7 @@ class MonitorState:
             for f in msg.get("flows") or []:
                 self.flows[f["id"]] = f
             self.gauges = dict(msg.get("gauges") or {})
+            self.tables = dict(msg.get("state") or {})
             self._take_counters(msg.get("counters") or {}, now)
             self._take_cluster(msg.get("cluster"))
             self.snapshot_at = now
@@ -167,6 +171,7 @@ class MonitorState:
             return "flows"
         if kind == "counters":
             self.gauges = dict(msg.get("gauges") or self.gauges)
+            self.tables = dict(msg.get("state") or self.tables)
             self._take_counters(msg.get("counters") or {}, now)
             if msg.get("cluster") is not None:
                 self._take_cluster(msg["cluster"])

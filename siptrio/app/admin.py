@@ -74,6 +74,7 @@ from .views import (
     iso,
     listener_view,
     resolve_aor_untrusted,
+    state_view,
 )
 from .webphone import mount_webphone
 
@@ -314,6 +315,14 @@ class ServerCollector(Collector):
             if sock in dropped:
                 drops.add_metric([hostport(host, port)], dropped[sock])
         yield drops
+        entries = GaugeMetricFamily(
+            "siptrio_state_entries",
+            "Entries in each table, heap and cache that traffic fills (flat over a long run)",
+            labels=["table"],
+        )
+        for table, n in state_view(server).items():
+            entries.add_metric([table], n)
+        yield entries
         yield GaugeMetricFamily(
             "siptrio_uptime_seconds", "Seconds since start", value=time.time() - server.started_at
         )

@@ -46,6 +46,7 @@ from .views import (
     iso,
     resolve_aor_untrusted,
     snapshot_view,
+    state_view,
 )
 
 if TYPE_CHECKING:
@@ -156,6 +157,7 @@ class ControlServer:
                     "type": "counters",
                     "time": iso(time.time()),
                     "gauges": gauges_view(self.server),
+                    "state": state_view(self.server),
                     "counters": counters_view(self.server),
                 }
                 cluster = self.server.cluster_view()

@@ -65,6 +65,10 @@ class ServerView(Protocol):
         """(server transactions, client transactions) alive."""
         ...
 
+    def state_sizes(self) -> dict[str, int]:
+        """Entries in each table and heap that traffic fills, by name (views.state_view)."""
+        ...
+
     def cluster_view(self) -> dict[str, Any] | None:
         """The other nodes' dialogs and flows as they last published them; None alone."""
         ...

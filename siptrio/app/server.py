@@ -717,6 +717,13 @@ class Server:
         layer = self.dispatcher.layer
         return len(layer.servers), len(layer.clients)
 
+    def state_sizes(self) -> dict[str, int]:
+        sizes = self.dispatcher.state_sizes()
+        sizes["flows"] = len(self.hub.flows)
+        limiter = self.intake.limiter if self.intake is not None else None
+        sizes["rate_limiter"] = len(limiter) if limiter is not None else 0
+        return sizes
+
     def cluster_view(self) -> dict[str, Any] | None:
         return self.cluster.view() if self.cluster is not None else None
 

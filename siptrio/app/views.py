@@ -21,6 +21,7 @@ from ..core.dialogs import DialogEvent, DialogInfo, DialogState
 from ..core.events import BindingEvent
 from ..core.location import Binding, Location
 from ..core.types import Listener
+from ..sip.caches import parse_caches
 from ..sip.errors import SipParseError
 from ..sip.uri import SipUri, parse_uri_untrusted
 from ..store.cdrs import CallRecord
@@ -43,6 +44,7 @@ __all__ = [
     "resolve_aor_untrusted",
     "server_view",
     "snapshot_view",
+    "state_view",
 ]
 
 MAX_CALL_SECONDS = 3600.0
@@ -175,6 +177,17 @@ def gauges_view(server: ServerView) -> dict[str, int]:
     }
 
 
+def state_view(server: ServerView) -> dict[str, int]:
+    """Entries in every table, heap and cache that traffic fills: the core's (see
+    ``Dispatcher.state_sizes``), open flows, addresses the rate limiter tracks
+    (``ServerView.state_sizes``), and each cache of parsed spellings (bounded by
+    size, not by what is live)."""
+    sizes = server.state_sizes()
+    for name, cache in parse_caches().items():
+        sizes["cache_" + name.lower().replace(" ", "_").replace("-", "_")] = len(cache)
+    return sizes
+
+
 def server_view(server: ServerView, now: float) -> dict[str, Any]:
     config = server.config
     return {
@@ -212,6 +225,7 @@ def snapshot_view(server: ServerView, now: float, mono: float) -> dict[str, Any]
         "dialogs": dialogs_view(server, now),
         "flows": flows_view(server, mono),
         "gauges": gauges_view(server),
+        "state": state_view(server),
         "counters": counters_view(server),
         # None on a single node; else the other nodes' dialogs and flows, a second old
         "cluster": server.cluster_view(),

@@ -20,6 +20,10 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
         self._told: dict[str, float] = {}  # address -> when it last got a 503
 
+    def __len__(self) -> int:
+        """Addresses tracked (at most MAX_TRACKED before a purge)."""
+        return len(self._buckets)
+
     def allow(self, address: str, now: float) -> bool:
         tokens, at = self._buckets.get(address, (self.burst, now))
         tokens = min(self.burst, tokens + (now - at) * self.rate)

@@ -109,6 +109,16 @@ async def test_health_dialogs_and_metrics(tmp_path: Path, nursery: trio.Nursery)
         assert samples[("siptrio_info", (("version", health["version"]),))] == 1
         udp = "{}:{}".format(*ops.rs.addr("udp"))
         assert samples[("siptrio_udp_receive_drops_total", (("listener", udp),))] == 0
+        state = {
+            labels[0][1]: value
+            for (name, labels), value in samples.items()
+            if name == "siptrio_state_entries"
+        }
+        # the call just ended: its dialog lingers, its transactions run their timers
+        assert state["dialogs"] == 1 and state["bindings"] == 2 and state["flows"] == 1
+        assert state["transactions"] >= 1 and state["timer_heap"] >= 1
+        assert state["deadline_heap"] >= 1 and state["binding_expiry_heap"] >= 2
+        assert {"cache_via", "cache_uris", "cache_header_lines", "rate_limiter"} <= set(state)
 
 
 async def test_metrics_count_parse_errors_and_handshake_rejections(

@@ -109,6 +109,14 @@ SNAPSHOT: dict[str, Any] = {
         },
     ],
     "gauges": {"bindings": 2, "dialogs": 2, "flows": 1},
+    "state": {
+        "transactions": 3,
+        "timer_heap": 5,
+        "deadline_heap": 2,
+        "binding_expiry_heap": 2,
+        "cache_via": 12,
+        "cache_uris": 7,
+    },
     "counters": {"requests_in.INVITE": 2, "responses_in": 4},
 }
 

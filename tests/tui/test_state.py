@@ -183,3 +183,13 @@ def test_a_flows_bindings_are_the_bindings_made_over_it() -> None:
         2,
     )
     assert s.flow_bindings("ws-1") == []
+
+
+def test_state_sizes_come_with_the_snapshot_and_every_counters_message() -> None:
+    s = MonitorState()
+    s.apply({"type": "snapshot", "state": {"transactions": 4, "timer_heap": 9}}, 0)
+    assert s.tables == {"transactions": 4, "timer_heap": 9}
+    s.apply({"type": "counters", "counters": {}, "state": {"transactions": 0}}, 1)
+    assert s.tables == {"transactions": 0}
+    s.apply({"type": "counters", "counters": {}}, 2)  # an older server: keep what we had
+    assert s.tables == {"transactions": 0}
