@@ -47,6 +47,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..core.media import query_command, summarize_query
+from ..core.overload import Priority
 from ..core.types import Transport
 from ..store.cdrs import MAX_PAGE
 from ..transport.rtpengine import MediaError
@@ -229,6 +230,12 @@ class ServerCollector(Collector):
             ("flows_closed.", "siptrio_flows_closed", "Connections closed", "transport"),
             ("keepalives_out.", "siptrio_keepalives_sent", "Keep-alives sent", "transport"),
             ("keepalives_in.", "siptrio_keepalives_received", "Keep-alives received", "transport"),
+            (
+                "overload_refused.",
+                "siptrio_overload_refused",
+                "Requests refused with 503 while overloaded, by class",
+                "class",
+            ),
             ("routed.", "siptrio_routed_requests", "Requests a [routes] rule took", "route"),
         ]
         plain = [
@@ -315,6 +322,21 @@ class ServerCollector(Collector):
             if sock in dropped:
                 drops.add_metric([hostport(host, port)], dropped[sock])
         yield drops
+        overload = server.overload
+        yield GaugeMetricFamily(
+            "siptrio_queue_delay_seconds",
+            "Longest standing time messages waited before the core took them (load shedding)",
+            value=overload.delay,
+        )
+        shedding = GaugeMetricFamily(
+            "siptrio_overload_shedding",
+            "1 while new requests of the class are refused with 503",
+            labels=["class"],
+        )
+        mono = trio.current_time()
+        for priority in (Priority.NEW, Priority.NEW_REGISTER, Priority.REFRESH):
+            shedding.add_metric([priority.name.lower()], int(overload.refuses(priority, mono)))
+        yield shedding
         entries = GaugeMetricFamily(
             "siptrio_state_entries",
             "Entries in each table, heap and cache that traffic fills (flat over a long run)",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..core.dialogs import Dialogs
 from ..core.events import Action
 from ..core.location import Binding, Location
+from ..core.overload import Overload
 from ..core.types import Clock, Listener, Peer
 from ..transport.hub import Flow
 from .config import Config
@@ -88,6 +89,9 @@ class Operable(ServerView, Protocol):
 class AdminHost(Operable, Protocol):
     media: NgClient | None
     cdrs: CallRecorder  # GET /cdrs
+
+    @property
+    def overload(self) -> Overload: ...
 
     @property
     def udp_sockets(self) -> Mapping[tuple[str, int], socket.socket]: ...

@@ -28,6 +28,7 @@ import trio
 from ..core.auth import AuthConfig
 from ..core.dispatcher import DispatcherConfig
 from ..core.media import MediaConfig, MediaMode
+from ..core.overload import OverloadConfig
 from ..core.proxy import ProxyConfig
 from ..core.registrar import RegistrarConfig
 from ..core.routing import NatMode, ResolverConfig, parse_hop, parse_rule
@@ -134,6 +135,10 @@ def core_config(config: Config, *, node: str | None) -> DispatcherConfig:
             ban_time=config.security.ban_time,
             ephemeral=ephemeral_config(config),
             algorithms=config.auth.algorithms,
+        ),
+        overload=OverloadConfig(
+            target=config.security.overload_delay,
+            retry_after=config.security.overload_retry_after,
         ),
     )
 

@@ -38,6 +38,7 @@ from ..core.events import (
 )
 from ..core.fastreg import FastRegister
 from ..core.location import Binding, Location
+from ..core.overload import Overload
 from ..core.types import Clock, Listener, Peer, Transport
 from ..sip import Request, Response, make_response
 from ..store.base import BindingStore
@@ -226,6 +227,10 @@ class Server:
             intake.limiter = RateLimiter(sec.rate_limit, sec.rate_burst)
             intake.exempt = sec.rate_limit_exempt
             intake.handle = self._handle
+            overload = self.dispatcher.overload
+            intake.queue_delay = lambda queue, delay: overload.observe(
+                queue, delay, trio.current_time()
+            )
             if cfg.registrar.fast_path:
                 self.fast = FastRegister(
                     self.dispatcher,
@@ -468,10 +473,13 @@ class Server:
 
     async def _core_loop(self, inbound: trio.MemoryReceiveChannel[Inbound]) -> None:
         """Take every queued message per wake-up: one task switch per burst, not per message."""
+        overload = self.dispatcher.overload
         async for first in inbound:
             item: Inbound | None = first
             handled = 0
             while item is not None:
+                now = trio.current_time()
+                overload.observe("streams", now - item.queued_at, now)  # how far behind
                 await self._handle(item)
                 handled += 1
                 if handled >= CORE_BATCH:
@@ -512,6 +520,8 @@ class Server:
         now = clock.now
         if not intake.may_admit(peer.host, now):
             return False  # the general path drops it, or answers 503
+        if self.dispatcher.overload.shedding(now):
+            return False  # the general path tells refreshes from new REGISTERs
         try:
             actions = self.fast.handle(data, peer, clock)
         except Exception:
@@ -716,6 +726,10 @@ class Server:
     def transaction_counts(self) -> tuple[int, int]:
         layer = self.dispatcher.layer
         return len(layer.servers), len(layer.clients)
+
+    @property
+    def overload(self) -> Overload:
+        return self.dispatcher.overload
 
     def state_sizes(self) -> dict[str, int]:
         sizes = self.dispatcher.state_sizes()

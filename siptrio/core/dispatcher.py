@@ -27,8 +27,9 @@ from ..sip.uri import SipUri
 from .auth import AuthConfig, Authenticator
 from .calls import Refused
 from .dialogs import DialogEvent, DialogEventKind, Dialogs
-from .events import Action, BindingEvent, BindingEventKind, Persist, Publish
+from .events import Action, BindingEvent, BindingEventKind, Persist, Publish, Send
 from .location import Binding, Location
+from .overload import Overload, OverloadConfig, Priority, priority_of
 from .plumbing import Plumbing
 from .proxy import Proxy, ProxyConfig
 from .registrar import SUPPORTED_OPTIONS, Registrar, RegistrarConfig
@@ -54,6 +55,7 @@ class DispatcherConfig:
     timers: Timers = field(default_factory=Timers)
     server_name: str = SERVER
     auth: AuthConfig = field(default_factory=AuthConfig)
+    overload: OverloadConfig = field(default_factory=OverloadConfig)
 
 
 class Dispatcher:
@@ -86,6 +88,7 @@ class Dispatcher:
             secret=secret,
         )
         self.auth = Authenticator(config.auth, secret)
+        self.overload = Overload(config.overload)
         # peers that never authenticate: the built-in simulated client's socket
         self.trusted: set[tuple[str, int]] = set()
         self.newly_banned: list[str] = []  # for the shell to log
@@ -140,9 +143,15 @@ class Dispatcher:
 
     def receive_request(self, request: Request, peer: Peer, clock: Clock) -> list[Action]:
         self.stats[f"requests_in.{request.method}"] += 1
-        request = stamp_via(request, peer)
         now = clock.now
         layer = self.layer
+        if self.overload.level < Priority.NEW and request.method != "ACK":
+            # Shedding: refused before anything is made for it, the Via stamp included
+            # (half of what a refusal costs; the 503 goes to the source all the same).
+            refused = self._shed(request, peer, now)
+            if refused is not None:
+                return refused
+        request = stamp_via(request, peer)
         txn = layer.find_server(request)
         if request.method == "ACK":
             if txn is not None and txn.is_invite:
@@ -323,6 +332,34 @@ class Dispatcher:
         return out
 
     # --- the server's own answers ----------------------------------------------------------------
+
+    def _shed(self, request: Request, peer: Peer, now: float) -> list[Action] | None:
+        """A 503 with Retry-After for a request of a class being refused, else None.
+
+        Stateless: no transaction, nothing kept. A lost 503 is sent again when the
+        request is retransmitted; its ACK matches nothing. A retransmission of a
+        request already taken goes on to its transaction.
+        """
+        try:
+            priority = priority_of(request, self.location)
+            if not self.overload.refuses(priority, now):
+                return None
+            if self.layer.find_server(request) is not None:
+                return None
+        except SipParseError:
+            return None  # the general path answers the fault
+        self.stats[f"overload_refused.{priority.name.lower()}"] += 1
+        self.stats["responses_out.5xx"] += 1
+        response = make_response(
+            request,
+            503,
+            "Service Unavailable (overloaded)",
+            headers=(
+                ("Retry-After", str(self.overload.config.retry_after)),
+                ("Server", self.config.server_name),
+            ),
+        )
+        return [Send(data=response.serialise(), peer=peer)]
 
     def _tx(self, events: list[TxSend | TxEvent], clock: Clock) -> list[Action]:
         return self.plumbing.actions(events, clock)

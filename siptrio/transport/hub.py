@@ -48,6 +48,7 @@ class Inbound:
     message: object  # Request | Response (kept loose to avoid importing sip here)
     peer: Peer
     size: int
+    queued_at: float = 0.0  # trio time it entered the core's channel (streams)
 
 
 @dataclass(slots=True, unsafe_hash=True)

@@ -62,6 +62,10 @@ class Intake:
         # Set by the server: True when it took a REGISTER by the fast path
         # (core/fastreg.py); False, and the datagram is parsed as any other.
         self.fast_register: Callable[[bytes, Peer], Awaitable[bool]] | None = None
+        # Set by the server: how long the oldest datagram waited in a UDP socket's
+        # queue (named by its local address) when its receive loop woke up, in
+        # seconds, for load shedding.
+        self.queue_delay: Callable[[tuple[str, int], float], None] = lambda queue, delay: None
 
     def banned(self, address: str) -> bool:
         """Traffic from a banned address is dropped before it costs a parse."""
@@ -146,6 +150,7 @@ class Intake:
 
     def deliver_nowait(self, item: Inbound) -> None:
         """For datagrams: a full core queue drops the message (the sender retransmits)."""
+        item.queued_at = trio.current_time()
         try:
             self.channel.send_nowait(item)
         except trio.WouldBlock:
@@ -153,6 +158,7 @@ class Intake:
 
     async def deliver(self, item: Inbound) -> None:
         """For streams: wait, which pushes back on that connection only."""
+        item.queued_at = trio.current_time()
         await self.channel.send(item)
 
     def flow_closed(self, flow_id: str, reason: str) -> None:

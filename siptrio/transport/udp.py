@@ -5,7 +5,9 @@ handler): no hand-off to another task per message. When the core is behind, the
 socket's receive buffer is the queue and the kernel drops what does not fit (UDP
 senders retransmit; ``receive_drops`` reads the kernel's count for /metrics);
 without a handler, datagrams go to the core's channel and are dropped and counted
-when it is full.
+when it is full. The first datagram of each wake-up is read with its kernel receive
+timestamp: its age is how far behind the server is, and past ``[security]
+overload_delay`` new requests are refused (core/overload.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import ipaddress
 import logging
 import os
 import socket as stdsocket
+import struct
+import sys
+import time
 from collections.abc import Iterable
 
 import trio
@@ -28,6 +33,10 @@ log = logging.getLogger("siptrio.transport")
 RECV_SIZE = 65536
 BATCH = 64  # datagrams handled per wake-up before others get a turn
 SOCKET_BUFFER = 4 * 1024 * 1024
+# The kernel stamps each datagram with its arrival (wall clock, struct timeval): the
+# age of the oldest one waiting is how far behind the server is (core/overload.py).
+SO_TIMESTAMP = getattr(stdsocket, "SO_TIMESTAMP", 29 if sys.platform == "linux" else None)
+_TIMEVAL = struct.Struct("@ll")
 
 
 async def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> stdsocket.socket:
@@ -43,6 +52,9 @@ async def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> stdsock
         for opt in (stdsocket.SO_RCVBUF, stdsocket.SO_SNDBUF):
             with contextlib.suppress(OSError):
                 sock.setsockopt(stdsocket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        if SO_TIMESTAMP is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(stdsocket.SOL_SOCKET, SO_TIMESTAMP, 1)
         sock.bind((host, port))
     except BaseException:
         sock.close()
@@ -105,14 +117,18 @@ async def serve_udp(
     buffer = bytearray(RECV_SIZE)
     view = memoryview(buffer)
     recvfrom_into = sock.recvfrom_into
+    stamped = SO_TIMESTAMP is not None and bool(sock.getsockopt(stdsocket.SOL_SOCKET, SO_TIMESTAMP))
     fast = intake.fast_register
     task_status.started()
     try:
         while True:
             await trio.lowlevel.wait_readable(sock)
-            for _ in range(BATCH):
+            for i in range(BATCH):
                 try:
-                    size, addr = recvfrom_into(buffer)
+                    if i == 0 and stamped:
+                        size, addr = _receive_first(sock, buffer, intake, (local_host, local_port))
+                    else:
+                        size, addr = recvfrom_into(buffer)
                 except BlockingIOError:
                     break
                 except OSError as e:
@@ -149,3 +165,15 @@ async def serve_udp(
     finally:
         hub.udp_sockets.pop((local_host, local_port), None)
         sock.close()
+
+
+def _receive_first(
+    sock: stdsocket.socket, buffer: bytearray, intake: Intake, local: tuple[str, int]
+) -> tuple[int, tuple[str, int]]:
+    """The first datagram of a wake-up, with its age: the delay of the socket's queue."""
+    size, ancillary, _flags, addr = sock.recvmsg_into([buffer], 64)
+    for level, kind, data in ancillary:
+        if level == stdsocket.SOL_SOCKET and kind == SO_TIMESTAMP and len(data) >= _TIMEVAL.size:
+            seconds, micros = _TIMEVAL.unpack_from(data)
+            intake.queue_delay(local, time.time() - (seconds + micros * 1e-6))
+    return size, addr

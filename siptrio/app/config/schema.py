@@ -216,6 +216,8 @@ _SECTIONS: dict[str, _Section] = {
             "max_connections": _integer(1, 1_000_000),
             "max_connections_per_ip": _integer(1, 1_000_000),
             "first_message_timeout": _seconds,
+            "overload_delay": _seconds,
+            "overload_retry_after": _integer(1, 3600),
         },
     ),
     "media": _Section(

@@ -172,6 +172,8 @@ class SecuritySection:
     max_connections: int = 10000  # TCP and TLS together
     max_connections_per_ip: int = 100
     first_message_timeout: float = 10.0  # a connection must send a valid SIP message by then
+    overload_delay: float = 0.1  # standing queueing delay from which new requests get 503
+    overload_retry_after: int = 5  # seconds, in those 503s' Retry-After
 
 
 @dataclass(frozen=True, kw_only=True)
