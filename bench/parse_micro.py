@@ -18,7 +18,6 @@ from fused_register import FusedRegistrar
 from siptrio.app.server import GC_MIDDLE, GC_THRESHOLD
 from siptrio.core.dispatcher import Dispatcher, DispatcherConfig
 from siptrio.core.events import Persist
-from siptrio.core.fastreg import FastRegister
 from siptrio.core.types import Clock, Peer, Transport
 from siptrio.sip import Request, parse_message_untrusted
 
@@ -110,11 +109,10 @@ def main() -> None:
 
     def fast_whole(batch: list[bytes]) -> float:
         d = Dispatcher(DispatcherConfig(), secret=b"bench secret")
-        fast = FastRegister(d, max_size=65535, max_headers=256)
         start = time.process_time()
         for data in batch:
-            actions = fast.handle(data, peer, Clock.at(1000.0))
-            assert actions is not None, "the fast path gave it back"
+            actions = d.receive_datagram(data, peer, Clock.at(1000.0))
+            assert d.stats["register_fast"], "the fast path gave it back"
             for action in actions:
                 if isinstance(action, Persist):
                     assert d.committed(action.txn_key, True, Clock.at(1000.0)), (

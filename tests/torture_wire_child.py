@@ -147,7 +147,8 @@ async def run_one(
         else:
             result = await send_tcp(data, addr, args.timeout)
         alive = await options_ok(transport, addr)
-        stats = {k: srv.server.stats[k] for k in STAT_KEYS if srv.server.stats[k]}
+        counters = srv.counters()
+        stats = {k: counters[k] for k in STAT_KEYS if counters.get(k)}
     responses = result["responses"]
     return {
         "set": set_name,

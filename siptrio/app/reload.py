@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from ..core.admission import AdmissionConfig
 from ..core.auth import AuthConfig
 from ..core.dispatcher import DispatcherConfig
 from ..core.media import MediaConfig, MediaMode
@@ -139,6 +140,14 @@ def core_config(config: Config, *, node: str | None) -> DispatcherConfig:
         overload=OverloadConfig(
             target=config.security.overload_delay,
             retry_after=config.security.overload_retry_after,
+        ),
+        admission=AdmissionConfig(
+            max_size=config.sip.max_message_size,
+            max_headers=config.sip.max_headers,
+            rate_limit=config.security.rate_limit,
+            rate_burst=config.security.rate_burst,
+            rate_limit_exempt=config.security.rate_limit_exempt,
+            fast_path=config.registrar.fast_path,
         ),
     )
 

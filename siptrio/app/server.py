@@ -8,6 +8,7 @@ nursery; the store writer then commits what is still queued before the file clos
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import ipaddress
 import logging
@@ -23,30 +24,29 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..core.abuse import RateLimiter
 from ..core.dialogs import Dialogs
 from ..core.dispatcher import Dispatcher
 from ..core.events import (
     Action,
     BindingEvent,
     BindingEventKind,
+    FlowValid,
     MediaRequest,
     Persist,
     Publish,
     Resolve,
     Send,
 )
-from ..core.fastreg import FastRegister
 from ..core.location import Binding, Location
 from ..core.overload import Overload
 from ..core.types import Clock, Listener, Peer, Transport
-from ..sip import Request, Response, make_response
+from ..sip import SipParseError, error_response_untrusted
 from ..store.base import BindingStore
 from ..store.redis_store import RedisStore
 from ..store.sqlite import SqliteStore
 from ..transport.dns import DnsClient
-from ..transport.hub import Flow, FlowClosed, Hub, Inbound, SendFailed
-from ..transport.intake import Intake
+from ..transport.hub import Flow, FlowClosed, Hub, SendFailed
+from ..transport.intake import Inbound, Intake
 from ..transport.outbound import Connector
 from ..transport.rtpengine import MediaError, NgClient, parse_engine
 from ..transport.stream import (
@@ -144,7 +144,6 @@ class Server:
         )
         self._timer_scope: trio.CancelScope | None = None
         self._wall_offset = 0.0  # time.time() - trio.current_time(), kept by _sync_clock
-        self.fast: FastRegister | None = None
         self.intake: Intake | None = None
         self._users_version = -1
         self._nursery: trio.Nursery | None = None
@@ -215,33 +214,22 @@ class Server:
             )
             store_send, store_recv = trio.open_memory_channel[Persist](STORE_QUEUE)
             self._store_send = store_send
+            overload = self.dispatcher.overload
+            auth = self.dispatcher.auth
             intake = Intake(
                 hub=self.hub,
                 channel=inbound_send,
                 closed_channel=closed_send,
+                handle=self._handle_data,
+                reject=self._reject,
+                is_banned=lambda address: auth.is_banned(address, trio.current_time()),
+                queue_delay=lambda queue, delay: overload.observe(
+                    queue, delay, trio.current_time()
+                ),
                 max_size=cfg.sip.max_message_size,
-                max_headers=cfg.sip.max_headers,
-                server_name=self.dispatcher.config.server_name,
             )
-            sec = cfg.security
-            intake.limiter = RateLimiter(sec.rate_limit, sec.rate_burst)
-            intake.exempt = sec.rate_limit_exempt
-            intake.handle = self._handle
-            overload = self.dispatcher.overload
-            intake.queue_delay = lambda queue, delay: overload.observe(
-                queue, delay, trio.current_time()
-            )
-            if cfg.registrar.fast_path:
-                self.fast = FastRegister(
-                    self.dispatcher,
-                    max_size=cfg.sip.max_message_size,
-                    max_headers=cfg.sip.max_headers,
-                )
-                intake.fast_register = self._register_fast
             self.intake = intake
             self.capture.apply(cfg)
-            auth = self.dispatcher.auth
-            intake.is_banned = lambda address: auth.is_banned(address, trio.current_time())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._store_writer, store_recv)
                 nursery.start_soon(self._core_loop, inbound_recv)
@@ -480,7 +468,7 @@ class Server:
             while item is not None:
                 now = trio.current_time()
                 overload.observe("streams", now - item.queued_at, now)  # how far behind
-                await self._handle(item)
+                await self._handle_data(item.data, item.peer)
                 handled += 1
                 if handled >= CORE_BATCH:
                     break
@@ -489,56 +477,27 @@ class Server:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     item = None
 
-    async def _handle(self, item: Inbound) -> None:
-        dispatcher = self.dispatcher
-        message = item.message
+    async def _handle_data(self, data: bytes, peer: Peer) -> None:
+        """The shell's one way into the core: one message's bytes, from any transport."""
         try:
-            if isinstance(message, Request):
-                actions = dispatcher.receive_request(message, item.peer, self.clock())
-            else:
-                assert isinstance(message, Response)
-                actions = dispatcher.receive_response(message, item.peer, self.clock())
+            actions = self.dispatcher.receive_datagram(data, peer, self.clock())
         except Exception:
             # A bug must cost one answer, never the server.
             self.stats["internal_errors"] += 1
-            log.exception("internal error handling a message from %s", item.peer)
-            if isinstance(message, Request) and message.method != "ACK":
-                try:
-                    resp = make_response(message, 500, "Server Internal Error")
-                    await self.hub.send(resp.serialise(), item.peer)
-                except Exception:
-                    log.exception("could not even answer 500")
+            log.exception("internal error handling a message from %s", peer)
+            error = SipParseError("Server Internal Error", status=500)
+            reply = error_response_untrusted(data, error, server=self.dispatcher.config.server_name)
+            if reply is not None:
+                with contextlib.suppress(Exception):
+                    await self.hub.send(reply, peer)
             return
         if actions:
             await self.execute(actions)
 
-    async def _register_fast(self, data: bytes, peer: Peer) -> bool:
-        """A REGISTER (UDP or on a flow), offered to the fast path; False: the general path's."""
-        intake = self.intake
-        assert self.fast is not None and intake is not None
-        clock = self.clock()
-        now = clock.now
-        if not intake.may_admit(peer.host, now):
-            return False  # the general path drops it, or answers 503
-        if self.dispatcher.overload.shedding(now):
-            return False  # the general path tells refreshes from new REGISTERs
-        try:
-            actions = self.fast.handle(data, peer, clock)
-        except Exception:
-            # A bug. Up to the point where it takes a REGISTER it has changed nothing,
-            # and the general path answers instead; after it, the general path finds the
-            # transaction and keeps quiet, as for a retransmission.
-            self.stats["internal_errors"] += 1
-            log.exception("internal error in the REGISTER fast path, from %s", peer)
-            return False
-        if actions is None:
-            return False
-        intake.admitted(peer.host, now)
-        if self.hub.trace:
-            self.hub.trace_message("recv", data, peer)
+    async def _reject(self, data: bytes, error: SipParseError, peer: Peer) -> None:
+        actions = self.dispatcher.rejected(data, error, peer)
         if actions:
             await self.execute(actions)
-        return True
 
     async def _timer_loop(self) -> None:
         """One task for every transaction timer: sleep until the earliest deadline."""
@@ -650,6 +609,10 @@ class Server:
             elif isinstance(action, MediaRequest):
                 assert self._nursery is not None
                 self._nursery.start_soon(self._media_request, action)
+            elif isinstance(action, FlowValid):
+                flow = self.hub.flows.get(action.flow_id)
+                if flow is not None:
+                    flow.valid_seen = True
             elif isinstance(action, Resolve):
                 assert self._nursery is not None
                 self._nursery.start_soon(self._resolve, action)
@@ -734,8 +697,7 @@ class Server:
     def state_sizes(self) -> dict[str, int]:
         sizes = self.dispatcher.state_sizes()
         sizes["flows"] = len(self.hub.flows)
-        limiter = self.intake.limiter if self.intake is not None else None
-        sizes["rate_limiter"] = len(limiter) if limiter is not None else 0
+        sizes["rate_limiter"] = len(self.dispatcher.admission.limiter)
         return sizes
 
     def cluster_view(self) -> dict[str, Any] | None:
@@ -773,13 +735,6 @@ class Server:
         self.realm = realm_of(config)
         self.dispatcher.reconfigure(core_config(config, node=self.node if self.clustered else None))
         sec = config.security
-        if self.intake is not None:
-            if (sec.rate_limit, sec.rate_burst) != (
-                old.security.rate_limit,
-                old.security.rate_burst,
-            ):
-                self.intake.limiter = RateLimiter(sec.rate_limit, sec.rate_burst)
-            self.intake.exempt = sec.rate_limit_exempt
         if self.connection_limits is not None:
             self.connection_limits.max_total = sec.max_connections
             self.connection_limits.max_per_ip = sec.max_connections_per_ip

@@ -13,6 +13,7 @@ keeps current. Nothing here does I/O.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -20,23 +21,27 @@ from typing import Any
 
 from .. import __version__
 from ..sip.errors import SipParseError
-from ..sip.headers import Via, remember_via
-from ..sip.message import Request, Response, make_response, with_top_via
+from ..sip.message import Message, Request, Response, make_response
 from ..sip.transaction import ServerTransaction, Timers, TransactionLayer, TxEvent, TxSend
 from ..sip.uri import SipUri
+from .admission import Admission, AdmissionConfig
 from .auth import AuthConfig, Authenticator
 from .calls import Refused
 from .dialogs import DialogEvent, DialogEventKind, Dialogs
-from .events import Action, BindingEvent, BindingEventKind, Persist, Publish, Send
+from .events import Action, BindingEvent, BindingEventKind, FlowValid, Persist, Publish, Send
+from .fastreg import FastRegister
 from .location import Binding, Location
 from .overload import Overload, OverloadConfig, Priority, priority_of
 from .plumbing import Plumbing
 from .proxy import Proxy, ProxyConfig
 from .registrar import SUPPORTED_OPTIONS, Registrar, RegistrarConfig
 from .routing import Answer, Router
+from .stamp import stamp_via, stamped_via
 from .types import Clock, Listener, Peer
 
-__all__ = ["ALLOW", "Dispatcher", "DispatcherConfig", "stamp_via", "stamped_via"]
+__all__ = ["ALLOW", "Dispatcher", "DispatcherConfig", "stamp_via", "stamped_via"]  # (stamp.py)
+
+log = logging.getLogger("siptrio.core")
 
 ALLOW = ", ".join(
     [
@@ -56,6 +61,7 @@ class DispatcherConfig:
     server_name: str = SERVER
     auth: AuthConfig = field(default_factory=AuthConfig)
     overload: OverloadConfig = field(default_factory=OverloadConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
 
 
 class Dispatcher:
@@ -89,6 +95,11 @@ class Dispatcher:
         )
         self.auth = Authenticator(config.auth, secret)
         self.overload = Overload(config.overload)
+        self.admission = Admission(
+            config.admission, stats=self.stats, server_name=config.server_name
+        )
+        # a private strategy of receive_datagram: tidy REGISTERs in one pass
+        self._fast = self._fast_path(config)
         # peers that never authenticate: the built-in simulated client's socket
         self.trusted: set[tuple[str, int]] = set()
         self.newly_banned: list[str] = []  # for the shell to log
@@ -114,6 +125,14 @@ class Dispatcher:
         self.proxy.reconfigure(proxy_config)
         self.dialogs.max_duration = config.proxy.max_dialog_duration
         self.auth.reconfigure(config.auth)
+        self.admission.reconfigure(config.admission)
+        self._fast = self._fast_path(config)
+
+    def _fast_path(self, config: DispatcherConfig) -> FastRegister | None:
+        limits = config.admission
+        if not limits.fast_path:
+            return None
+        return FastRegister(self, max_size=limits.max_size, max_headers=limits.max_headers)
 
     def state_sizes(self) -> dict[str, int]:
         """Entries in each table and heap of the core that traffic fills.
@@ -140,6 +159,70 @@ class Dispatcher:
         }
 
     # --- entry points ---------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, peer: Peer, clock: Clock) -> list[Action]:
+        """The front door: the bytes of one message from any transport (a UDP datagram,
+        or one message framed off a TCP, TLS or WebSocket flow).
+
+        A banned address is dropped, a tidy REGISTER may take the fast path, what does
+        not parse is answered (or dropped), an address over its rate is refused, and
+        the rest is handled as ``receive`` handles a parsed message.
+        """
+        now = clock.now
+        if self.auth.is_banned(peer.host, now):
+            self.stats["dropped.banned"] += 1
+            return []
+        if self._fast is not None and data.startswith(b"REGISTER "):
+            taken = self._register_fast(data, peer, clock)
+            if taken is not None:
+                return taken
+        admission = self.admission
+        message = admission.parse(data)
+        if isinstance(message, SipParseError):
+            return admission.reject(data, message, peer)
+        refused = admission.allowed(message, peer, now)
+        if refused is not None:
+            return refused
+        out = self.receive(message, peer, clock)
+        if peer.flow_id is not None:
+            out.append(FlowValid(flow_id=peer.flow_id))
+        return out
+
+    def receive(self, message: Message, peer: Peer, clock: Clock) -> list[Action]:
+        """A message already parsed (the simulated client's, a test's)."""
+        if isinstance(message, Request):
+            return self.receive_request(message, peer, clock)
+        assert isinstance(message, Response)
+        return self.receive_response(message, peer, clock)
+
+    def rejected(self, data: bytes, error: SipParseError, peer: Peer) -> list[Action]:
+        """A message the shell could not even frame (a stream's): its error answer."""
+        self.stats["parse_errors"] += 1
+        return self.admission.reject(data, error, peer)
+
+    def _register_fast(self, data: bytes, peer: Peer, clock: Clock) -> list[Action] | None:
+        """A REGISTER taken by the fast path (fastreg.py), or None: the general path's."""
+        assert self._fast is not None
+        now = clock.now
+        if not self.admission.may(peer.host, now):
+            return None  # the general path drops it, or answers 503
+        if self.overload.shedding(now):
+            return None  # the general path tells refreshes from new REGISTERs
+        try:
+            actions = self._fast.handle(data, peer, clock)
+        except Exception:
+            # A bug. Up to the point where it takes a REGISTER it has changed nothing,
+            # and the general path answers instead; after it, the general path finds
+            # the transaction and keeps quiet, as for a retransmission.
+            self.stats["internal_errors"] += 1
+            log.exception("internal error in the REGISTER fast path, from %s", peer)
+            return None
+        if actions is None:
+            return None
+        self.admission.took(peer.host, now)
+        if peer.flow_id is not None:
+            actions.append(FlowValid(flow_id=peer.flow_id))
+        return actions
 
     def receive_request(self, request: Request, peer: Peer, clock: Clock) -> list[Action]:
         self.stats[f"requests_in.{request.method}"] += 1
@@ -500,33 +583,3 @@ def _refused(txn: ServerTransaction, status: int, reason: str) -> Publish:
             peer=peer,
         )
     )
-
-
-def stamp_via(request: Request, peer: Peer) -> Request:
-    """RFC 3261 section 18.2.1 and RFC 3581: record where the request really came from.
-
-    ``received`` is added when the sent-by host differs from the source address;
-    an empty ``rport`` is filled with the source port (and then ``received`` is
-    always added, as RFC 3581 requires).
-    """
-    new = stamped_via(request.top_via, peer)
-    if new is None:
-        return request
-    stamped = request.edited(with_top_via(request.headers, new.text), ("via",))
-    if "vias" in request.__dict__:
-        stamped.__dict__["vias"] = (new, *request.vias[1:])
-    return stamped
-
-
-def stamped_via(via: Via, peer: Peer) -> Via | None:
-    """The top Via as stamp_via leaves it (None: unchanged), known to parse_via."""
-    host = via.host[1:-1] if via.host.startswith("[") else via.host
-    rport = via.rport
-    if rport == "":
-        new = via.with_params({"rport": str(peer.port), "received": peer.host})
-    elif host != peer.host:
-        new = via.with_params({"received": peer.host})
-    else:
-        return None
-    remember_via(new)
-    return new

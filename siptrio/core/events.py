@@ -23,6 +23,7 @@ __all__ = [
     "BindingEvent",
     "BindingEventKind",
     "Event",
+    "FlowValid",
     "MediaRequest",
     "Persist",
     "Publish",
@@ -99,4 +100,12 @@ class Resolve:
     qtype: str  # "NAPTR", "SRV", "A" or "AAAA"
 
 
-Action = Send | Publish | Persist | MediaRequest | Resolve
+@dataclass(slots=True, kw_only=True, unsafe_hash=True)
+class FlowValid:
+    """A valid SIP message arrived on this flow: its first-message guard may stand down
+    (a connection that sends only keep-alives or garbage is closed, STYLE's slowloris)."""
+
+    flow_id: str
+
+
+Action = Send | Publish | Persist | MediaRequest | Resolve | FlowValid

@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from functools import partial
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from ..sip._abnf import get_param, parse_uint
 from ..sip.errors import SipParseError
@@ -32,11 +33,14 @@ from ..sip.headers import COMPACT_FORMS, NameAddr, display_name, parse_cseq, par
 from ..sip.message import LazyRequest, Request, tag_for
 from ..sip.parser import _check_controls, parse_message_untrusted
 from ..sip.uri import SipUri, parse_uri_untrusted
-from .dispatcher import Dispatcher, stamp_via
 from .events import Action, BindingEvent, BindingEventKind, Persist, Publish
 from .registrar import SUPPORTED_OPTIONS, Reject, serves_domain
 from .routing.nat import ViaFacts
+from .stamp import stamp_via
 from .types import Clock, Peer
+
+if TYPE_CHECKING:
+    from .dispatcher import Dispatcher
 
 __all__ = ["FastRegister"]
 

@@ -21,7 +21,7 @@ import trio
 
 from ..core.types import Peer, Transport
 
-__all__ = ["Flow", "FlowClosed", "Hub", "Inbound"]
+__all__ = ["Flow", "FlowClosed", "Hub"]
 
 log = logging.getLogger("siptrio.transport")
 trace_log = logging.getLogger("siptrio.trace")
@@ -39,16 +39,6 @@ def call_id_of(data: bytes) -> str | None:
         if colon and name.strip().lower() in (b"call-id", b"i"):
             return value.strip().decode("utf-8", "replace")
     return None
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class Inbound:
-    """A parsed message handed from a transport to the core."""
-
-    message: object  # Request | Response (kept loose to avoid importing sip here)
-    peer: Peer
-    size: int
-    queued_at: float = 0.0  # trio time it entered the core's channel (streams)
 
 
 @dataclass(slots=True, unsafe_hash=True)

@@ -328,7 +328,6 @@ async def _reader(
             try:
                 event = framer.next_event()
             except SipParseError as e:
-                stats["parse_errors"] += 1
                 await intake.reject(framer.error_head, e, peer)
                 await _close_after_flush(flow, stream, f"framing lost: {e.reason}")
                 return
@@ -342,21 +341,9 @@ async def _reader(
                 flow.crlf_answered()
                 continue
             assert isinstance(event, bytes)
-            fast = intake.fast_register
-            if fast is not None and event.startswith(b"REGISTER ") and await fast(event, peer):
-                flow.valid_seen = True
-                continue
-            result = intake.parse(event, peer)
-            if isinstance(result, SipParseError):
-                await intake.reject(event, result, peer)
-                if result.close:
-                    await _close_after_flush(flow, stream, f"framing lost: {result.reason}")
-                    return
-                continue
-            flow.valid_seen = True
-            if await intake.admit(result):
-                await intake.deliver(result)
-            del event, result  # nor the last parsed message
+            # to the core's front door; it marks the flow valid once a message parses
+            await intake.deliver(event, peer)
+            del event  # nor the last message
 
 
 async def open_tcp_listeners(

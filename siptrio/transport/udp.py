@@ -1,11 +1,11 @@
 """The UDP listener: one socket per address, one tight receive loop per socket.
 
-Datagrams are parsed and handled in the loop itself (``Intake.handle``, the core's
-handler): no hand-off to another task per message. When the core is behind, the
-socket's receive buffer is the queue and the kernel drops what does not fit (UDP
-senders retransmit; ``receive_drops`` reads the kernel's count for /metrics);
-without a handler, datagrams go to the core's channel and are dropped and counted
-when it is full. The first datagram of each wake-up is read with its kernel receive
+Datagrams are handled in the loop itself (``Intake.datagram``: the core's front door,
+``Dispatcher.receive_datagram``, through the server's executor): no hand-off to
+another task per message. When the core is behind, the socket's receive buffer is the
+queue and the kernel drops what does not fit (UDP senders retransmit;
+``receive_drops`` reads the kernel's count for /metrics). The first datagram of each
+wake-up is read with its kernel receive
 timestamp: its age is how far behind the server is, and past ``[security]
 overload_delay`` new requests are refused (core/overload.py).
 """
@@ -118,7 +118,6 @@ async def serve_udp(
     view = memoryview(buffer)
     recvfrom_into = sock.recvfrom_into
     stamped = SO_TIMESTAMP is not None and bool(sock.getsockopt(stdsocket.SOL_SOCKET, SO_TIMESTAMP))
-    fast = intake.fast_register
     task_status.started()
     try:
         while True:
@@ -138,8 +137,6 @@ async def serve_udp(
                     continue
                 data = bytes(view[:size])
                 stats["udp_datagrams_in"] += 1
-                if intake.banned(addr[0]):
-                    continue
                 if not data.strip(b"\r\n\x00 \t"):
                     stats["keepalives_in.udp"] += 1  # CRLF / NUL keep-alives some phones send
                     continue
@@ -150,18 +147,7 @@ async def serve_udp(
                     local_host=local_host,
                     local_port=local_port,
                 )
-                if fast is not None and data.startswith(b"REGISTER ") and await fast(data, peer):
-                    continue
-                result = intake.parse(data, peer)
-                if isinstance(result, Exception):
-                    await intake.reject(data, result, peer)
-                    continue
-                if await intake.admit(result):
-                    handle = intake.handle
-                    if handle is not None:
-                        await handle(result)
-                    else:
-                        intake.deliver_nowait(result)
+                await intake.datagram(data, peer)
     finally:
         hub.udp_sockets.pop((local_host, local_port), None)
         sock.close()

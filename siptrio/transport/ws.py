@@ -670,14 +670,6 @@ async def _message(flow: WsFlow, data: bytes, peer: Any, intake: Intake) -> None
             intake.stats[f"keepalives_in.{flow.transport.value}"] += 1
             flow.write(frame(OP_TEXT, b"\r\n"))  # RFC 5626 4.4.1: answer a CRLFCRLF at once
         return
-    fast = intake.fast_register
-    if fast is not None and data.startswith(b"REGISTER ") and await fast(data, peer):
-        flow.valid_seen = True
-        return
-    result = intake.parse(data, peer)
-    if isinstance(result, Exception):
-        await intake.reject(data, result, peer)  # the connection stays up
-        return
-    flow.valid_seen = True
-    if await intake.admit(result):
-        await intake.deliver(result)
+    # to the core's front door: a fault is answered and the connection stays up; the
+    # flow is marked valid once a message parses
+    await intake.deliver(data, peer)

@@ -313,7 +313,7 @@ async def test_origins_rtpengine_and_rate_limits_change_live(
     assert not await handshake("https://old.example.org")
     assert server.media is not None
     assert server.media.engines == [("127.0.0.1", 2301), ("127.0.0.1", 2302)]
-    assert server.intake is not None and server.intake.limiter.rate == 7
+    assert server.dispatcher.admission.limiter.rate == 7
     # an IPv6 engine where the client has only an IPv4 socket: refused, all of it
     write("https://other.example.org", "udp:[::1]:2303", "9")
     outcome = await server.reloader.reload("test")

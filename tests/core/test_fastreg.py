@@ -1,8 +1,9 @@
 """The REGISTER fast path against the general path: same bytes out, same state, always.
 
 Two dispatchers with one configuration get the same messages at the same times: one
-offers each to FastRegister first, the other only ever takes the general path
-(parse, receive_request, committed). After every message the actions (the 200's
+has the fast path on (``[registrar] fast_path``), the other has it off and only ever
+takes the general path; both get the bytes through the one front door,
+``Dispatcher.receive_datagram``. After every message the actions (the 200's
 bytes included), the bindings, the transactions, the timers and the counters must
 be equal. The tidy corpus checks that the fast path really takes what it is for;
 the others that it gives back what it is not for; hypothesis mutates tidy
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Hashable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +24,12 @@ from hypothesis import strategies as st
 from support.digest import authorization, challenges
 from support.peers import NOW, SECRET, TCP, UDP, UDP6
 
+from siptrio.core.admission import AdmissionConfig
 from siptrio.core.auth import AuthConfig
 from siptrio.core.dispatcher import Dispatcher, DispatcherConfig
 from siptrio.core.events import Action, Persist, Publish, Send
-from siptrio.core.fastreg import FastRegister
 from siptrio.core.registrar import RegistrarConfig
 from siptrio.core.types import Clock, Peer, Transport
-from siptrio.sip import Request, SipParseError, error_response_untrusted, parse_message_untrusted
 from siptrio.sip.digest import ha1
 
 TORTURE = Path(__file__).resolve().parents[1] / "data" / "torture"
@@ -88,9 +89,12 @@ class Pair:
 
     def __init__(self, config: DispatcherConfig | None = None) -> None:
         config = config or DispatcherConfig()
-        self.with_fast = Dispatcher(config, secret=SECRET)
-        self.general = Dispatcher(config, secret=SECRET)
-        self.fast = FastRegister(self.with_fast, max_size=65535, max_headers=256)
+        self.with_fast = Dispatcher(
+            replace(config, admission=AdmissionConfig(fast_path=True)), secret=SECRET
+        )
+        self.general = Dispatcher(
+            replace(config, admission=AdmissionConfig(fast_path=False)), secret=SECRET
+        )
         for d in (self.with_fast, self.general):
             d.auth.users = {
                 "alice": {
@@ -101,18 +105,6 @@ class Pair:
     @property
     def taken(self) -> int:
         return self.with_fast.stats["register_fast"]
-
-    @staticmethod
-    def _general(d: Dispatcher, data: bytes, peer: Peer, now: float) -> list[tuple[Any, ...]]:
-        try:
-            msg = parse_message_untrusted(data)
-        except SipParseError as e:
-            return [("reply", error_response_untrusted(data, e, server="siptrio"))]
-        if isinstance(msg, Request):
-            actions = d.receive_request(msg, peer, Clock.at(now))
-        else:
-            actions = d.receive_response(msg, peer, Clock.at(now))
-        return Pair._settle(d, actions, now)
 
     @staticmethod
     def _settle(d: Dispatcher, actions: list[Action], now: float) -> list[tuple[Any, ...]]:
@@ -128,16 +120,14 @@ class Pair:
     def send(self, data: bytes, peer: Peer = UDP, now: float = NOW) -> list[tuple[Any, ...]]:
         """Both sides take ``data``; returns what they did, after checking it is the same."""
         before = self.taken
-        fast = None
-        if data.startswith(b"REGISTER "):
-            actions = self.fast.handle(data, peer, Clock.at(now))
-            if actions is not None:
-                assert self.taken == before + 1
-                fast = self._settle(self.with_fast, actions, now)
-        if fast is None:
-            assert self.taken == before, "counted as taken, then given back"
-            fast = self._general(self.with_fast, data, peer, now)
-        general = self._general(self.general, data, peer, now)
+        fast = self._settle(
+            self.with_fast, self.with_fast.receive_datagram(data, peer, Clock.at(now)), now
+        )
+        assert self.taken - before in (0, 1)
+        general = self._settle(
+            self.general, self.general.receive_datagram(data, peer, Clock.at(now)), now
+        )
+        assert self.general.stats["register_fast"] == 0
         assert fast == general
         self.assert_same_state()
         return general
@@ -241,10 +231,12 @@ def test_answer_waits_for_the_store() -> None:
     """A retransmission before the commit gets nothing; the 200 comes with the commit."""
     pair = Pair()
     data = register()
-    actions = pair.fast.handle(data, UDP, Clock.at(NOW))
-    assert actions is not None
+    actions = pair.with_fast.receive_datagram(data, UDP, Clock.at(NOW))
+    assert pair.taken == 1
     persist = [a for a in actions if isinstance(a, Persist)]
-    assert len(persist) == 1 and pair.fast.handle(data, UDP, Clock.at(NOW)) == []
+    assert len(persist) == 1
+    assert pair.with_fast.receive_datagram(data, UDP, Clock.at(NOW)) == []
+    assert pair.taken == 2
     sent = pair.with_fast.committed(persist[0].txn_key, False, Clock.at(NOW))  # the store failed
     assert len(sent) == 1
     assert isinstance(sent[0], Send) and sent[0].data.startswith(b"SIP/2.0 500 ")

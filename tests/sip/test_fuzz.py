@@ -456,7 +456,7 @@ def test_websocket_fuzz_reached_the_core(ws_fuzzer: WsFuzzer) -> None:
     """After the fuzz run: the messages got parsed, answered and routed, not just dropped."""
     if not ws_fuzzer.answers:
         pytest.skip("runs after test_websocket_messages, on the same server")
-    stats = ws_fuzzer.st.server.server.stats
+    stats = ws_fuzzer.st.server.counters()
     assert stats["parse_errors"] > 0 and stats["ws_message_too_big"] > 0
     assert {400, 200} <= set(ws_fuzzer.answers), sorted(set(ws_fuzzer.answers))
     ws_fuzzer.st.healthy()

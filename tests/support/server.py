@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import trio
 
 from siptrio.app.config import load_config
 from siptrio.app.server import Listener, Server
+from siptrio.app.views import counters_view
 from siptrio.core.types import Transport
 
 LOOPBACK_DEFAULTS = {
@@ -46,6 +48,10 @@ class RunningServer:
             if listener.transport is t and (host is None or listener.host == host):
                 return listener.host, listener.port
         raise LookupError(f"no {transport} listener in {self.listeners}")
+
+    def counters(self) -> Counter[str]:
+        """Every counter the server keeps (transport and core), as `/metrics` sums them."""
+        return Counter(counters_view(self.server))
 
 
 def test_config(tmp_path: Path, overrides: Mapping[str, str] | None = None):  # type: ignore[no-untyped-def]
