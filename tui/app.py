@@ -4,13 +4,16 @@ The app is a pure consumer of the control socket (docs/control-protocol.md): a
 snapshot on connect, then events, folded into ``MonitorState`` and drawn into tables
 whose rows are updated in place (no flicker, the selection stays). When the server
 goes away the screen says so and the app keeps retrying; it never shows a traceback.
+
+This module owns the layout, the connection loop, the drawing into widgets and the
+keys; what a row shows is ``rows.py``, the modal screens (kick, call form, help) are
+``screens.py``, the socket is ``client.py``, the model ``state.py``, the ladder ``ladder.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -19,10 +22,8 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen
+from textual.containers import VerticalScroll
 from textual.widgets import (
-    Button,
     DataTable,
     Footer,
     Input,
@@ -36,69 +37,27 @@ from textual.widgets import (
 
 from .client import ControlClient, Disconnected
 from .ladder import build_ladder
-from .state import MonitorState, parse_time
+from .rows import (
+    BINDING_COLUMNS,
+    DIALOG_COLUMNS,
+    FLOW_COLUMNS,
+    HISTORY_COLUMNS,
+    TABLES,
+    TRANSACTION_COLUMNS,
+    binding_rows,
+    dialog_cells,
+    flow_cells,
+    history_rows,
+    summary_text,
+    transaction_rows,
+)
+from .screens import CallScreen, ConfirmScreen, HelpScreen
+from .state import MonitorState
 
 __all__ = ["MonitorApp", "main"]
 
-TRANSPORT_STYLE = {
-    "udp": "bold cyan",
-    "tcp": "bold green",
-    "tls": "bold bright_green",
-    "ws": "bold magenta",
-    "wss": "bold bright_magenta",
-}
-STATE_STYLE = {"early": "bold yellow", "confirmed": "bold green", "terminated": "dim red"}
 RETRY_SECONDS = 1.0
-
-
-def _transport(t: str | None) -> Text:
-    return Text((t or "?").upper(), style=TRANSPORT_STYLE.get(t or "", ""))
-
-
-def _state(s: str | None) -> Text:
-    return Text(s or "?", style=STATE_STYLE.get(s or "", ""))
-
-
-def _clock_time(t: float | None) -> str:
-    """Wall-clock seconds as local HH:MM:SS."""
-    if t is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(t).strftime("%H:%M:%S")
-
-
-def _status(status: int | None, text: str) -> Text:
-    style = (
-        "" if not status else ("green" if status < 300 else "bold red" if status < 500 else "red")
-    )
-    return Text(text, style=style)
-
-
-def _count(n: int) -> str:
-    return f"{n / 1000:.1f}k" if n >= 10_000 else str(n)
-
-
-def _tables_line(tables: dict[str, int]) -> str:
-    """The server's state sizes: over a long run every one of them should stay flat."""
-    if not tables:
-        return " state: -"
-    caches = sum(n for name, n in tables.items() if name.startswith("cache_"))
-    shown = (
-        ("transactions", tables.get("transactions", 0)),
-        ("timer heap", tables.get("timer_heap", 0)),
-        ("deadline heap", tables.get("deadline_heap", 0)),
-        ("expiry heap", tables.get("binding_expiry_heap", 0)),
-        ("caches", caches),
-    )
-    return " state: " + "  ".join(f"{name} {_count(n)}" for name, n in shown)
-
-
-def _seconds(v: float | None) -> str:
-    if v is None:
-        return "-"
-    v = max(0, int(v))
-    h, rest = divmod(v, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+NO_LADDER = "Select a dialog (2), a call (3) or a transaction (5) and press l."
 
 
 def default_socket(config: str | None) -> str:
@@ -106,89 +65,6 @@ def default_socket(config: str | None) -> str:
     from siptrio.app.config import load_config
 
     return load_config(config).control.socket
-
-
-class ConfirmScreen(ModalScreen[bool]):
-    BINDINGS: ClassVar = [Binding("y", "yes", "Yes"), Binding("n,escape", "no", "No")]
-
-    def __init__(self, question: str) -> None:
-        super().__init__()
-        self.question = question
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Label(self.question, id="question")
-            with Horizontal(id="buttons"):
-                yield Button("Yes (y)", variant="error", id="yes")
-                yield Button("No (n)", variant="primary", id="no")
-
-    @on(Button.Pressed, "#yes")
-    def action_yes(self) -> None:
-        self.dismiss(True)
-
-    @on(Button.Pressed, "#no")
-    def action_no(self) -> None:
-        self.dismiss(False)
-
-
-class CallScreen(ModalScreen[dict[str, Any] | None]):
-    BINDINGS: ClassVar = [Binding("escape", "cancel", "Cancel")]
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Label("[b]Simulate a call[/b] from the built-in client")
-            yield Label("To", classes="field")
-            yield Input(placeholder="bob, bob@example.com or sip:bob@example.com", id="to")
-            yield Label("Duration: seconds of talk after the answer", classes="field")
-            yield Input(value="5", id="duration")
-            yield Label("Answer timeout: seconds of ringing before CANCEL", classes="field")
-            yield Input(value="30", id="answer_timeout")
-            yield Label("", id="error")
-            with Horizontal(id="buttons"):
-                yield Button("Call", variant="success", id="call")
-                yield Button("Cancel", id="cancel")
-
-    @on(Button.Pressed, "#call")
-    @on(Input.Submitted)
-    def submit(self) -> None:
-        to = self.query_one("#to", Input).value.strip()
-        try:
-            duration = float(self.query_one("#duration", Input).value)
-            answer_timeout = float(self.query_one("#answer_timeout", Input).value)
-        except ValueError:
-            self.query_one("#error", Label).update("duration and answer timeout are seconds")
-            return
-        if not to:
-            self.query_one("#error", Label).update("who should be called?")
-            return
-        self.dismiss({"to": to, "duration": duration, "answer_timeout": answer_timeout})
-
-    @on(Button.Pressed, "#cancel")
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-
-HELP = """\
-[b]siptrio-tui[/b]: a live view of a running siptrio
-
-  [b]1[/b]..[b]6[/b]   bindings, dialogs, history, flows, transactions, ladder
-  [b]/[/b]       filter rows by AOR, Call-ID or any text (Escape clears)
-  [b]k[/b]       kick the selected binding (asks first)
-  [b]c[/b]       simulate a call
-  [b]l[/b]/Enter on a dialog, a call or a transaction: its SIP ladder
-  [b]?[/b]       this help
-  [b]q[/b]       quit
-
-Press any key to close."""
-
-
-class HelpScreen(ModalScreen[None]):
-    def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Static(HELP)
-
-    def on_key(self) -> None:
-        self.dismiss(None)
 
 
 class MonitorApp(App[None]):
@@ -271,11 +147,11 @@ class MonitorApp(App[None]):
 
     def on_mount(self) -> None:
         for table_id, columns in (
-            ("#bindings-table", _BINDING_COLUMNS),
-            ("#dialogs-table", _DIALOG_COLUMNS),
-            ("#history-table", _HISTORY_COLUMNS),
-            ("#flows-table", _FLOW_COLUMNS),
-            ("#transactions-table", _TRANSACTION_COLUMNS),
+            ("#bindings-table", BINDING_COLUMNS),
+            ("#dialogs-table", DIALOG_COLUMNS),
+            ("#history-table", HISTORY_COLUMNS),
+            ("#flows-table", FLOW_COLUMNS),
+            ("#transactions-table", TRANSACTION_COLUMNS),
         ):
             table = self.query_one(table_id, DataTable)
             for label, key in columns:
@@ -371,29 +247,7 @@ class MonitorApp(App[None]):
         self.draw_transactions()
 
     def draw_summary(self) -> None:
-        state = self.state
-        server = state.server
-        started = parse_time(server.get("started_at"))
-        uptime = _seconds(self.clock() - started) if started else "-"
-        listeners = ", ".join(
-            f"{li['transport']} {li['host']}:{li['port']}" for li in server.get("listeners", [])
-        )
-        g = state.gauges
-        rates = state.rates
-        cluster = elsewhere = ""
-        if state.node:
-            cluster = f"   node {state.node}, {len(state.nodes)} in the cluster"
-            elsewhere = (
-                f" (+{len(state.remote_dialogs)} on other nodes)" if state.remote_dialogs else ""
-            )
-        self.query_one("#summary", Static).update(
-            f" up {uptime}   listening: {listeners or '-'}{cluster}\n"
-            f" in {rates.get('in', 0):.0f}/s  out {rates.get('out', 0):.0f}/s   "
-            f"bindings {g.get('bindings', len(state.bindings))}  "
-            f"dialogs {g.get('dialogs', len(state.dialogs))}{elsewhere}  "
-            f"flows {g.get('flows', len(state.flows))}\n"
-            f"{_tables_line(state.tables)}"
-        )
+        self.query_one("#summary", Static).update(summary_text(self.state, self.clock()))
 
     def _matches(self, *values: Any) -> bool:
         if not self.filter_text:
@@ -439,88 +293,21 @@ class MonitorApp(App[None]):
                 table.add_row(*cells, key=key)
 
     def draw_bindings(self) -> None:
-        now = self.clock()
-        rows = {}
-        for key, b in sorted(self.state.bindings.items()):
-            if not self._matches(
-                b.get("aor"), b.get("contact"), b.get("source"), b.get("user_agent"),
-                b.get("call_id"), b.get("flow"),
-            ):  # fmt: skip
-                continue
-            expires_at = parse_time(b.get("expires_at"))
-            left = expires_at - now if expires_at else b.get("expires_in")
-            rows[key] = [
-                b.get("aor", ""),
-                b.get("contact", ""),
-                _transport(b.get("transport")),
-                b.get("received", b.get("source", "")),
-                "yes" if b.get("nat") else "",
-                _seconds(left),
-                b.get("user_agent") or "",
-            ]
+        rows = binding_rows(self.state, self.clock(), self._matches)
         self._sync(self.query_one("#bindings-table", DataTable), rows)
-
-    def _dialog_cells(self, d: dict[str, Any], now: float) -> list[Any]:
-        answered = parse_time(d.get("answered_at"))
-        ended = parse_time(d.get("ended_at"))
-        duration = None if answered is None else (ended or now) - answered
-        return [
-            d.get("caller", ""),
-            d.get("callee", ""),
-            Text.assemble(
-                _transport(d.get("caller_transport")), " > ", _transport(d.get("callee_transport"))
-            ),
-            _state(d.get("state")),
-            Text(
-                d.get("media") or "direct",
-                style="bold cyan" if d.get("media") == "bridged" else "dim",
-            ),
-            _seconds(duration),
-            d.get("ended_by") or "",
-            d.get("call_id", ""),
-        ]
 
     def draw_dialogs(self) -> None:
         now = self.clock()
 
         def cells(d: dict[str, Any], node: str | None) -> list[Any] | None:
-            if not self._matches(
-                d.get("caller"), d.get("callee"), d.get("call_id"), d.get("state"), node
-            ):
-                return None
-            return self._dialog_cells(d, now)
+            return dialog_cells(d, node, now, self._matches)
 
         table = self.query_one("#dialogs-table", DataTable)
         self._sync_with_nodes(table, self.state.dialogs, self.state.remote_dialogs, cells)
 
     def draw_history(self) -> None:
         """Ended calls, newest first: when each started and how it ended."""
-        rows = {}
-        started: dict[str, float] = {}
-        for d in self.state.history:
-            status = d.get("status")
-            final = f"{status} {d.get('reason') or ''}".strip() if status else "-"
-            if not self._matches(d.get("caller"), d.get("callee"), d.get("call_id"), final):
-                continue
-            answered = parse_time(d.get("answered_at"))
-            ended = parse_time(d.get("ended_at"))
-            talk = None if answered is None or ended is None else ended - answered
-            start = parse_time(d.get("started_at") or d.get("created_at"))
-            started[str(d.get("call_id", ""))] = start or 0.0
-            rows[d["id"]] = [
-                _clock_time(start),
-                d.get("caller", ""),
-                d.get("callee", ""),
-                Text.assemble(
-                    _transport(d.get("caller_transport")),
-                    " > ",
-                    _transport(d.get("callee_transport")) if d.get("callee_transport") else "-",
-                ),
-                _status(status, final),
-                _seconds(talk),
-                d.get("ended_by") or "",
-                d.get("call_id", ""),
-            ]
+        rows, started = history_rows(self.state, self._matches)
         table = self.query_one("#history-table", DataTable)
         self._sync(table, rows)
         table.sort("call_id", key=lambda call_id: started.get(call_id, 0.0), reverse=True)
@@ -529,22 +316,7 @@ class MonitorApp(App[None]):
         """Every traced Call-ID (REGISTER, OPTIONS, MESSAGE, failed INVITEs too) in the
         order they began, as sngrep lists them: a new one comes at the bottom."""
         self._trace_dirty = False
-        rows = {}
-        first: dict[str, float] = {}
-        for t in self.state.recent_transactions():
-            first[t.call_id] = t.first
-            final = f"{t.status} {t.reason}".strip() if t.status else "-"
-            if not self._matches(t.call_id, t.from_, t.to, t.method, final):
-                continue
-            rows[t.call_id] = [
-                _clock_time(t.first),
-                t.method or "?",
-                t.from_,
-                t.to,
-                _status(t.status, final),
-                str(t.messages),
-                t.call_id,
-            ]
+        rows, first = transaction_rows(self.state, self._matches)
         table = self.query_one("#transactions-table", DataTable)
         self._sync(table, rows)
         table.sort("call_id", key=lambda call_id: first.get(call_id, 0.0))
@@ -553,23 +325,7 @@ class MonitorApp(App[None]):
         now = self.clock()
 
         def cells(f: dict[str, Any], node: str | None) -> list[Any] | None:
-            # ours: the bindings as they are now; another node's: as it published them
-            mine = node == self.state.node or "node" not in f
-            bound = self.state.flow_bindings(f.get("id", "")) if mine else f.get("bindings") or []
-            aors = [b.get("aor") for b in bound]
-            if not self._matches(f.get("peer"), f.get("transport"), f.get("id"), node, *aors):
-                return None
-            opened = parse_time(f.get("opened_at"))
-            ka = f.get("last_keepalive_age")
-            return [
-                _transport(f.get("transport")),
-                f.get("peer", ""),
-                _seconds(now - opened if opened else f.get("age")),
-                "-" if ka is None else f"{ka:.0f} s ago",
-                str(len(bound)),
-                ", ".join(a for a in aors if a) or "-",
-                f.get("id", ""),
-            ]
+            return flow_cells(self.state, f, node, now, self._matches)
 
         table = self.query_one("#flows-table", DataTable)
         self._sync_with_nodes(table, self.state.flows, self.state.remote_flows, cells)
@@ -654,7 +410,7 @@ class MonitorApp(App[None]):
 
     def _focus_active_table(self) -> None:
         active = self.query_one("#tabs", TabbedContent).active
-        table = _TABLES.get(active)
+        table = TABLES.get(active)
         if table:
             self.query_one(table, DataTable).focus()
 
@@ -726,63 +482,6 @@ class MonitorApp(App[None]):
         self.query_one("#messages", ListView).clear()
         self.draw_ladder()
         self.action_tab("ladder")
-
-
-_TABLES = {
-    "bindings": "#bindings-table",
-    "dialogs": "#dialogs-table",
-    "history": "#history-table",
-    "flows": "#flows-table",
-    "transactions": "#transactions-table",
-}
-NO_LADDER = "Select a dialog (2), a call (3) or a transaction (5) and press l."
-_BINDING_COLUMNS = [
-    ("AOR", "aor"),
-    ("Contact", "contact"),
-    ("Transport", "transport"),
-    ("Received", "received"),
-    ("NAT", "nat"),
-    ("Expires", "expires"),
-    ("User agent", "user_agent"),
-]
-_DIALOG_COLUMNS = [
-    ("Caller", "caller"),
-    ("Callee", "callee"),
-    ("Legs", "legs"),
-    ("State", "state"),
-    ("Media", "media"),
-    ("Duration", "duration"),
-    ("Ended by", "ended_by"),
-    ("Call-ID", "call_id"),
-]
-_HISTORY_COLUMNS = [
-    ("Started", "started"),
-    ("Caller", "caller"),
-    ("Callee", "callee"),
-    ("Legs", "legs"),
-    ("Final status", "status"),
-    ("Talk", "duration"),
-    ("Ended by", "ended_by"),
-    ("Call-ID", "call_id"),
-]
-_FLOW_COLUMNS = [
-    ("Transport", "transport"),
-    ("Peer", "peer"),
-    ("Age", "age"),
-    ("Last keep-alive", "keepalive"),
-    ("Bindings", "bindings"),
-    ("AORs", "aors"),
-    ("Flow", "flow"),
-]
-_TRANSACTION_COLUMNS = [
-    ("First seen", "first"),
-    ("Method", "method"),
-    ("From", "from"),
-    ("To", "to"),
-    ("Final status", "status"),
-    ("Msgs", "messages"),
-    ("Call-ID", "call_id"),
-]
 
 
 def main(argv: list[str] | None = None) -> int:
