@@ -5,7 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
+# assertions in these helpers get pytest's messages too, as in a test module
+pytest.register_assert_rewrite("support.sip_strategies")
 
 
 def pytest_collection_modifyitems(config: object, items: list[object]) -> None:
