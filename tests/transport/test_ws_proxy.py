@@ -22,6 +22,7 @@ import trio
 import wsproto
 import wsproto.events as wse
 from support.client import SipClient
+from support.digest import authorization, challenges
 from support.ports import free_port
 from support.server import RunningServer, running_server
 
@@ -77,9 +78,9 @@ class Tab:
         self.conn.receive_data(data or None)
         return list(self.conn.events())
 
-    async def register(self, user: str) -> Response:
+    async def register(self, user: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
         contact = f"<sip:{user}@{self.sip.invalid_host};transport=ws>"
-        msg = self.sip.register(user, contact=contact, expires=600)
+        msg = self.sip.register(user, contact=contact, expires=600, headers=headers)
         await self.stream.send_all(self.conn.send(wse.TextMessage(data=msg.decode())))
         with trio.fail_after(10):
             while True:
@@ -191,17 +192,19 @@ http {{
         proc.wait(10)
 
 
+OVERRIDES = {
+    "sip_websocket.enable": "true",
+    "sip_websocket.trusted_proxies": f"{HAPROXY_SOURCE}/32, {NGINX_SOURCE}/32",
+    "sip_websocket.max_connections_per_ip": "60",
+    "security.rate_limit_exempt": f"{EXEMPT}/32",
+    "security.rate_limit": "1000",
+    "security.rate_burst": "1000",
+}
+
+
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    overrides = {
-        "sip_websocket.enable": "true",
-        "sip_websocket.trusted_proxies": f"{HAPROXY_SOURCE}/32, {NGINX_SOURCE}/32",
-        "sip_websocket.max_connections_per_ip": "60",
-        "security.rate_limit_exempt": f"{EXEMPT}/32",
-        "security.rate_limit": "1000",
-        "security.rate_burst": "1000",
-    }
-    async with running_server(tmp_path, overrides) as rs:
+    async with running_server(tmp_path, OVERRIDES) as rs:
         yield rs
 
 
@@ -249,7 +252,7 @@ async def test_200_clients_through_haproxy_each_seen_as_itself(
             assert {host for host, _ in remotes} == {f"127.0.0.{10 + i}" for i in range(4)}
             # the PROXY header names the client's port too: every flow has its own
             assert len(remotes) == 200
-            assert server.server.stats["ws_handshake_rejected.per_ip"] == 0
+            assert server.counters()["ws_handshake_rejected.per_ip"] == 0
         finally:
             for tab in tabs:
                 await tab.aclose()
@@ -293,7 +296,7 @@ async def test_per_ip_cap_applies_to_the_forwarded_address(
                     over = await Tab.open(("127.0.0.1", port), "127.0.0.30")
                     assert over.refused == 503
                     await over.aclose()
-                assert server.server.stats["ws_handshake_rejected.per_ip"] == 2
+                assert server.counters()["ws_handshake_rejected.per_ip"] == 2
                 # other clients behind the same proxies are not held back by it ...
                 other = await Tab.open(("127.0.0.1", ng), "127.0.0.31")
                 tabs.append(other)
@@ -338,17 +341,31 @@ async def test_spoofed_forwarding_from_an_untrusted_address_is_ignored(
     await stream.aclose()
 
 
-async def test_a_banned_client_behind_the_proxy_is_refused_alone(
-    server: RunningServer, tmp_path: Path
-) -> None:
-    auth = server.server.dispatcher.auth
-    now = trio.current_time()
-    for _ in range(server.server.config.security.ban_after):
-        auth.failed("127.0.0.50", now)
-    with haproxy(tmp_path, server.addr("ws")[1], "send-proxy-v2") as port:
-        banned = await Tab.open(("127.0.0.1", port), "127.0.0.50")
-        assert banned.refused == 403
-        fine = await Tab.open(("127.0.0.1", port), "127.0.0.51")
-        assert fine.refused is None
-        await banned.aclose()
-        await fine.aclose()
+async def test_a_banned_client_behind_the_proxy_is_refused_alone(tmp_path: Path) -> None:
+    """Wrong passwords sent through HAProxy ban the client behind it, not HAProxy."""
+    overrides = {**OVERRIDES, "auth.enable": "true", "security.ban_after": "3"}
+    async with running_server(tmp_path, overrides) as server:
+        with haproxy(tmp_path, server.addr("ws")[1], "send-proxy-v2") as port:
+            guesser = await Tab.open(("127.0.0.1", port), "127.0.0.50")
+            for _ in range(3):
+                first = await guesser.register("alice")
+                assert first.status == 401
+                answer = authorization(
+                    challenges(first.values("www-authenticate"))["MD5"],
+                    method="REGISTER",
+                    uri="sip:example.com",
+                    user="alice",
+                    password="guess",
+                )
+                wrong = await guesser.register("alice", (("Authorization", answer),))
+                assert wrong.status == 401
+            await guesser.aclose()
+            assert server.counters()["auth_bans"] == 1
+            banned = await Tab.open(("127.0.0.1", port), "127.0.0.50")
+            assert banned.refused == 403
+            fine = await Tab.open(("127.0.0.1", port), "127.0.0.51")
+            assert fine.refused is None
+            assert (await fine.register("bob")).status == 401  # challenged, not refused
+            assert server.counters()["ws_handshake_rejected.banned"] == 1
+            await banned.aclose()
+            await fine.aclose()
