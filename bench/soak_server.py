@@ -91,11 +91,20 @@ class Soak:
                 proc = subprocess.Popen(
                     args, stdout=log, stderr=subprocess.STDOUT, cwd=self.tree, env=env
                 )
-            if options_probe(self.udp_port) and self.metrics() is not None:
+            if options_probe(self.udp_port) and self.wait_metrics(30.0):
                 self.procs["server"] = proc
                 return proc
             stop_tree(proc)
         raise RuntimeError(f"siptrio did not start; see {self.workdir}")
+
+    def wait_metrics(self, timeout: float) -> bool:
+        """The admin API starts after the SIP listeners answer: wait for it too."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.metrics() is not None:
+                return True
+            time.sleep(0.2)
+        return False
 
     def metrics(self) -> str | None:
         try:
