@@ -19,7 +19,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -32,14 +32,7 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as HttpRequest
@@ -47,11 +40,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..core.media import query_command, summarize_query
-from ..core.overload import Priority
-from ..core.types import Transport
 from ..store.cdrs import MAX_PAGE
 from ..transport.rtpengine import MediaError
-from ..transport.udp import receive_drops
 from .cdr import QueryError, parse_query
 from .config import Config
 from .credentials import (
@@ -62,20 +52,19 @@ from .credentials import (
     websocket_uris,
 )
 from .jsonbody import JsonBodies
+from .metrics import metrics_registry
 from .simcall import SimCallError
 from .views import (
     CallRequest,
     binding_view,
     bindings_view,
     cdr_view,
-    dialogs_by_state,
     dialogs_view,
     flows_view,
     hostport,
     iso,
     listener_view,
     resolve_aor_untrusted,
-    state_view,
 )
 from .webphone import mount_webphone
 
@@ -194,170 +183,6 @@ class BearerAuth:
         return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token)
 
 
-# --- metrics ----------------------------------------------------------------------------
-
-
-class ServerCollector(Collector):
-    """Prometheus families read from the live server at each scrape."""
-
-    def __init__(self, server: AdminHost) -> None:
-        self.server = server
-
-    def collect(self) -> Iterator[Metric]:
-        server = self.server
-        counters: dict[str, int] = {}
-        for source in (server.stats, server.core_stats):
-            for name, value in source.items():
-                counters[name] = counters.get(name, 0) + value
-        labelled = [
-            ("requests_in.", "siptrio_sip_requests_received", "SIP requests received", "method"),
-            ("forwarded.", "siptrio_sip_requests_forwarded", "SIP requests proxied", "method"),
-            ("responses_out.", "siptrio_sip_responses_sent", "SIP responses sent", "class"),
-            ("dropped.", "siptrio_sip_dropped_messages", "Messages dropped", "reason"),
-            (
-                "ws_handshake_rejected.",
-                "siptrio_ws_handshake_rejections",
-                "WebSocket handshakes rejected",
-                "reason",
-            ),
-            (
-                "parse_error_replies.",
-                "siptrio_sip_parse_error_replies",
-                "Answers to unparsable messages",
-                "status",
-            ),
-            ("flows_opened.", "siptrio_flows_opened", "Connections opened", "transport"),
-            ("flows_closed.", "siptrio_flows_closed", "Connections closed", "transport"),
-            ("keepalives_out.", "siptrio_keepalives_sent", "Keep-alives sent", "transport"),
-            ("keepalives_in.", "siptrio_keepalives_received", "Keep-alives received", "transport"),
-            (
-                "overload_refused.",
-                "siptrio_overload_refused",
-                "Requests refused with 503 while overloaded, by class",
-                "class",
-            ),
-            ("routed.", "siptrio_routed_requests", "Requests a [routes] rule took", "route"),
-        ]
-        plain = [
-            ("responses_in", "siptrio_sip_responses_received", "SIP responses received"),
-            ("parse_errors", "siptrio_sip_parse_errors", "Messages that did not parse"),
-            ("keepalive_failures", "siptrio_keepalive_failures", "Flows closed by keep-alive"),
-            ("internal_errors", "siptrio_internal_errors", "Messages that hit a bug"),
-            ("dns_cache_hits", "siptrio_dns_cache_hits", "DNS questions answered from the cache"),
-            ("dns_cache_misses", "siptrio_dns_cache_misses", "DNS questions not in the cache"),
-            ("dns_queries", "siptrio_dns_queries", "DNS queries sent to a server"),
-            ("dns_failures", "siptrio_dns_failures", "DNS queries that failed (not NXDOMAIN)"),
-            ("failovers", "siptrio_failovers", "Branches moved to their next hop (RFC 3263)"),
-            ("relay_denied", "siptrio_relay_denied", "Requests refused as relaying"),
-        ]
-        used: set[str] = set()
-        for prefix, name, doc, label in labelled:
-            family = CounterMetricFamily(name, doc, labels=[label])
-            for key, value in sorted(counters.items()):
-                if key.startswith(prefix):
-                    family.add_metric([key[len(prefix) :]], value)
-                    used.add(key)
-            yield family
-        for key, name, doc in plain:
-            yield CounterMetricFamily(name, doc, value=counters.get(key, 0))
-            used.add(key)
-        other = CounterMetricFamily(
-            "siptrio_events", "Every other internal counter, by name", labels=["name"]
-        )
-        for key, value in sorted(counters.items()):
-            if key not in used:
-                other.add_metric([key], value)
-        yield other
-        yield from self._gauges()
-
-    def _gauges(self) -> Iterator[Metric]:
-        server = self.server
-        servers, clients = server.transaction_counts()
-        transactions = GaugeMetricFamily(
-            "siptrio_transactions", "Live SIP transactions", labels=["kind"]
-        )
-        transactions.add_metric(["server"], servers)
-        transactions.add_metric(["client"], clients)
-        yield transactions
-        by_transport = {t.value: 0 for t in Transport}
-        for b in server.location:
-            by_transport[b.transport.value] += 1
-        bindings = GaugeMetricFamily(
-            "siptrio_bindings", "Registered contacts", labels=["transport"]
-        )
-        for t, n in by_transport.items():
-            bindings.add_metric([t], n)
-        yield bindings
-        yield GaugeMetricFamily(
-            "siptrio_aors", "Addresses of record with a binding", value=server.location.aors()
-        )
-        dialogs = GaugeMetricFamily("siptrio_dialogs", "Dialogs by state", labels=["state"])
-        for state, n in dialogs_by_state(server).items():
-            dialogs.add_metric([state], n)
-        yield dialogs
-        flows_by = {t.value: 0 for t in Transport if t.is_stream}
-        for f in server.flows.values():
-            flows_by[f.transport.value] = flows_by.get(f.transport.value, 0) + 1
-        flows = GaugeMetricFamily("siptrio_flows", "Open connections", labels=["transport"])
-        for t, n in flows_by.items():
-            flows.add_metric([t], n)
-        yield flows
-        calls: dict[str, int] = {}
-        for c in server.simulator.calls():
-            calls[c.state] = calls.get(c.state, 0) + 1
-        simulated = GaugeMetricFamily(
-            "siptrio_simulated_calls", "Simulated calls kept, by state", labels=["state"]
-        )
-        for state, n in sorted(calls.items()):
-            simulated.add_metric([state], n)
-        yield simulated
-        drops = CounterMetricFamily(
-            "siptrio_udp_receive_drops",
-            "Datagrams the kernel dropped because a UDP socket's receive buffer was full",
-            labels=["listener"],
-        )
-        sockets = server.udp_sockets
-        dropped = receive_drops(sockets.values())
-        for (host, port), sock in sorted(sockets.items()):
-            if sock in dropped:
-                drops.add_metric([hostport(host, port)], dropped[sock])
-        yield drops
-        overload = server.overload
-        yield GaugeMetricFamily(
-            "siptrio_queue_delay_seconds",
-            "Longest standing time messages waited before the core took them (load shedding)",
-            value=overload.delay,
-        )
-        shedding = GaugeMetricFamily(
-            "siptrio_overload_shedding",
-            "1 while new requests of the class are refused with 503",
-            labels=["class"],
-        )
-        mono = trio.current_time()
-        for priority in (Priority.NEW, Priority.NEW_REGISTER, Priority.REFRESH):
-            shedding.add_metric([priority.name.lower()], int(overload.refuses(priority, mono)))
-        yield shedding
-        entries = GaugeMetricFamily(
-            "siptrio_state_entries",
-            "Entries in each table, heap and cache that traffic fills (flat over a long run)",
-            labels=["table"],
-        )
-        for table, n in state_view(server).items():
-            entries.add_metric([table], n)
-        yield entries
-        yield GaugeMetricFamily(
-            "siptrio_uptime_seconds", "Seconds since start", value=time.time() - server.started_at
-        )
-        yield GaugeMetricFamily(
-            "siptrio_event_subscribers_dropped",
-            "Event subscribers dropped for not reading",
-            value=server.events.dropped_subscribers,
-        )
-        info = InfoMetricFamily("siptrio", "Version")
-        info.add_metric([], {"version": __version__})
-        yield info
-
-
 # --- the app ----------------------------------------------------------------------------
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -390,8 +215,7 @@ def create_app(
     if webphone:
         # the browser webphone: its origin is the admin API's, in allowed_origins
         mount_webphone(app, webphone_dir)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(server))
+    registry = metrics_registry(server)
 
     @app.get("/listClients", summary="Every registered contact")
     async def list_clients() -> list[dict[str, Any]]:

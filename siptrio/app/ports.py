@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..core.dialogs import Dialogs
 from ..core.events import Action
 from ..core.location import Binding, Location
+from ..core.metrics import CoreMetrics
 from ..core.overload import Overload
 from ..core.types import Clock, Listener, Peer
 from ..transport.hub import Flow
@@ -55,6 +56,11 @@ class ServerView(Protocol):
 
     @property
     def core_stats(self) -> Counter[str]: ...
+
+    @property
+    def core_metrics(self) -> CoreMetrics:
+        """Answers by method and status, and the core's latency histograms."""
+        ...
 
     @property
     def dialogs(self) -> Dialogs: ...

@@ -31,6 +31,7 @@ from ..core.dialogs import Dialogs
 from ..core.dispatcher import Dispatcher
 from ..core.events import Action, Persist
 from ..core.location import Binding, Location
+from ..core.metrics import CoreMetrics
 from ..core.overload import Overload
 from ..core.types import Clock, Listener, Peer
 from ..store.base import BindingStore
@@ -311,6 +312,10 @@ class Server:
     @property
     def core_stats(self) -> Counter[str]:
         return self.dispatcher.stats
+
+    @property
+    def core_metrics(self) -> CoreMetrics:
+        return self.dispatcher.metrics
 
     @property
     def dialogs(self) -> Dialogs:

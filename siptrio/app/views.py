@@ -158,10 +158,15 @@ def listener_view(listener: Listener) -> dict[str, Any]:
 
 
 def counters_view(server: ServerView) -> dict[str, int]:
-    """The transport's and the core's counters in one sorted dict of dotted names."""
+    """The transport's and the core's counters in one sorted dict of dotted names; the
+    answers sent by class (``responses_out.4xx``) and received (``responses_in``)."""
     merged: Counter[str] = Counter()
     merged.update(server.stats)
     merged.update(server.core_stats)
+    metrics = server.core_metrics
+    for (_, status), n in metrics.responses_sent.items():
+        merged[f"responses_out.{status // 100}xx"] += n
+    merged["responses_in"] = sum(metrics.responses_received.values())
     return dict(sorted(merged.items()))
 
 

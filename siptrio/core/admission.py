@@ -25,6 +25,7 @@ from ..sip import (
 )
 from .abuse import RateLimiter
 from .events import Action, Send
+from .metrics import CoreMetrics, method_label
 from .types import Peer
 
 __all__ = ["Admission", "AdmissionConfig"]
@@ -47,9 +48,17 @@ class AdmissionConfig:
 
 
 class Admission:
-    def __init__(self, config: AdmissionConfig, *, stats: Counter[str], server_name: str) -> None:
+    def __init__(
+        self,
+        config: AdmissionConfig,
+        *,
+        stats: Counter[str],
+        server_name: str,
+        metrics: CoreMetrics | None = None,
+    ) -> None:
         self.config = config
         self.stats = stats
+        self.metrics = metrics if metrics is not None else CoreMetrics()
         self.server_name = server_name
         self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
         self._exempt_cache: dict[str, bool] = {}
@@ -110,6 +119,7 @@ class Admission:
                 "Service Unavailable (rate limit)",
                 headers=(("Retry-After", "1"), ("Server", self.server_name)),
             )
+            self.metrics.responses_sent[(method_label(message.method), 503)] += 1
             return [Send(data=reply.serialise(), peer=peer)]
         return []
 

@@ -79,6 +79,7 @@ class Context:
     branches: list[Branch] = field(default_factory=list)
     final_sent: bool = False
     got_2xx: bool = False
+    rang: bool = False  # a 101-199 went to the caller (post-dial delay measured)
     cancelled: bool = False
     from_caller: bool = True  # in-dialog: which side sent it
     dialog_key: tuple[str, str, str] | None = None

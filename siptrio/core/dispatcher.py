@@ -31,6 +31,7 @@ from .dialogs import DialogEvent, DialogEventKind, Dialogs
 from .events import Action, BindingEvent, BindingEventKind, FlowValid, Persist, Publish, Send
 from .fastreg import FastRegister
 from .location import Binding, Location
+from .metrics import CoreMetrics, method_label
 from .overload import Overload, OverloadConfig, Priority, priority_of
 from .plumbing import Plumbing
 from .proxy import Proxy, ProxyConfig
@@ -75,9 +76,10 @@ class Dispatcher:
         self.config = config
         self.location = location if location is not None else Location()
         self.stats: Counter[str] = Counter()
+        self.metrics = CoreMetrics()  # answers by method and status, latencies
         self.registrar = Registrar(config.registrar, self.location, server=config.server_name)
         self.layer = TransactionLayer(config.timers)
-        self.plumbing = Plumbing(self.layer)
+        self.plumbing = Plumbing(self.layer, self.metrics)
         self.dialogs = Dialogs(max_duration=config.proxy.max_dialog_duration)
         proxy_config = config.proxy
         if proxy_config.server_name != config.server_name:
@@ -96,7 +98,10 @@ class Dispatcher:
         self.auth = Authenticator(config.auth, secret)
         self.overload = Overload(config.overload)
         self.admission = Admission(
-            config.admission, stats=self.stats, server_name=config.server_name
+            config.admission,
+            stats=self.stats,
+            metrics=self.metrics,
+            server_name=config.server_name,
         )
         # a private strategy of receive_datagram: tidy REGISTERs in one pass
         self._fast = self._fast_path(config)
@@ -225,7 +230,7 @@ class Dispatcher:
         return actions
 
     def receive_request(self, request: Request, peer: Peer, clock: Clock) -> list[Action]:
-        self.stats[f"requests_in.{request.method}"] += 1
+        self.stats["requests_in." + method_label(request.method)] += 1
         now = clock.now
         layer = self.layer
         if self.overload.level < Priority.NEW and request.method != "ACK":
@@ -244,7 +249,7 @@ class Dispatcher:
         if txn is not None:
             self.stats["retransmissions_absorbed"] += 1
             return self._tx(txn.on_retransmission(now), clock)
-        txn = layer.new_server(request, peer, reliable=peer.transport.is_stream)
+        txn = layer.new_server(request, peer, reliable=peer.transport.is_stream, now=now)
         try:
             if request.method == "CANCEL":
                 return self.proxy.handle_cancel(txn, peer, clock)
@@ -263,7 +268,7 @@ class Dispatcher:
             return self._answer(txn, e.status, e.reason, clock)
 
     def receive_response(self, response: Response, peer: Peer, clock: Clock) -> list[Action]:
-        self.stats["responses_in"] += 1
+        self.metrics.responses_received[(method_label(response.cseq.method), response.status)] += 1
         return self.proxy.on_response(response, peer, clock)
 
     def answer_when_stored(self, txn_key: Hashable, answer: Response | bytes) -> None:
@@ -292,8 +297,8 @@ class Dispatcher:
                 headers=(("Retry-After", "5"), ("Server", self.config.server_name)),
             )
         if isinstance(resp, bytes):
-            return self._tx(txn.respond(resp, 200, clock.now), clock)
-        return self._tx(txn.respond(resp.serialise(), resp.status, clock.now), clock)
+            return self.plumbing.respond(txn, resp, 200, clock)
+        return self.plumbing.respond(txn, resp.serialise(), resp.status, clock)
 
     def media_result(
         self, op: int, reply: dict[str, Any] | None, error: str | None, clock: Clock
@@ -432,7 +437,7 @@ class Dispatcher:
         except SipParseError:
             return None  # the general path answers the fault
         self.stats[f"overload_refused.{priority.name.lower()}"] += 1
-        self.stats["responses_out.5xx"] += 1
+        self.metrics.responses_sent[(method_label(request.method), 503)] += 1
         response = make_response(
             request,
             503,
@@ -462,8 +467,7 @@ class Dispatcher:
         response = make_response(
             txn.request, status, reason, headers=(*headers, ("Server", self.config.server_name))
         )
-        self.stats[f"responses_out.{status // 100}xx"] += 1
-        out = self._tx(txn.respond(response.serialise(), status, clock.now), clock)
+        out = self.plumbing.respond(txn, response.serialise(), status, clock)
         if status >= 300 and not quiet:
             out.append(_refused(txn, status, reason))
         return out
@@ -551,15 +555,12 @@ class Dispatcher:
             )
         outcome = self.registrar.register(request, peer, clock.wall)
         status = outcome.response.status
-        self.stats[f"register_{status}"] += 1
         if not outcome.upserts and not outcome.deletes:
-            self.stats[f"responses_out.{status // 100}xx"] += 1
-            out = self._tx(txn.respond(outcome.response.serialise(), status, clock.now), clock)
+            out = self.plumbing.respond(txn, outcome.response.serialise(), status, clock)
             if status >= 300:
                 out.append(_refused(txn, status, outcome.response.reason))
             return out
         self.answer_when_stored(txn.key, outcome.response)
-        self.stats[f"responses_out.{status // 100}xx"] += 1
         return [
             Persist(
                 upserts=tuple(outcome.upserts), deletes=tuple(outcome.deletes), txn_key=txn.key

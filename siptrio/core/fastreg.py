@@ -304,7 +304,9 @@ class FastRegister:
         else:
             stamp = None
         request = LazyRequest("REGISTER", partial(_general_request, data, peer))
-        txn = layer.new_server(request, peer, reliable=peer.transport.is_stream, key=key)
+        txn = layer.new_server(
+            request, peer, reliable=peer.transport.is_stream, key=key, now=clock.now
+        )
         previous = d.location.put(binding)
         kind = BindingEventKind.ADDED if previous is None else BindingEventKind.REFRESHED
 
@@ -324,8 +326,6 @@ class FastRegister:
             out.append(f"Contact: {b.contact_header(wall)}")
         out.append("")
         d.answer_when_stored(key, "\r\n".join(out).encode() + self._tail)
-        stats["register_200"] += 1
-        stats["responses_out.2xx"] += 1
         return [
             Persist(upserts=(binding,), txn_key=txn.key),
             Publish(event=BindingEvent(kind=kind, binding=binding)),

@@ -31,6 +31,7 @@ from .bridge import MediaBridge, sdp_bytes
 from .calls import CallEvent, Refused, call_setup, told
 from .events import Action, Publish
 from .media import answer_command, delete_command, has_sdp, offer_command, should_bridge
+from .metrics import method_label
 from .plumbing import Plumbing
 from .routing import Candidate, Locate, LocateError, Refuse, Router, Target
 from .tracking import DialogTracker
@@ -213,7 +214,7 @@ class Forker:
         self.branches[txn.key] = b
         self.plumbing.claim(txn.key, self)
         b.ctx.live += 1
-        self.stats[f"forwarded.{fwd.method}"] += 1
+        self.stats["forwarded." + method_label(fwd.method)] += 1
         out = self.plumbing.actions(txn.start(clock.now), clock)
         if fwd.method == "INVITE":
             self.layer.heap.start(clock.now + self.config.timer_c, txn.key, "C")
@@ -390,6 +391,9 @@ class Forker:
                 # Once the caller has its final answer (a CANCEL that beat the callee's
                 # first provisional), an early dialog would never be ended: none is made.
                 out += self.tracker.rang(b, resp, clock)
+                if not ctx.rang and ctx.request.to.tag is None:
+                    ctx.rang = True  # post-dial delay: the caller hears it ring
+                    self.plumbing.metrics.call_ringing.observe(clock.now - ctx.txn.started)
             if not ctx.final_sent:
                 out += self.respond_raw(ctx, up, clock)
             return out
@@ -400,6 +404,8 @@ class Forker:
                 out += self.tracker.answered(b, resp, clock)
                 if not ctx.got_2xx:
                     ctx.got_2xx = True
+                    if ctx.request.to.tag is None:  # a call (not a re-INVITE) answered
+                        self.plumbing.metrics.call_answer.observe(clock.now - ctx.txn.started)
                     for other in ctx.branches:
                         if other is not b and not other.done:
                             out += self._cancel_branch(other, clock)
@@ -481,8 +487,8 @@ class Forker:
                 "Call/Transaction Does Not Exist",
                 headers=(("Server", self.config.server_name),),
             )
-            return self.plumbing.actions(txn.respond(resp.serialise(), 481, clock.now), clock)
-        out = self.plumbing.actions(txn.respond(ok.serialise(), 200, clock.now), clock)
+            return self.plumbing.respond(txn, resp.serialise(), 481, clock)
+        out = self.plumbing.respond(txn, ok.serialise(), 200, clock)
         ctx = inv.context
         ctx.cancelled = True
         pending = [b for b in ctx.branches if not b.done]
@@ -544,8 +550,7 @@ class Forker:
         )
         if status >= 200:
             ctx.final_sent = True
-        self.stats[f"responses_out.{status // 100}xx"] += 1
-        sent = self.plumbing.actions(ctx.txn.respond(resp.serialise(), status, clock.now), clock)
+        sent = self.plumbing.respond(ctx.txn, resp.serialise(), status, clock)
         if status >= 200:
             sent += _published(told(ctx, status, reason, None, clock))
         return sent
@@ -554,10 +559,7 @@ class Forker:
         self, ctx: Context, resp: Response, clock: Clock, *, branch: Branch | None = None
     ) -> list[Action]:
         """Pass on a callee's answer; ``branch``: the one it came from."""
-        self.stats[f"responses_out.{resp.status // 100}xx"] += 1
-        sent = self.plumbing.actions(
-            ctx.txn.respond(resp.serialise(), resp.status, clock.now), clock
-        )
+        sent = self.plumbing.respond(ctx.txn, resp.serialise(), resp.status, clock)
         if resp.status >= 200:
             sent += _published(told(ctx, resp.status, resp.reason, branch, clock, local=False))
         return sent

@@ -349,7 +349,7 @@ class Proxy:
         ack = None
         if txn.is_invite and resp.status >= 300 and isinstance(txn.context, Branch):
             ack = self.forker.hop_ack(txn.context, resp)
-        return self.plumbing.actions(txn.on_response(resp, ack, clock.now), clock)
+        return self.plumbing.on_response(txn, resp, ack, clock)
 
     def handle_ack(self, req: Request, peer: Peer, clock: Clock) -> list[Action]:
         """An ACK that matched no INVITE transaction: a 2xx ACK, routed statelessly."""

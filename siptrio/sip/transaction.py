@@ -124,6 +124,7 @@ class ServerTransaction:
     last_response: bytes | None = None
     last_status: int = 0
     context: object = field(default=None)  # the TU's own state (proxy context)
+    started: float = 0.0  # when the request came in: the TU times its answer from it
 
     @property
     def is_invite(self) -> bool:
@@ -219,6 +220,7 @@ class ClientTransaction:
     heap: TimerHeap
     state: TxState = TxState.CALLING
     context: object = field(default=None)
+    started: float = 0.0  # when the request was first sent: the TU times its answer
     _interval: float = 0.0
 
     @property
@@ -227,6 +229,7 @@ class ClientTransaction:
 
     def start(self, now: float) -> Output:
         t = self.timers
+        self.started = now
         if self.is_invite:
             self.state = TxState.CALLING
             if not self.reliable:
@@ -337,9 +340,16 @@ class TransactionLayer:
         return self.servers.get(server_key(request))
 
     def new_server(
-        self, request: Request, dest: object, reliable: bool, *, key: Hashable = None
+        self,
+        request: Request,
+        dest: object,
+        reliable: bool,
+        *,
+        key: Hashable = None,
+        now: float = 0.0,
     ) -> ServerTransaction:
-        """``key``: server_key(request), when the caller has it already."""
+        """``key``: server_key(request), when the caller has it already; ``now``: when
+        the request came in."""
         if key is None:
             key = server_key(request)
         txn = ServerTransaction(
@@ -349,6 +359,7 @@ class TransactionLayer:
             reliable=reliable,
             timers=self.timers,
             heap=self.heap,
+            started=now,
         )
         self.servers[key] = txn
         return txn

@@ -155,6 +155,11 @@ class Pair:
         stats = a.stats.copy()
         stats.pop("register_fast", None)
         assert stats == b.stats
+        # the same answers counted, the same REGISTER timings
+        assert a.metrics.responses_sent == b.metrics.responses_sent
+        assert a.metrics.register_answer.counts == b.metrics.register_answer.counts
+        for method, h in a.metrics.server_transactions.items():
+            assert h.counts == b.metrics.server_transactions[method].counts, method
 
 
 # --- what the fast path is for -----------------------------------------------------------
