@@ -2,9 +2,9 @@
 
 The core and the transports count in plain Python: ``Counter``s of dotted names
 (``requests_in.INVITE``, ``dropped.rate_limited``), the core's answers by method and
-status and its histograms (core/metrics.py). This module owns the one table that names
-each of them for Prometheus, and reads them at every scrape (nothing is copied on the
-hot path).
+status and its histograms (core/metrics.py), the rtpengine client's and the store's
+timings. This module owns the one table that names each of them for Prometheus, and
+reads them at every scrape (nothing is copied on the hot path).
 
 Every counter is there from the start at 0, so ``rate()`` and ``absent()`` work from
 the first scrape: a family with a label lists the values it can take (the methods,
@@ -34,9 +34,10 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from .. import __version__
-from ..core.metrics import METHODS, OTHER, Histogram
+from ..core.metrics import LATENCY, METHODS, OTHER, Histogram
 from ..core.overload import Priority
 from ..core.types import Transport
+from ..transport.rtpengine import COMMANDS, FAILURES
 from ..transport.udp import receive_drops
 from .views import dialogs_by_state, hostport, state_view
 
@@ -244,15 +245,6 @@ COUNTERS = (
     ),
     Family("keepalives_out.", "siptrio_keepalives_sent", "Keep-alives sent", "transport", _STREAMS),
     Family("keepalive_failures", "siptrio_keepalive_failures", "Flows closed by keep-alive"),
-    # rtpengine
-    Family(
-        "media.",
-        "siptrio_rtpengine_requests",
-        "Requests to rtpengine, by command",
-        "command",
-        ("answer", "delete", "offer"),
-    ),
-    Family("media.failures", "siptrio_rtpengine_failures", "rtpengine requests that failed"),
     # the rest of the server
     Family("store_commits", "siptrio_store_commits", "Binding store transactions committed"),
     Family("store_rows", "siptrio_store_rows", "Bindings written or deleted in the store"),
@@ -305,6 +297,21 @@ class ServerCollector(Collector):
             for value, n in sorted({**known, **labelled.get(f.key, {})}.items()):
                 family.add_metric([value], n)
             yield family
+        media = server.media
+        requests = CounterMetricFamily(
+            "siptrio_rtpengine_requests", "Requests to rtpengine, by command", labels=["command"]
+        )
+        failures = CounterMetricFamily(
+            "siptrio_rtpengine_failures",
+            "rtpengine requests that failed on one engine, by reason",
+            labels=["reason"],
+        )
+        for command in (*COMMANDS, OTHER):
+            requests.add_metric([command], media.requests[command] if media else 0)
+        for reason in FAILURES:
+            failures.add_metric([reason], media.failures[reason] if media else 0)
+        yield requests
+        yield failures
         yield CounterMetricFamily(
             "siptrio_event_subscribers_dropped",
             "Event subscribers dropped for not reading",
@@ -371,6 +378,18 @@ class ServerCollector(Collector):
             "From a request siptrio sent to its final answer or timeout, by method",
             [((m,), h) for m, h in metrics.client_transactions.items()],
             ["method"],
+        )
+        yield _histogram(
+            "siptrio_store_commit_seconds",
+            "Binding store commits (one transaction for a burst of changes)",
+            [((), server.store_commit_seconds)],
+        )
+        latency = _NO_MEDIA if server.media is None else server.media.latency
+        yield _histogram(
+            "siptrio_rtpengine_request_seconds",
+            "From a request to rtpengine to its answer (the next engine's included)",
+            [((c,), h) for c, h in latency.items()],
+            ["command"],
         )
 
     def _gauges(self) -> Iterator[Metric]:
@@ -457,6 +476,10 @@ def _histogram(
             buckets.append((floatToGoString(bound), total))
         family.add_metric(list(values), buckets, sum_value=h.sum)
     return family
+
+
+# the rtpengine histograms, all at 0, when no rtpengine is configured
+_NO_MEDIA = {command: Histogram(LATENCY) for command in (*COMMANDS, OTHER)}
 
 
 def metrics_registry(server: AdminHost) -> CollectorRegistry:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..core.dialogs import Dialogs
 from ..core.events import Action
 from ..core.location import Binding, Location
-from ..core.metrics import CoreMetrics
+from ..core.metrics import CoreMetrics, Histogram
 from ..core.overload import Overload
 from ..core.types import Clock, Listener, Peer
 from ..transport.hub import Flow
@@ -95,6 +95,7 @@ class Operable(ServerView, Protocol):
 class AdminHost(Operable, Protocol):
     media: NgClient | None
     cdrs: CallRecorder  # GET /cdrs
+    store_commit_seconds: Histogram  # /metrics
 
     @property
     def overload(self) -> Overload: ...

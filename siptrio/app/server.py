@@ -31,7 +31,7 @@ from ..core.dialogs import Dialogs
 from ..core.dispatcher import Dispatcher
 from ..core.events import Action, Persist
 from ..core.location import Binding, Location
-from ..core.metrics import CoreMetrics
+from ..core.metrics import LATENCY, CoreMetrics, Histogram
 from ..core.overload import Overload
 from ..core.types import Clock, Listener, Peer
 from ..store.base import BindingStore
@@ -136,6 +136,7 @@ class Server:
         self.reloader.hooks.append(self.cdrs.apply)
         self.store: BindingStore | None = None  # SqliteStore, or RedisStore in a cluster
         self.stats: Counter[str] = self.hub.stats
+        self.store_commit_seconds = Histogram(LATENCY)  # each commit that succeeded
         self.started_at = time.time()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -193,7 +194,9 @@ class Server:
                 max_size=cfg.sip.max_message_size,
             )
             self.capture.apply(cfg)
-            writer = StoreWriter(store, self.stats, executor.committed)
+            writer = StoreWriter(
+                store, self.stats, executor.committed, timings=self.store_commit_seconds
+            )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(writer.run, store_recv)
                 await nursery.start(executor.run, inbound_recv, closed_recv)

@@ -17,6 +17,7 @@ import trio
 
 from ..core.events import Persist
 from ..core.location import Binding
+from ..core.metrics import LATENCY, Histogram
 from ..store.base import BindingStore
 
 __all__ = ["STORE_QUEUE", "StoreWriter"]
@@ -49,17 +50,21 @@ async def _in_thread(fn: Callable[[], None]) -> None:
 
 
 class StoreWriter:
-    """Commits queued ``Persist`` actions; ``committed(batch, ok)`` hears of each commit."""
+    """Commits queued ``Persist`` actions; ``committed(batch, ok)`` hears of each commit,
+    ``timings`` how long each that succeeded took (/metrics)."""
 
     def __init__(
         self,
         store: BindingStore,
         stats: Counter[str],
         committed: Callable[[list[Persist], bool], Awaitable[None]],
+        *,
+        timings: Histogram | None = None,
     ) -> None:
         self.store = store
         self.stats = stats
         self.committed = committed
+        self.timings = timings if timings is not None else Histogram(LATENCY)
 
     async def run(self, queue: trio.MemoryReceiveChannel[Persist]) -> None:
         """Group every queued change into one transaction: one fsync for a burst.
@@ -112,6 +117,7 @@ class StoreWriter:
         ok = True
         try:
             store = self.store
+            start = trio.current_time()
             # Shielded: once staged, the transaction holds the store's lock until the
             # commit runs; the REGISTERs waiting on it are owed an answer anyway.
             with trio.CancelScope(shield=True):
@@ -119,6 +125,7 @@ class StoreWriter:
                     await _in_thread(store.commit_staged)
                 else:
                     await trio.to_thread.run_sync(store.apply, upserts, deletes)
+            self.timings.observe(trio.current_time() - start)
             self.stats["store_commits"] += 1
             self.stats["store_rows"] += len(final)
         except Exception:

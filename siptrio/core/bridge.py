@@ -2,15 +2,15 @@
 
 The proxy asks rtpengine (offer, answer, delete; commands made by media.py) through a
 ``MediaRequest`` action and carries on when the shell hands the reply back. This module
-keeps the continuations by operation id, normalises failures (an rtpengine ``error``
-reply is a failure like a timeout), and counts. The decisions of what to rewrite stay
+keeps the continuations by operation id and normalises failures (an rtpengine ``error``
+reply is a failure like a timeout); the shell's client (transport/rtpengine.py) counts
+and times the requests. The decisions of what to rewrite stay
 with the forker (a branch's offer and answers) and the proxy (a late offer's ACK).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -31,8 +31,7 @@ def sdp_bytes(value: object) -> bytes:
 
 
 class MediaBridge:
-    def __init__(self, stats: Counter[str]) -> None:
-        self.stats = stats
+    def __init__(self) -> None:
         self._ops: dict[int, MediaResume] = {}
         self._op_ids = itertools.count(1)
 
@@ -42,7 +41,6 @@ class MediaBridge:
     def request(self, command: dict[str, Any], resume: MediaResume) -> list[Action]:
         op = next(self._op_ids)
         self._ops[op] = resume
-        self.stats[f"media.{command['command']}"] += 1
         return [MediaRequest(op=op, command=command)]
 
     def forget(self, command: dict[str, Any]) -> list[Action]:
@@ -64,6 +62,4 @@ class MediaBridge:
         if error is None and (reply or {}).get("result") != "ok":
             reply = reply or {}
             error = str(reply.get("error-reason") or f"rtpengine answered {reply.get('result')!r}")
-        if error is not None:
-            self.stats["media.failures"] += 1
         return resume(reply or {}, error, clock)

@@ -101,7 +101,7 @@ class Proxy:
         self.dialogs = dialogs
         self.stats = stats
         self.router = Router(_routing_config(config), location=location, stats=stats)
-        self.bridge = MediaBridge(stats)
+        self.bridge = MediaBridge()
         self.forker = Forker(
             config,
             layer=layer,

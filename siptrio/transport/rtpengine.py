@@ -4,8 +4,9 @@ Each request is ``<cookie> <bencoded dict>`` in one UDP datagram; the answer ech
 the cookie. rtpengine caches answers by cookie, so a retransmission (same cookie)
 is safe and a new request must have a new cookie. Several engines may be
 configured: a request that gets no answer within ``timeout`` goes to the next one.
-bencode.py decodes rtpengine's answers, whose dictionaries are not key-sorted (the
-strict decoders refuse them).
+The client counts requests by command, failures by reason and times each answered
+request (``/metrics``: siptrio_rtpengine_*). bencode.py decodes rtpengine's answers,
+whose dictionaries are not key-sorted (the strict decoders refuse them).
 """
 
 from __future__ import annotations
@@ -14,16 +15,23 @@ import ipaddress
 import logging
 import os
 import socket as stdsocket
+from collections import Counter
 from typing import Any
 
 import bencode  # type: ignore[import-untyped]
 import trio
 
-__all__ = ["MediaError", "NgClient", "parse_engine"]
+from ..core.metrics import LATENCY, Histogram
+
+__all__ = ["COMMANDS", "FAILURES", "MediaError", "NgClient", "parse_engine"]
 
 log = logging.getLogger("siptrio.media")
 
 RETRANSMIT = 0.5
+COMMANDS = ("offer", "answer", "delete", "query")  # what siptrio sends (core/media.py)
+# why one engine failed one request: no answer in time, the send failed, an answer
+# that is not bencode, or rtpengine answered with an error
+FAILURES = ("timeout", "send_error", "undecodable", "error_reply")
 
 
 class MediaError(Exception):
@@ -65,6 +73,9 @@ class NgClient:
         self._preferred = 0
         self._sockets: dict[int, trio.socket.SocketType] = {}
         self._waiting: dict[bytes, tuple[trio.Event, list[bytes]]] = {}
+        self.requests: Counter[str] = Counter()  # by command
+        self.failures: Counter[str] = Counter()  # by reason (FAILURES), per engine tried
+        self.latency = {c: Histogram(LATENCY) for c in (*COMMANDS, "other")}  # answered
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -104,6 +115,11 @@ class NgClient:
         """Send one command; the decoded answer, or MediaError when no engine answers."""
         if not self._sockets:
             raise MediaError("no rtpengine configured")
+        name = str(command.get("command"))
+        if name not in COMMANDS:
+            name = "other"
+        self.requests[name] += 1
+        start = trio.current_time()
         data = bencode.bencode(command)
         errors = []
         n = len(self.engines)
@@ -116,6 +132,9 @@ class NgClient:
                 errors.append(str(e))
                 continue
             self._preferred = index
+            self.latency[name].observe(trio.current_time() - start)
+            if reply.get("result") != "ok":
+                self.failures["error_reply"] += 1
             return reply
         raise MediaError("; ".join(errors))
 
@@ -135,6 +154,7 @@ class NgClient:
                     try:
                         await sock.sendto(packet, (host, port))
                     except OSError as e:
+                        self.failures["send_error"] += 1
                         raise MediaError(f"{where}: {e.strerror or e}") from None
                     with trio.move_on_after(interval):
                         await event.wait()
@@ -142,12 +162,15 @@ class NgClient:
                         break
                     interval = min(interval * 2, 2.0)
             if not box:
+                self.failures["timeout"] += 1
                 raise MediaError(f"{where}: no answer within {self.timeout:g} s")
             try:
                 reply = bencode.bdecode(box[0])
             except Exception as e:
+                self.failures["undecodable"] += 1
                 raise MediaError(f"{where}: undecodable answer ({e})") from None
             if not isinstance(reply, dict):
+                self.failures["undecodable"] += 1
                 raise MediaError(f"{where}: answer is not a dictionary")
             return _plain(reply)  # type: ignore[no-any-return,unused-ignore]
         finally:

@@ -60,6 +60,7 @@ async def test_every_counter_is_there_at_zero_from_the_start(tmp_path: Path) -> 
     every = [s for s in samples if s[0].startswith("siptrio_") and s[0].endswith("_total")]
     assert all(samples[s] == 0 for s in every), [s for s in every if samples[s]]
     assert histogram_count(samples, "siptrio_sip_register_answer_seconds") == 0
+    assert histogram_count(samples, "siptrio_rtpengine_request_seconds", command="offer") == 0
     # the process and the interpreter, from prometheus_client's own collectors
     assert samples[("process_resident_memory_bytes", ())] > 1_000_000
     assert samples[("process_cpu_seconds_total", ())] > 0
@@ -100,8 +101,9 @@ async def test_histograms_after_registrations_and_a_call(
         await place_call(alice, bob)
         types, samples = await scrape(ops)
     assert types["siptrio_sip_register_answer_seconds"] == "histogram"
-    # two REGISTERs answered 200 once stored: timed
+    # two REGISTERs answered 200 once stored: timed, and a commit (or two) timed
     assert histogram_count(samples, "siptrio_sip_register_answer_seconds") == 2
+    assert histogram_count(samples, "siptrio_store_commit_seconds") >= 1
     regs = ("siptrio_sip_responses_sent_total", (("method", "REGISTER"), ("status", "200")))
     assert samples[regs] == 2
     # the call: 180 then 200 passed to the caller, each once; post-dial delay measured

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from support.client import SipClient
 from support.ports import free_media_port
 from support.rtpengine import Rtpengine
 from support.server import RunningServer, running_server
 from support.ua import UA
 
+from siptrio.app.metrics import metrics_registry
 from siptrio.app.simcall import PLAIN_SDP, WEBRTC_SDP
 
 PHONE_ANSWER = (
@@ -41,6 +44,18 @@ async def ua(server: RunningServer, nursery: trio.Nursery, transport: str, user:
 
 def dialog(server: RunningServer, call_id: str):  # type: ignore[no-untyped-def]
     return next(d for d in server.server.dialogs if d.call_id == call_id)
+
+
+def rtpengine_metrics(server: RunningServer) -> dict[tuple[str, str], float]:
+    """``/metrics``' rtpengine samples, by (sample name, its one label's value)."""
+    text = generate_latest(metrics_registry(server.server)).decode()
+    return {
+        (s.name, next(iter(s.labels.values()), "")): s.value
+        for f in text_string_to_metric_families(text)
+        if f.name.startswith("siptrio_rtpengine_")
+        for s in f.samples
+        if "le" not in s.labels
+    }
 
 
 async def until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -192,6 +207,10 @@ async def test_rtpengine_down_gives_503_and_no_dialog(
     assert not [d for d in server.server.dialogs if d.call_id == call_id]
     with pytest.raises(trio.TooSlowError):
         await phone.expect_request("INVITE", timeout=0.5)  # nothing reached the phone
+    metrics = rtpengine_metrics(server)
+    assert metrics[("siptrio_rtpengine_requests_total", "offer")] == 1
+    assert metrics[("siptrio_rtpengine_failures_total", "timeout")] == 1
+    assert metrics[("siptrio_rtpengine_request_seconds_count", "offer")] == 0  # no answer
 
 
 async def test_passthrough_when_configured(tmp_path: Path, nursery: trio.Nursery) -> None:
@@ -254,6 +273,11 @@ async def test_api_shows_media_and_packet_counts(
         assert media["media"] == "bridged"
         assert media["from_callee"]["packets"] >= 20 and media["from_callee"]["bytes"] >= 20 * 172
         assert (await http.get("/dialogs/nope/media")).status_code == 404
+    metrics = rtpengine_metrics(server)
+    for command in ("offer", "answer", "query"):
+        assert metrics[("siptrio_rtpengine_requests_total", command)] >= 1, command
+        assert metrics[("siptrio_rtpengine_request_seconds_count", command)] >= 1, command
+    assert metrics[("siptrio_rtpengine_failures_total", "timeout")] == 0
 
 
 async def test_reinvite_in_a_bridged_dialog_is_rewritten_too(
