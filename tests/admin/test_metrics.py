@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -66,6 +67,12 @@ async def test_every_counter_is_there_at_zero_from_the_start(tmp_path: Path) -> 
     assert samples[("process_cpu_seconds_total", ())] > 0
     assert ("python_gc_collections_total", (("generation", "0"),)) in samples
     assert "python_info" in types
+    # the example dashboard reads only what is exported
+    dashboard = json.loads((ROOT / "examples" / "grafana" / "siptrio.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())]
+    used = {m for e in exprs for m in re.findall(r"\b((?:siptrio|process|python)_\w+)\{", e)}
+    exported = {name for name, _ in samples}
+    assert used and not used - exported, used - exported
 
 
 async def test_a_401_storm_shows_by_status_and_method(
