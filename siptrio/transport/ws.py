@@ -6,14 +6,18 @@ in ``trusted_proxies`` the client is the one the proxy names, in a PROXY protoco
 header (v1 or v2) or in ``X-Forwarded-For``/``Forwarded`` on the upgrade request;
 caps, bans, rate limits, ``received`` and the flow's address are the client's.
 
-A connection costs one task: it reads the PROXY header and the upgrade request
-(``handshake.py``, within ``handshake_timeout`` together with the TLS handshake),
-answers, and then reads frames (``frames.py``) and hands one SIP message per
-WebSocket message to the intake. Nothing else waits per connection: a message out is
-written at once when the socket takes it (a short-lived flusher task is started only
-when it does not), and one task per listener pings every flow and closes those that
-stop answering (``Heartbeat``). trio-websocket served these connections before, with
-four tasks and two nurseries each; its clients remain what the tests speak to us with.
+The libraries do the protocol: Trio's ``serve_listeners`` accepts, a
+``trio.SocketStream`` (under a ``trio.SSLStream`` for WSS) carries the bytes,
+wsproto's ``WSConnection`` (h11 underneath) parses the upgrade request and writes the
+101 or the refusal, and its frame ``Connection`` reads and writes the frames. What
+siptrio adds is the shape of a connection, which trio-websocket's own server (a
+reader task, a handler task, a message channel and a send lock per connection) made
+cost four times Kamailio's CPU per set-up: one task per connection reads the PROXY
+header (``handshake.py``), the upgrade and then frames, and hands one SIP message
+per WebSocket message to the intake. A message out is written at once when the
+socket takes it (a short-lived flusher task is started only when it does not), and
+one task per listener pings every flow and cuts handshakes and flows whose time is
+up (``Heartbeat``). trio-websocket's clients remain what the tests speak to us with.
 """
 
 from __future__ import annotations
@@ -24,39 +28,39 @@ import logging
 import os
 import socket
 import ssl
-import struct
 from collections import Counter, deque
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+import h11
 import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Message,
+    Ping,
+    Pong,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ..core.types import Transport
-from .frames import (
-    OP_BINARY,
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    TOO_BIG,
-    FrameError,
-    FrameReader,
-    close_payload,
-    frame,
-)
 from .handshake import (
     NeedMore,
-    UpgradeError,
-    UpgradeRequest,
-    accept_response,
+    ProxyHeaderError,
     client_address,
     parse_proxy_header_untrusted,
-    parse_upgrade_untrusted,
-    refusal,
 )
 from .hub import Flow
 from .intake import Intake
-from .rawstream import RawStream, accept_batches, detach_listener
 from .stream import open_tcp_listeners
 
 __all__ = ["WsFlow", "WsOptions", "WsPolicy", "serve_ws"]
@@ -65,12 +69,13 @@ log = logging.getLogger("siptrio.transport")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 GOING_AWAY = 1001
+TOO_BIG = 1009
 GONE = -2  # WsFlow.fd once its socket is closed
-Address = tuple[str, int]
 RECV_SIZE = 16384
 # Bytes a flow may have waiting for a slow peer before it counts as too slow to keep
 # (the TCP flows' queue holds 512 messages; a SIP message is a few hundred bytes).
 PENDING_LIMIT = 1 << 20
+WsStream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,17 +137,23 @@ def _within(address: str, networks: tuple[IPNetwork, ...]) -> bool:
 
 
 class WsFlow(Flow):
-    """A WebSocket flow: writes frames itself instead of queueing for a writer task."""
+    """A WebSocket flow: wsproto makes its frames, written at once instead of queued.
+
+    ``send_nowait`` may not wait (the core calls it), and a Trio stream only sends
+    by awaiting: so a plain socket is written to directly while it takes the bytes,
+    and a flusher task sends the rest through the stream when it does not (always
+    for WSS, whose bytes go through the ``SSLStream``).
+    """
 
     __slots__ = (
         "close_code",
         "closing",
+        "conn",
         "fd",
         "flushed",
         "pending",
         "ping_sent",
         "pong_seen",
-        "raw",
         "spawn",
         "stream",
     )
@@ -150,16 +161,15 @@ class WsFlow(Flow):
     def __init__(
         self,
         *,
-        stream: trio.abc.Stream,
-        raw: RawStream,  # the socket under ``stream`` (the same for plain WS)
-        fd: int,  # a plain socket's, written to directly; -1: TLS, through the SSLStream
+        stream: WsStream,
+        conn: Connection,  # wsproto's frame protocol, past the handshake
         spawn: Any,  # nursery.start_soon of the listener: runs a flusher when needed
         **kw: Any,
     ) -> None:
         super().__init__(queue_limit=0, **kw)
         self.stream = stream
-        self.raw = raw
-        self.fd = fd
+        self.conn = conn
+        self.fd = _fd(stream)
         self.pending: bytearray | None = None  # not None: a flusher is writing
         self.spawn = spawn
         self.ping_sent = 0  # keep-alives sent ...
@@ -179,10 +189,18 @@ class WsFlow(Flow):
         if self.close_reason is not None:
             return False
         try:
-            data.decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
-            return self.write(frame(OP_BINARY, data))
-        return self.write(frame(OP_TEXT, data))
+            return self.send_event(BytesMessage(data=data))
+        return self.send_event(TextMessage(data=text))
+
+    def send_event(self, event: Event) -> bool:
+        """Frame ``event`` (wsproto) and write it; False once the close handshake began."""
+        try:
+            data = self.conn.send(event)
+        except LocalProtocolError:
+            return False
+        return self.write(data)
 
     def write(self, data: bytes) -> bool:
         if self.fd == GONE:
@@ -193,15 +211,11 @@ class WsFlow(Flow):
                 return False
             self.pending += data
             return True
-        sent = 0
-        if self.fd >= 0:
-            try:
-                sent = os.write(self.fd, data)
-            except BlockingIOError:
-                sent = 0
-            except OSError as e:
-                self.close(f"send failed: {e.strerror or e}")
-                return False
+        try:
+            sent = _write_now(self.fd, data)
+        except OSError as e:
+            self.close(f"send failed: {e.strerror or e}")
+            return False
         if sent < len(data):
             self.pending = bytearray(data[sent:])
             self.spawn(self._flush)
@@ -231,10 +245,53 @@ class WsFlow(Flow):
         """
         if self.close_reason is None:
             self.close_reason = reason
-        self.raw.shutdown_read()
+        with contextlib.suppress(OSError):
+            _socket_of(self.stream).shutdown(socket.SHUT_RD)
 
-    def close_frame(self, code: int, reason: str) -> bytes:
-        return frame(OP_CLOSE, close_payload(code, reason))
+
+def _socket_of(stream: WsStream) -> trio.socket.SocketType:
+    return (
+        stream.socket if isinstance(stream, trio.SocketStream) else stream.transport_stream.socket
+    )
+
+
+def _fd(stream: WsStream) -> int:
+    """A plain socket's descriptor, written to directly; -1 for TLS (through the SSLStream)."""
+    return stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+
+
+def _write_now(fd: int, data: bytes) -> int:
+    """What a non-blocking socket takes of ``data`` now (0 when its buffer is full)."""
+    if fd < 0:
+        return 0
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+
+
+async def _receive(stream: WsStream) -> bytes | bytearray:
+    """The next bytes from the peer; b"" at end-of-file.
+
+    A plain socket is waited on first: ``SocketStream.receive_some`` tries ``recv``
+    before it waits, and a flow's reader almost always comes to it before its peer
+    has sent (the REGISTER follows our 101; an idle browser sends nothing): that
+    failed try, its exception and the context managers around it were 6 % of the
+    server's CPU in a burst of set-ups.
+    """
+    if isinstance(stream, trio.SocketStream):
+        try:
+            await trio.lowlevel.wait_readable(stream.socket)
+        except OSError as e:  # closed under us
+            raise trio.ClosedResourceError from e
+    return await stream.receive_some(RECV_SIZE)
+
+
+async def _send(stream: WsStream, data: bytes) -> None:
+    """The 101 or a refusal: straight onto a plain socket when it takes it all, else awaited."""
+    sent = _write_now(_fd(stream), data)
+    if sent < len(data):
+        await stream.send_all(data[sent:])
 
 
 class Heartbeat:
@@ -253,14 +310,18 @@ class Heartbeat:
         self.to_ping: deque[tuple[float, WsFlow]] = deque()
         self.to_answer: deque[tuple[float, WsFlow, int]] = deque()
         self.to_speak: deque[tuple[float, WsFlow]] = deque()
-        self.to_open: deque[tuple[float, RawStream]] = deque()
-        self.opening: set[RawStream] = set()  # connections still in their handshake
+        self.to_open: deque[tuple[float, trio.SocketStream]] = deque()
+        self.opening: set[trio.SocketStream] = set()  # connections still in their handshake
         self._wake = trio.Event()
 
-    def open(self, raw: RawStream) -> None:
-        """A connection starts its handshake: cut it at ``handshake_timeout`` unless done."""
-        self.opening.add(raw)
-        self.to_open.append((trio.current_time() + self.options.handshake_timeout, raw))
+    def open(self, stream: trio.SocketStream) -> None:
+        """A connection starts its handshake: cut it at ``handshake_timeout`` unless done.
+
+        Cut, not cancelled: shutting the socket down wakes the connection's task with
+        end-of-file, so no connection needs a cancel scope of its own.
+        """
+        self.opening.add(stream)
+        self.to_open.append((trio.current_time() + self.options.handshake_timeout, stream))
         if len(self.to_open) == 1:
             self._wake.set()
 
@@ -311,11 +372,12 @@ class Heartbeat:
                     )
                     flow.close(f"keep-alive timeout ({how})")
             while self.to_open and self.to_open[0][0] <= now:
-                _, raw = self.to_open.popleft()
-                if raw in self.opening:
-                    self.opening.discard(raw)
+                _, stream = self.to_open.popleft()
+                if stream in self.opening:
+                    self.opening.discard(stream)
                     self.stats["ws_handshake_timeouts"] += 1
-                    raw.cut()
+                    with contextlib.suppress(OSError):
+                        stream.socket.shutdown(socket.SHUT_RDWR)
             while self.to_speak and self.to_speak[0][0] <= now:
                 _, flow = self.to_speak.popleft()
                 if flow.close_reason is None and not flow.valid_seen:
@@ -326,11 +388,14 @@ class Heartbeat:
     def _keepalive(self, flow: WsFlow, now: float) -> None:
         flow.ping_sent += 1
         seq = flow.ping_sent
-        data = b""
-        if self.ping:
-            data += frame(OP_PING, seq.to_bytes(4, "big"))
-        if self.crlf:
-            data += frame(OP_TEXT, b"\r\n\r\n")
+        try:
+            data = b""
+            if self.ping:
+                data += flow.conn.send(Ping(payload=seq.to_bytes(4, "big")))
+            if self.crlf:
+                data += flow.conn.send(TextMessage(data="\r\n\r\n"))
+        except LocalProtocolError:  # closing
+            return
         if not flow.write(data):
             return
         self.stats[f"keepalives_out.{flow.transport.value}"] += 1
@@ -350,50 +415,23 @@ async def serve_ws(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve one WS or WSS listener; ``started`` reports the bound port."""
-    listening = [
-        detach_listener(li) for li in await open_tcp_listeners(host, port, reuse_port=reuse_port)
-    ]
+    listeners = await open_tcp_listeners(host, port, reuse_port=reuse_port)
     heartbeat = Heartbeat(options, intake.stats)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(heartbeat.run)
-            for sock in listening:
-                bound = sock.getsockname()
-                wildcard = bound[0] in ("0.0.0.0", "::")
-                local = None if wildcard else (bound[0], bound[1])
-
-                def start(
-                    conn: socket.socket,
-                    peer: tuple[str, int],
-                    local: tuple[str, int] | None = local,
-                ) -> None:
-                    nursery.start_soon(
-                        _connection,
-                        conn,
-                        peer,
-                        local,
-                        nursery,
-                        ssl_context,
-                        intake,
-                        options,
-                        policy,
-                        heartbeat,
-                    )
-
-                nursery.start_soon(accept_batches, sock, start, intake.stats)
-            task_status.started(listening[0].getsockname()[1])
-    finally:
-        for sock in listening:
-            if sock.fileno() >= 0:
-                sock.close()
-
-
-def _address(sock: socket.socket) -> tuple[str, int]:
-    try:
-        a = sock.getsockname()
-    except OSError:
-        return ("?", 0)
-    return (a[0], a[1])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(heartbeat.run)
+        handler = partial(
+            _connection,
+            nursery=nursery,
+            ssl_context=ssl_context,
+            intake=intake,
+            options=options,
+            policy=policy,
+            heartbeat=heartbeat,
+        )
+        await nursery.start(
+            partial(trio.serve_listeners, handler, listeners, handler_nursery=nursery)
+        )
+        task_status.started(listeners[0].socket.getsockname()[1])
 
 
 def origin_allowed(origin: str | None, options: WsOptions, policy: WsPolicy | None = None) -> bool:
@@ -415,16 +453,15 @@ def origin_allowed(origin: str | None, options: WsOptions, policy: WsPolicy | No
 class _Opening:
     """What the start of a connection said: who the client is and its upgrade request."""
 
-    request: UpgradeRequest
+    ws: WSConnection  # wsproto's, with the request parsed: it writes the 101 or refusal
+    request: Request
     client: tuple[str, int]
     via: str | None  # the trusted proxy it came through
-    rest: bytes  # bytes after the request head: the first frames
 
 
 async def _connection(
-    sock: socket.socket,
-    peer: tuple[str, int],
-    local: tuple[str, int] | None,
+    stream: trio.SocketStream,
+    *,
     nursery: trio.Nursery,
     ssl_context: ssl.SSLContext | None,
     intake: Intake,
@@ -432,113 +469,190 @@ async def _connection(
     policy: WsPolicy,
     heartbeat: Heartbeat,
 ) -> None:
+    """One connection, from accept to close, in the task ``serve_listeners`` gave it."""
     stats = intake.stats
-    raw = RawStream(sock)
-    stream: RawStream | trio.SSLStream[RawStream] = raw
+    ws_stream: WsStream = stream
     try:
-        if local is None:  # a wildcard listener: which address it came to
-            local = _address(sock)
+        try:
+            peer = _pair(stream.socket.getpeername())
+            local = _pair(stream.socket.getsockname())
+        except OSError:  # gone already
+            return
+        # trio.SocketStream sets TCP_NOTSENT_LOWAT to 16 KiB (for streams that fill their
+        # buffer); for small SIP messages on loopback it doubled the kernel's cost of
+        # every write (57 -> 127 us under a burst of set-ups). 0: the system's default.
+        with contextlib.suppress(OSError, AttributeError):
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 0)
         opening: _Opening | None = None
-        heartbeat.open(raw)
+        heartbeat.open(stream)
         try:
             if ssl_context is not None:
-                stream = trio.SSLStream(raw, ssl_context, server_side=True, https_compatible=True)
+                ws_stream = trio.SSLStream(
+                    stream, ssl_context, server_side=True, https_compatible=True
+                )
                 try:
-                    await stream.do_handshake()
+                    await ws_stream.do_handshake()
                 except trio.BrokenResourceError as e:
-                    if not raw.expired:
+                    if stream in heartbeat.opening:  # not cut by handshake_timeout
                         stats["tls_handshake_failures"] += 1
                         log.info("TLS handshake from %s:%s failed: %s", *peer, e.__cause__ or e)
                     return
-            opening = await _read_opening(stream, peer, intake, options)
+            opening = await _read_opening(ws_stream, peer, intake, options)
         finally:
-            heartbeat.opening.discard(raw)
+            heartbeat.opening.discard(stream)
         if opening is None:
             return
         ip = opening.client[0]
         if intake.banned(ip):
-            await _reject(stream, opening, 403, "Forbidden", stats, "banned")
+            await _reject(ws_stream, opening, 403, "Forbidden", stats, "banned")
             return
         refused = policy.take(ip, options)
         if refused == "capacity":
             why = "Too many WebSocket connections; try again later"
-            await _reject(stream, opening, 503, why, stats, "capacity")
+            await _reject(ws_stream, opening, 503, why, stats, "capacity")
             return
         if refused == "per_ip":
             why = f"Too many WebSocket connections from {ip}"
-            await _reject(stream, opening, 503, why, stats, "per_ip")
+            await _reject(ws_stream, opening, 503, why, stats, "per_ip")
             return
         try:
             await _accept(
-                stream, raw, local, opening, nursery, intake, options, heartbeat, policy=policy
+                ws_stream, local, opening, nursery, intake, options, heartbeat, policy=policy
             )
         finally:
             policy.give_back(ip)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
-        await trio.aclose_forcefully(stream)
+        await trio.aclose_forcefully(ws_stream)
+
+
+def _pair(address: Any) -> tuple[str, int]:
+    return (address[0], address[1])
 
 
 async def _read_opening(
-    stream: trio.abc.Stream, peer: tuple[str, int], intake: Intake, options: WsOptions
+    stream: WsStream, peer: tuple[str, int], intake: Intake, options: WsOptions
 ) -> _Opening | None:
     """The PROXY header (from a trusted proxy) and the upgrade request; None: answered."""
+    ws = WSConnection(ConnectionType.SERVER)
     buf = b""
     client: tuple[str, int] = peer
     via: str | None = None
     trusted = _within(peer[0], options.trusted_proxies)
-    proxy_checked = not trusted
+    proxy_checked = False
     while True:
-        data = await stream.receive_some(RECV_SIZE)
+        data = await _receive(stream)
         if not data:
             return None
-        buf += data
-        try:
-            if not proxy_checked:
+        if not proxy_checked:
+            buf += data
+            try:
                 header = parse_proxy_header_untrusted(buf)
-                proxy_checked = True
-                if header is not None:
-                    buf = buf[header.length :]
-                    if header.source is not None:
-                        client, via = header.source, peer[0]
-            request = parse_upgrade_untrusted(buf)
-        except NeedMore:
-            continue
-        except UpgradeError as e:
-            intake.stats["ws_handshake_rejected.malformed"] += 1
-            log.info("WebSocket handshake from %s:%s refused: %s", *peer, e.reason)
-            if e.status:
-                extra = (("Sec-WebSocket-Version", "13"),) if e.status == 426 else ()
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await stream.send_all(refusal(e.status, e.reason, extra))
+                broken = ""
+            except NeedMore:
+                continue
+            except ProxyHeaderError as e:
+                header, broken = None, e.reason
+            proxy_checked = True
+            if (header is not None or broken) and not trusted:
+                # not HTTP, and from anyone else a PROXY header is a lie: refused at once
+                why = f"a PROXY header from {peer[0]}, which is not in trusted_proxies"
+                await _refuse(stream, ws, 400, why, intake.stats, peer, "malformed")
+                return None
+            if broken:  # from a trusted proxy: there is no HTTP request to answer, just close
+                intake.stats["ws_handshake_rejected.malformed"] += 1
+                log.info("WebSocket connection from %s:%s closed: %s", *peer, broken)
+                return None
+            if header is not None:
+                buf = buf[header.length :]
+                if header.source is not None:
+                    client, via = header.source, peer[0]
+            data, buf = buf, b""
+            if not data:  # the header came alone; b"" would tell h11 the peer closed
+                continue
+        try:
+            ws.receive_data(bytes(data))
+            request = next((e for e in ws.events() if isinstance(e, Request)), None)
+        except RemoteProtocolError as e:
+            status, why, extra = _refusal_of(e)
+            await _refuse(stream, ws, status, why, intake.stats, peer, "malformed", extra)
             return None
+        if request is None:
+            continue
         if _within(client[0], options.trusted_proxies):
-            address, port = client_address(client[0], request, options.trusted_proxies)
+            address, port = client_address(
+                client[0], request.extra_headers, options.trusted_proxies
+            )
             if address != client[0]:
                 via = via or client[0]
                 client = (address, port if port is not None else client[1])
-        return _Opening(request=request, client=client, via=via, rest=buf[request.length :])
+        return _Opening(ws=ws, request=request, client=client, via=via)
+
+
+def _refusal_of(e: RemoteProtocolError) -> tuple[int, str, list[tuple[bytes, bytes]]]:
+    """The status, reason and headers to refuse a request wsproto (or h11) could not take."""
+    hint = e.event_hint
+    status = hint.status_code if isinstance(hint, RejectConnection) else 400
+    extra = list(hint.headers) if isinstance(hint, RejectConnection) else []
+    why = str(e)
+    cause = e.__context__  # h11's error, with a more precise status (431) and reason
+    if isinstance(cause, h11.RemoteProtocolError):
+        status, why = cause.error_status_hint, f"bad HTTP request: {cause}"
+    return status, why, extra
+
+
+async def _refuse(
+    stream: WsStream,
+    ws: WSConnection,
+    status: int,
+    why: str,
+    stats: Counter[str],
+    client: tuple[str, int],
+    key: str,
+    extra: list[tuple[bytes, bytes]] | None = None,
+    via: str | None = None,
+) -> None:
+    """An HTTP refusal whose body says why, written by wsproto (h11)."""
+    stats[f"ws_handshake_rejected.{key}"] += 1
+    through = f" (via {via})" if via else ""
+    log.info("WebSocket handshake from %s:%s%s refused (%d): %s", *client, through, status, why)
+    body = (why + "\n").encode()
+    headers = [
+        *(extra or ()),
+        (b"Content-Type", b"text/plain; charset=utf-8"),
+        (b"Content-Length", str(len(body)).encode()),
+        (b"Connection", b"close"),
+    ]
+    try:
+        data = ws.send(RejectConnection(status_code=status, headers=headers, has_body=True))
+        data += ws.send(RejectData(data=body))
+    except (LocalProtocolError, h11.LocalProtocolError):
+        return  # h11 cannot answer in the state the request left it in: just close
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        await _send(stream, data)
 
 
 async def _reject(
-    stream: trio.abc.Stream,
+    stream: WsStream,
     opening: _Opening,
     status: int,
     why: str,
     stats: Counter[str],
     key: str,
 ) -> None:
-    stats[f"ws_handshake_rejected.{key}"] += 1
-    via = f" (via {opening.via})" if opening.via else ""
-    log.info("WebSocket handshake from %s:%s%s refused (%d): %s", *opening.client, via, status, why)
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await stream.send_all(refusal(status, why))
+    await _refuse(stream, opening.ws, status, why, stats, opening.client, key, via=opening.via)
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    for key, value in request.extra_headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 async def _accept(
-    stream: RawStream | trio.SSLStream[RawStream],
-    raw: RawStream,
+    stream: WsStream,
     local: tuple[str, int],
     opening: _Opening,
     nursery: trio.Nursery,
@@ -550,8 +664,8 @@ async def _accept(
 ) -> None:
     stats = intake.stats
     request = opening.request
-    if not origin_allowed(request.origin, options, policy):
-        origin = request.origin
+    origin = _header(request, b"origin")
+    if not origin_allowed(origin, options, policy):
         why = "Origin header required" if origin is None else f"Origin {origin} is not allowed"
         await _reject(stream, opening, 403, why, stats, "origin")
         return
@@ -561,12 +675,13 @@ async def _accept(
         )
         await _reject(stream, opening, 400, why, stats, "subprotocol")
         return
-    await stream.send_all(accept_response(request.key, "sip"))
+    ws = opening.ws
+    await _send(stream, ws.send(AcceptConnection(subprotocol="sip")))
+    assert ws.connection is not None  # wsproto made the frame protocol with the 101
     stats[f"ws_handshakes.{options.transport.value}"] += 1
     flow = WsFlow(
         stream=stream,
-        raw=raw,
-        fd=raw.sock.fileno() if stream is raw else -1,
+        conn=ws.connection,  # the handshake (and h11 with it) is dropped from here on
         spawn=nursery.start_soon,
         flow_id=intake.hub.new_flow_id(options.transport),
         transport=options.transport,
@@ -575,13 +690,13 @@ async def _accept(
     )
     if opening.via:
         log.debug("flow %s from %s:%s via %s", flow.id, *opening.client, opening.via)
-    await _run_flow(flow, stream, opening.rest, intake, options, heartbeat)
+    del opening, request, ws
+    await _run_flow(flow, stream, intake, options, heartbeat)
 
 
 async def _run_flow(
     flow: WsFlow,
-    stream: trio.abc.Stream,
-    rest: bytes,
+    stream: WsStream,
     intake: Intake,
     options: WsOptions,
     heartbeat: Heartbeat,
@@ -590,7 +705,7 @@ async def _run_flow(
     hub.add_flow(flow)
     heartbeat.add(flow)
     try:
-        await _reader(flow, stream, rest, intake, options)
+        await _reader(flow, stream, intake, options)
     finally:
         hub.remove_flow(flow)
         shutting_down = flow.close_reason is None  # nothing closed it: the server is stopping
@@ -605,7 +720,7 @@ async def _run_flow(
                 code = TOO_BIG
             elif flow.close_code:
                 code = flow.close_code
-            flow.write(flow.close_frame(code, reason))
+            flow.send_event(CloseConnection(code=code, reason=reason))
             if flow.pending is not None:  # TLS, or a slow peer: give the flusher a second
                 flow.flushed = trio.Event()
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -613,52 +728,62 @@ async def _run_flow(
         flow.fd = GONE
 
 
-async def _reader(
-    flow: WsFlow, stream: trio.abc.Stream, rest: bytes, intake: Intake, options: WsOptions
-) -> None:
+async def _reader(flow: WsFlow, stream: WsStream, intake: Intake, options: WsOptions) -> None:
+    """Frames in (wsproto), one SIP message per WebSocket message out to the intake."""
     peer = flow.peer
-    frames = FrameReader(options.max_message_size)
-    data: bytes | bytearray = rest
+    conn = flow.conn
+    limit = options.max_message_size
+    parts: list[Any] = []  # str pieces of a text message, bytes of a binary one
+    size = 0
     while True:
-        if data:
-            flow.last_received = trio.current_time()
-            try:
-                events = frames.feed_untrusted(bytes(data))
-            except FrameError as e:
-                if e.code == TOO_BIG:
-                    intake.stats["ws_message_too_big"] += 1
-                    flow.close_reason = flow.close_reason or "message too big (1009)"
-                else:
-                    flow.close_reason = (
-                        flow.close_reason or f"protocol error ({e.code}): {e.reason}"
-                    )
-                    flow.close_code = e.code
-                return
-            del data
-            for opcode, payload in events:
-                if opcode <= OP_BINARY:
-                    await _message(flow, payload, peer, intake)
-                elif opcode == OP_PING:
-                    flow.write(frame(OP_PONG, payload))
-                elif opcode == OP_PONG:
-                    flow.last_keepalive = trio.current_time()
-                    flow.pong_seen = flow.ping_sent
-                else:  # OP_CLOSE: echo its code (RFC 6455 section 5.5.1)
-                    code = struct.unpack_from("!H", payload)[0] if payload else 1000
-                    flow.write(flow.close_frame(code, ""))
-                    flow.close_reason = (
-                        flow.close_reason or f"closed by peer ({code if payload else 1005})"
-                    )
-                    return
-            del events
         try:
-            data = await stream.receive_some(RECV_SIZE)
+            data = await _receive(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
             flow.close_reason = flow.close_reason or f"receive failed: {e}"
             return
         if not data:
             flow.close_reason = flow.close_reason or "closed by peer (no close frame)"
             return
+        flow.last_received = trio.current_time()
+        conn.receive_data(bytes(data))
+        del data
+        for event in conn.events():
+            if isinstance(event, Message):  # a text or binary message, or a piece of one
+                size += len(event.data)
+                if size > limit:
+                    intake.stats["ws_message_too_big"] += 1
+                    flow.close_reason = flow.close_reason or "message too big (1009)"
+                    return
+                if not event.message_finished:
+                    parts.append(event.data)
+                    continue
+                if parts:
+                    parts.append(event.data)
+                    whole = "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)
+                    parts.clear()
+                else:
+                    whole = event.data
+                size = 0
+                del event
+                message = whole.encode() if isinstance(whole, str) else bytes(whole)
+                del whole
+                await _message(flow, message, peer, intake)
+                del message
+            elif isinstance(event, Ping):
+                flow.send_event(event.response())
+            elif isinstance(event, Pong):
+                flow.last_keepalive = trio.current_time()
+                flow.pong_seen = flow.ping_sent
+            elif isinstance(event, CloseConnection):
+                if conn.state is ConnectionState.REMOTE_CLOSING:  # the peer's: echo its code
+                    flow.send_event(event.response())
+                    flow.close_reason = flow.close_reason or f"closed by peer ({event.code})"
+                else:  # wsproto found the frames broken (1002, 1007): close with its code
+                    flow.close_reason = (
+                        flow.close_reason or f"protocol error ({event.code}): {event.reason}"
+                    )
+                    flow.close_code = event.code
+                return
 
 
 async def _message(flow: WsFlow, data: bytes, peer: Any, intake: Intake) -> None:
@@ -668,7 +793,7 @@ async def _message(flow: WsFlow, data: bytes, peer: Any, intake: Intake) -> None
             flow.pong_seen = flow.ping_sent
         else:
             intake.stats[f"keepalives_in.{flow.transport.value}"] += 1
-            flow.write(frame(OP_TEXT, b"\r\n"))  # RFC 5626 4.4.1: answer a CRLFCRLF at once
+            flow.send_event(TextMessage(data="\r\n"))  # RFC 5626 4.4.1: answer a CRLFCRLF at once
         return
     # to the core's front door: a fault is answered and the connection stays up; the
     # flow is marked valid once a message parses

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import ssl
 from collections.abc import AsyncIterator
@@ -145,6 +146,67 @@ async def test_missing_origin_allowed_by_default_refused_when_configured(
 async def test_without_sip_subprotocol_400(server: RunningServer, nursery: trio.Nursery) -> None:
     err = await rejected(server, subprotocols=("chat",))
     assert err.status_code == 400 and b"'sip' subprotocol" in (err.body or b"")
+
+
+UPGRADE = (
+    b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Protocol: sip\r\nOrigin: http://localhost:8088\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "status", "why"),
+    [
+        (b"GET", b"POST", 400, b"GET"),
+        (b"Version: 13", b"Version: 8", 426, b"Sec-WebSocket-Version"),
+        (b"Upgrade: websocket\r\n", b"", 400, b"Upgrade: websocket"),
+        (b"Connection: Upgrade\r\n", b"Bad Header\r\n", 400, b"header line"),
+        # a head still unfinished past h11's 16 KiB
+        (b"\r\n\r\n", b"\r\nX-Pad: " + b"a" * 20000, 431, b"too long"),
+    ],
+)
+async def test_a_malformed_upgrade_is_refused_with_a_status_and_why(
+    server: RunningServer, old: bytes, new: bytes, status: int, why: bytes
+) -> None:
+    """wsproto (h11) judges the request; the refusal's body says what was wrong."""
+    stream = await trio.open_tcp_stream(*server.addr("ws"))
+    await stream.send_all(UPGRADE.replace(old, new, 1))
+    answer = b""
+    with trio.fail_after(5), contextlib.suppress(trio.BrokenResourceError):
+        while data := await stream.receive_some(65536):
+            answer += data
+    await stream.aclose()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    assert why in body
+    if status == 426:
+        assert b"Sec-WebSocket-Version: 13" in head
+    assert not server.server.hub.flows
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"\x81\x05hello", 1002),  # unmasked: a client must mask every frame
+        (b"\x81\x82\x00\x00\x00\x00\xff\xfe", 1007),  # a text message that is not UTF-8
+        (b"\x89\xfe\x00\x80\x00\x00\x00\x00" + b"p" * 128, 1002),  # a 128-byte ping
+    ],
+)
+async def test_broken_frames_close_the_flow_with_the_protocol_error_code(
+    server: RunningServer, frame: bytes, code: int
+) -> None:
+    raw = await RawWs.open(server.addr("ws"))
+    await raw.stream.send_all(frame)
+    events: list[wse.Event] = []
+    with trio.fail_after(5):
+        while not any(isinstance(e, wse.CloseConnection) for e in events):
+            events += await raw.events()
+    close = next(e for e in events if isinstance(e, wse.CloseConnection))
+    assert close.code == code
+    with trio.fail_after(3):
+        while server.server.hub.flows:
+            await trio.sleep(0.01)
 
 
 async def test_wss_needs_the_ca(server: RunningServer, nursery: trio.Nursery) -> None:
