@@ -289,7 +289,10 @@ async def _receive(stream: WsStream) -> bytes | bytearray:
 
 async def _send(stream: WsStream, data: bytes) -> None:
     """The 101 or a refusal: straight onto a plain socket when it takes it all, else awaited."""
-    sent = _write_now(_fd(stream), data)
+    try:
+        sent = _write_now(_fd(stream), data)
+    except OSError as e:  # the peer is gone (EPIPE, ECONNRESET): as the stream would say
+        raise trio.BrokenResourceError(f"send failed: {e.strerror or e}") from e
     if sent < len(data):
         await stream.send_all(data[sent:])
 

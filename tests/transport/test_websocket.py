@@ -483,3 +483,28 @@ def test_the_server_raises_its_open_files_limit(tmp_path: Path) -> None:
         assert got_soft == str(hard if hard != resource.RLIM_INFINITY else 1 << 20)
     finally:
         proc.stop()
+
+
+async def test_a_peer_gone_before_the_101_is_a_broken_stream_not_a_crash() -> None:
+    """The 101 goes straight onto the socket: a reset there must read as a broken stream.
+
+    At 50,000 set-ups, clients that gave up reset their connections between our read of
+    the request and our 101; the error escaped as BrokenPipeError and stopped a worker.
+    """
+    import socket
+    import struct
+
+    from siptrio.transport.ws import _send
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listeners[0].accept()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await client.aclose()  # a reset, not a FIN
+    await trio.sleep(0.05)
+    with pytest.raises(trio.BrokenResourceError):
+        for _ in range(3):  # the first write may still be taken before the reset is seen
+            await _send(server, b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    await server.aclose()
+    await listeners[0].aclose()
