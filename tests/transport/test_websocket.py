@@ -494,7 +494,7 @@ async def test_a_peer_gone_before_the_101_is_a_broken_stream_not_a_crash() -> No
     import socket
     import struct
 
-    from siptrio.transport.ws import _send
+    from siptrio.transport.ws.flow import send_now
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
@@ -505,6 +505,6 @@ async def test_a_peer_gone_before_the_101_is_a_broken_stream_not_a_crash() -> No
     await trio.sleep(0.05)
     with pytest.raises(trio.BrokenResourceError):
         for _ in range(3):  # the first write may still be taken before the reset is seen
-            await _send(server, b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+            await send_now(server, b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
     await server.aclose()
     await listeners[0].aclose()
