@@ -7,9 +7,9 @@ header (v1 or v2) or in ``X-Forwarded-For``/``Forwarded`` on the upgrade request
 caps, bans, rate limits, ``received`` and the flow's address are the client's.
 
 The libraries do the protocol: Trio's ``serve_listeners`` accepts, a
-``trio.SocketStream`` (under a ``trio.SSLStream`` for WSS) carries the bytes,
-wsproto's ``WSConnection`` (h11 underneath) parses the upgrade request and writes the
-101 or the refusal, and its frame ``Connection`` reads and writes the frames. What
+``trio.SocketStream`` (under a ``trio.SSLStream`` for WSS) carries the bytes, h11
+parses and judges the upgrade request and writes any refusal, wsproto computes the
+101's accept token and its frame ``Connection`` reads and writes the frames. What
 siptrio adds is the shape of a connection, which trio-websocket's own server (a
 reader task, a handler task, a message channel and a send lock per connection) made
 cost four times Kamailio's CPU per set-up: one task per connection reads the PROXY
@@ -23,6 +23,7 @@ The modules, in the order a connection meets them:
 
 - ``options``: the listener's settings and the connection caps shared by listeners;
 - ``server``: accept, TLS, PROXY header, the upgrade, the policy, the 101 or refusal;
+- ``upgrade``: the opening handshake, sans-IO: the request read, the 101 or refusal written;
 - ``flow``: an open WebSocket flow, its writes and its one reader task;
 - ``heartbeat``: keep-alives and deadlines for every flow of a listener, in one task.
 """

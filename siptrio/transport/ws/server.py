@@ -18,16 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import h11
 import trio
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import (
-    AcceptConnection,
-    RejectConnection,
-    RejectData,
-    Request,
-)
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ..handshake import (
     NeedMore,
@@ -40,6 +31,7 @@ from ..stream import open_tcp_listeners
 from .flow import WsFlow, WsStream, receive, run_flow, send_now
 from .heartbeat import Heartbeat
 from .options import WsOptions, WsPolicy, origin_allowed, within
+from .upgrade import Upgrade, UpgradeRefused, UpgradeRequest
 
 __all__ = ["serve_ws"]
 
@@ -81,8 +73,8 @@ async def serve_ws(
 class _Opening:
     """What the start of a connection said: who the client is and its upgrade request."""
 
-    ws: WSConnection  # wsproto's, with the request parsed: it writes the 101 or refusal
-    request: Request
+    upgrade: Upgrade  # with the request parsed: it writes the 101 or the refusal
+    request: UpgradeRequest
     client: tuple[str, int]
     via: str | None  # the trusted proxy it came through
 
@@ -163,7 +155,7 @@ async def _read_opening(
     stream: WsStream, peer: tuple[str, int], intake: Intake, options: WsOptions
 ) -> _Opening | None:
     """The PROXY header (from a trusted proxy) and the upgrade request; None: answered."""
-    ws = WSConnection(ConnectionType.SERVER)
+    upgrade = Upgrade()
     buf = b""
     client: tuple[str, int] = peer
     via: str | None = None
@@ -186,7 +178,7 @@ async def _read_opening(
             if (header is not None or broken) and not trusted:
                 # not HTTP, and from anyone else a PROXY header is a lie: refused at once
                 why = f"a PROXY header from {peer[0]}, which is not in trusted_proxies"
-                await _refuse(stream, ws, 400, why, intake.stats, peer, "malformed")
+                await _refuse(stream, upgrade, 400, why, intake.stats, peer, "malformed")
                 return None
             if broken:  # from a trusted proxy: there is no HTTP request to answer, just close
                 intake.stats["ws_handshake_rejected.malformed"] += 1
@@ -200,62 +192,39 @@ async def _read_opening(
             if not data:  # the header came alone; b"" would tell h11 the peer closed
                 continue
         try:
-            ws.receive_data(bytes(data))
-            request = next((e for e in ws.events() if isinstance(e, Request)), None)
-        except RemoteProtocolError as e:
-            status, why, extra = _refusal_of(e)
-            await _refuse(stream, ws, status, why, intake.stats, peer, "malformed", extra)
+            request = upgrade.receive_untrusted(bytes(data))
+        except UpgradeRefused as e:
+            await _refuse(
+                stream, upgrade, e.status, e.reason, intake.stats, peer, "malformed", e.headers
+            )
             return None
         if request is None:
             continue
         if within(client[0], options.trusted_proxies):
-            address, port = client_address(
-                client[0], request.extra_headers, options.trusted_proxies
-            )
+            address, port = client_address(client[0], request.headers, options.trusted_proxies)
             if address != client[0]:
                 via = via or client[0]
                 client = (address, port if port is not None else client[1])
-        return _Opening(ws=ws, request=request, client=client, via=via)
-
-
-def _refusal_of(e: RemoteProtocolError) -> tuple[int, str, list[tuple[bytes, bytes]]]:
-    """The status, reason and headers to refuse a request wsproto (or h11) could not take."""
-    hint = e.event_hint
-    status = hint.status_code if isinstance(hint, RejectConnection) else 400
-    extra = list(hint.headers) if isinstance(hint, RejectConnection) else []
-    why = str(e)
-    cause = e.__context__  # h11's error, with a more precise status (431) and reason
-    if isinstance(cause, h11.RemoteProtocolError):
-        status, why = cause.error_status_hint, f"bad HTTP request: {cause}"
-    return status, why, extra
+        return _Opening(upgrade=upgrade, request=request, client=client, via=via)
 
 
 async def _refuse(
     stream: WsStream,
-    ws: WSConnection,
+    upgrade: Upgrade,
     status: int,
     why: str,
     stats: Counter[str],
     client: tuple[str, int],
     key: str,
-    extra: list[tuple[bytes, bytes]] | None = None,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
     via: str | None = None,
 ) -> None:
-    """An HTTP refusal whose body says why, written by wsproto (h11)."""
+    """An HTTP refusal whose body says why (h11 writes it), logged and counted."""
     stats[f"ws_handshake_rejected.{key}"] += 1
     through = f" (via {via})" if via else ""
     log.info("WebSocket handshake from %s:%s%s refused (%d): %s", *client, through, status, why)
-    body = (why + "\n").encode()
-    headers = [
-        *(extra or ()),
-        (b"Content-Type", b"text/plain; charset=utf-8"),
-        (b"Content-Length", str(len(body)).encode()),
-        (b"Connection", b"close"),
-    ]
-    try:
-        data = ws.send(RejectConnection(status_code=status, headers=headers, has_body=True))
-        data += ws.send(RejectData(data=body))
-    except (LocalProtocolError, h11.LocalProtocolError):
+    data = upgrade.refuse(status, why, extra)
+    if not data:
         return  # h11 cannot answer in the state the request left it in: just close
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         await send_now(stream, data)
@@ -269,14 +238,7 @@ async def _reject(
     stats: Counter[str],
     key: str,
 ) -> None:
-    await _refuse(stream, opening.ws, status, why, stats, opening.client, key, via=opening.via)
-
-
-def _header(request: Request, name: bytes) -> str | None:
-    for key, value in request.extra_headers:
-        if key == name:
-            return value.decode("latin-1")
-    return None
+    await _refuse(stream, opening.upgrade, status, why, stats, opening.client, key, via=opening.via)
 
 
 async def _accept(
@@ -292,7 +254,7 @@ async def _accept(
 ) -> None:
     stats = intake.stats
     request = opening.request
-    origin = _header(request, b"origin")
+    origin = request.origin
     if not origin_allowed(origin, options, policy):
         why = "Origin header required" if origin is None else f"Origin {origin} is not allowed"
         await _reject(stream, opening, 403, why, stats, "origin")
@@ -303,13 +265,12 @@ async def _accept(
         )
         await _reject(stream, opening, 400, why, stats, "subprotocol")
         return
-    ws = opening.ws
-    await send_now(stream, ws.send(AcceptConnection(subprotocol="sip")))
-    assert ws.connection is not None  # wsproto made the frame protocol with the 101
+    response, conn = opening.upgrade.accept(request, "sip")
+    await send_now(stream, response)
     stats[f"ws_handshakes.{options.transport.value}"] += 1
     flow = WsFlow(
         stream=stream,
-        conn=ws.connection,  # the handshake (and h11 with it) is dropped from here on
+        conn=conn,  # the handshake (and h11 with it) is dropped from here on
         spawn=nursery.start_soon,
         flow_id=intake.hub.new_flow_id(options.transport),
         transport=options.transport,
@@ -318,5 +279,5 @@ async def _accept(
     )
     if opening.via:
         log.debug("flow %s from %s:%s via %s", flow.id, *opening.client, opening.via)
-    del opening, request, ws
+    del opening, request
     await run_flow(flow, stream, intake, options, heartbeat)
