@@ -63,9 +63,19 @@ async def serve_ws(
             policy=policy,
             heartbeat=heartbeat,
         )
-        await nursery.start(
-            partial(trio.serve_listeners, handler, listeners, handler_nursery=nursery)
-        )
+        for listener in listeners:
+            # one serve_listeners per listener, so that each knows its address: a
+            # getsockname per connection less, unless bound to a wildcard address
+            host, bound_port = listener.socket.getsockname()[:2]
+            local = None if host in ("0.0.0.0", "::") else (host, bound_port)
+            await nursery.start(
+                partial(
+                    trio.serve_listeners,
+                    partial(handler, local=local),
+                    [listener],
+                    handler_nursery=nursery,
+                )
+            )
         task_status.started(listeners[0].socket.getsockname()[1])
 
 
@@ -88,6 +98,7 @@ async def _connection(
     options: WsOptions,
     policy: WsPolicy,
     heartbeat: Heartbeat,
+    local: tuple[str, int] | None,  # the listener's address; None: a wildcard's
 ) -> None:
     """One connection, from accept to close, in the task ``serve_listeners`` gave it."""
     stats = intake.stats
@@ -95,7 +106,8 @@ async def _connection(
     try:
         try:
             peer = _pair(stream.socket.getpeername())
-            local = _pair(stream.socket.getsockname())
+            if local is None:
+                local = _pair(stream.socket.getsockname())
         except OSError:  # gone already
             return
         # trio.SocketStream sets TCP_NOTSENT_LOWAT to 16 KiB (for streams that fill their
@@ -161,8 +173,10 @@ async def _read_opening(
     via: str | None = None
     trusted = within(peer[0], options.trusted_proxies)
     proxy_checked = False
+    first = True
     while True:
-        data = await receive(stream)
+        data = await receive(stream, wait_first=not first)
+        first = False
         if not data:
             return None
         if not proxy_checked:
