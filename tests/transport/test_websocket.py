@@ -185,6 +185,22 @@ async def test_a_malformed_upgrade_is_refused_with_a_status_and_why(
     assert not server.server.hub.flows
 
 
+async def test_header_values_that_are_not_ascii_do_not_stop_the_server(
+    server: RunningServer, nursery: trio.Nursery
+) -> None:
+    """h11 lets obs-text through in a value; wsproto's handshake decoded the
+    subprotocols as ASCII and its UnicodeDecodeError ended the listener."""
+    stream = await trio.open_tcp_stream(*server.addr("ws"))
+    await stream.send_all(UPGRADE.replace(b"Protocol: sip", b"Protocol: sip, \xe9t\xe9", 1))
+    with trio.fail_after(5):
+        answer = await stream.receive_some(65536)
+    assert answer.startswith(b"HTTP/1.1 101 "), answer
+    await stream.aclose()
+    c = await ws_client(server, nursery)  # and the next browser is served
+    msg, _ = sipjs_register(c)
+    assert (await c.request(msg)).status == 200
+
+
 @pytest.mark.parametrize(
     ("frame", "code"),
     [

@@ -155,6 +155,11 @@ async def _connection(
             policy.give_back(ip)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
+    except Exception:
+        # A bug must cost this connection, never the listener: an exception out of a
+        # handler ends trio's serve_listeners, and with it the server.
+        stats["internal_errors"] += 1
+        log.exception("internal error on a WebSocket connection")
     finally:
         await trio.aclose_forcefully(ws_stream)
 
