@@ -4,7 +4,7 @@
     .venv/bin/python bench/ws_ab.py --n 50000 --servers siptrio --workers 3
 
 Each round runs, for each server, on a fresh process: 100 warm-up connect-REGISTER-close
-cycles (bench/ws_scale.py's client), then N SIP.js-shaped WebSocket flows (subprotocol
+cycles (bench/ws_browser.py's clients), then N SIP.js-shaped WebSocket flows (subprotocol
 ``sip``, ``.invalid`` Contact), each REGISTERing its own AOR, 200 handshakes in flight;
 all are held ``--hold`` seconds while the server pings them. Then, with every flow
 still held: a sample of flows pings the server (WebSocket Ping -> Pong), and a caller
