@@ -14,7 +14,7 @@ Needs SIPp (Debian ``sip-tester``), Kamailio (``kamailio`` and
    (uas.xml in server mode, registered by a second SIPp with register-contact.xml), as
    bench/calls_udp.py; a rate counts with 0
    failed calls, 0 retransmissions and >= 95 % achieved.
-3. WebSocket scale: N SIP.js-shaped WebSocket flows (bench/ws_scale.py's client), each
+3. WebSocket scale: N SIP.js-shaped WebSocket flows (bench/ws_browser.py's clients), each
    REGISTERed, held while the server pings them, verified, closed: handshake+REGISTER
    rate, flows registered and alive, memory per flow.
 4. Latency at a fixed moderate rate (200 calls/s, 200 REGISTER/s): p50/p99 of

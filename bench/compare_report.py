@@ -214,7 +214,7 @@ def report(res: Results, png: Path | None) -> str:
         lines += [
             "## WebSocket scale",
             "",
-            "`bench/ws_scale.py`'s client (wsproto over Trio, SIP.js-shaped handshake and REGISTER, "
+            "`bench/ws_browser.py`'s clients (wsproto over Trio, SIP.js-shaped handshake and REGISTER, "
             "200 handshakes in flight,",
             "two client processes from 5,000 flows), after 100 warm-up connect-REGISTER-close "
             f"cycles; flows held {plan.ws_hold:g} s while",

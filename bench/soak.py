@@ -14,7 +14,7 @@ admin API for /metrics, SQLite in a scratch folder, every other setting at its d
   record (default 60 x the rate, so each is refreshed once a minute), each with its own
   Call-ID and a rising CSeq, Expires 300; the first round adds the bindings, every later
   one refreshes them (a client process of this script, ``--register-client``);
-- ``--ws`` WebSocket flows shaped like SIP.js (bench/ws_scale.py's ``Browser``), each
+- ``--ws`` WebSocket flows shaped like SIP.js (bench/ws_browser.py's ``Browser``), each
   REGISTERed (expires 600, refreshed every 300 s), sending a CRLF keep-alive every 30 s
   and answering the server's pings (``keepalive_interval`` 15 s by default);
 

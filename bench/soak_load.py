@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calls_udp import DOMAIN
 
 REGISTER_EXPIRES = 300
-WS_EXPIRES = 600  # what ws_scale.sipjs_register asks for
+WS_EXPIRES = 600  # what ws_browser.sipjs_register asks for
 WS_REFRESH = 300.0
 WS_CRLF_EVERY = 30.0
 
@@ -103,7 +103,7 @@ def ws_client(port: int, n: int, seconds: float, out: Path) -> int:
     """``n`` SIP.js-shaped flows held for ``seconds``: REGISTER, refresh, CRLF, pongs."""
     import trio
     import wsproto.events as wse
-    from ws_scale import GONE, ORIGIN, Browser, raise_fd_limit
+    from ws_browser import GONE, ORIGIN, Browser, raise_fd_limit
 
     raise_fd_limit()
     counts: dict[str, int] = {"registered": 0, "refreshed": 0, "crlf": 0, "failed": 0}

@@ -4,7 +4,7 @@
     .venv/bin/python bench/ws_ab.py --n 50000 --servers siptrio --workers 3
 
 Each round runs, for each server, on a fresh process: 100 warm-up connect-REGISTER-close
-cycles (bench/ws_scale.py's client), then N SIP.js-shaped WebSocket flows (subprotocol
+cycles (bench/ws_browser.py's clients), then N SIP.js-shaped WebSocket flows (subprotocol
 ``sip``, ``.invalid`` Contact), each REGISTERing its own AOR, 200 handshakes in flight;
 all are held ``--hold`` seconds while the server pings them. Then, with every flow
 still held: a sample of flows pings the server (WebSocket Ping -> Pong), and a caller
@@ -458,8 +458,14 @@ def report(runs: list[AbRun], args: argparse.Namespace, minutes: float) -> str:
         + "".join(f"; {name} = {path}" for name, path in TREES.items())
         + ".",
         f"`bench/ws_ab.py --n {args.n} --rounds {args.rounds} --hold {args.hold:g}"
-        f"{f' --workers {args.workers}' if args.workers > 1 else ''} --servers {args.servers}`. "
-        "Each round runs each server on a fresh process, in the order given.",
+        f"{f' --workers {args.workers}' if args.workers > 1 else ''} --servers {args.servers}"
+        f"{' --rotate' if args.rotate else ''}`. "
+        "Each round runs each server on a fresh process, "
+        + (
+            "the order turned by one place each round (round 2 starts with the second)."
+            if args.rotate
+            else "in the order given."
+        ),
         "",
         "## Summary (per round)",
         "",
@@ -513,6 +519,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=PATH",
         help="another siptrio checkout to run as server NAME (list NAME in --servers)",
     )
+    p.add_argument(
+        "--rotate",
+        action="store_true",
+        help="turn the order of --servers by one each round, so that every server runs in "
+        "every place (on a shared machine a place in the round can be the busy one)",
+    )
     p.add_argument("--output", type=Path, default=RESULTS)
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)
@@ -552,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[AbRun] = []
     try:
         for rnd in range(1, args.rounds + 1):
-            for server in servers:
+            turn = (rnd - 1) % len(servers) if args.rotate else 0
+            for server in servers[turn:] + servers[:turn]:
                 r = measure(server, rnd, args.n, args.hold, scratch, args.base, args.workers)
                 runs.append(r)
                 print(row(r), flush=True)

@@ -59,7 +59,7 @@ class Flow:
     """One connection. Written to only through ``send_nowait``, which never blocks.
 
     Slotted: a server holds tens of thousands. ``queue_limit=0`` makes no queue, for a
-    subclass that writes by itself (``transport/ws.py``).
+    subclass that writes by itself (``transport/ws/flow.py``).
     """
 
     __slots__ = (

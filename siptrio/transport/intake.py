@@ -77,10 +77,19 @@ class Intake:
 
     async def deliver(self, data: bytes, peer: Peer) -> None:
         """A message framed off a flow: queued for the core, waiting when it is full,
-        which pushes back on that connection only."""
+        which pushes back on that connection only.
+
+        Queued without a checkpoint while there is room (the flow's reader goes back
+        to wait on its socket next, and yields there): a checkpoint per message was
+        1.4 % of a WebSocket set-up's instructions.
+        """
         if self.hub.trace:
             self.hub.trace_message("recv", data, peer)
-        await self.channel.send(Inbound(data, peer, trio.current_time()))
+        item = Inbound(data, peer, trio.current_time())
+        try:
+            self.channel.send_nowait(item)
+        except trio.WouldBlock:
+            await self.channel.send(item)
 
     async def reject(self, data: bytes, error: SipParseError, peer: Peer) -> None:
         """What a stream could not frame: answered where it can be addressed."""

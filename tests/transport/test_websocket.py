@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import ssl
 from collections.abc import AsyncIterator
@@ -145,6 +146,83 @@ async def test_missing_origin_allowed_by_default_refused_when_configured(
 async def test_without_sip_subprotocol_400(server: RunningServer, nursery: trio.Nursery) -> None:
     err = await rejected(server, subprotocols=("chat",))
     assert err.status_code == 400 and b"'sip' subprotocol" in (err.body or b"")
+
+
+UPGRADE = (
+    b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Protocol: sip\r\nOrigin: http://localhost:8088\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "status", "why"),
+    [
+        (b"GET", b"POST", 400, b"GET"),
+        (b"Version: 13", b"Version: 8", 426, b"Sec-WebSocket-Version"),
+        (b"Upgrade: websocket\r\n", b"", 400, b"Upgrade: websocket"),
+        (b"Connection: Upgrade\r\n", b"Bad Header\r\n", 400, b"header line"),
+        # a head still unfinished past h11's 16 KiB
+        (b"\r\n\r\n", b"\r\nX-Pad: " + b"a" * 20000, 431, b"too long"),
+    ],
+)
+async def test_a_malformed_upgrade_is_refused_with_a_status_and_why(
+    server: RunningServer, old: bytes, new: bytes, status: int, why: bytes
+) -> None:
+    """wsproto (h11) judges the request; the refusal's body says what was wrong."""
+    stream = await trio.open_tcp_stream(*server.addr("ws"))
+    await stream.send_all(UPGRADE.replace(old, new, 1))
+    answer = b""
+    with trio.fail_after(5), contextlib.suppress(trio.BrokenResourceError):
+        while data := await stream.receive_some(65536):
+            answer += data
+    await stream.aclose()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    assert why in body
+    if status == 426:
+        assert b"Sec-WebSocket-Version: 13" in head
+    assert not server.server.hub.flows
+
+
+async def test_header_values_that_are_not_ascii_do_not_stop_the_server(
+    server: RunningServer, nursery: trio.Nursery
+) -> None:
+    """h11 lets obs-text through in a value; wsproto's handshake decoded the
+    subprotocols as ASCII and its UnicodeDecodeError ended the listener."""
+    stream = await trio.open_tcp_stream(*server.addr("ws"))
+    await stream.send_all(UPGRADE.replace(b"Protocol: sip", b"Protocol: sip, \xe9t\xe9", 1))
+    with trio.fail_after(5):
+        answer = await stream.receive_some(65536)
+    assert answer.startswith(b"HTTP/1.1 101 "), answer
+    await stream.aclose()
+    c = await ws_client(server, nursery)  # and the next browser is served
+    msg, _ = sipjs_register(c)
+    assert (await c.request(msg)).status == 200
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"\x81\x05hello", 1002),  # unmasked: a client must mask every frame
+        (b"\x81\x82\x00\x00\x00\x00\xff\xfe", 1007),  # a text message that is not UTF-8
+        (b"\x89\xfe\x00\x80\x00\x00\x00\x00" + b"p" * 128, 1002),  # a 128-byte ping
+    ],
+)
+async def test_broken_frames_close_the_flow_with_the_protocol_error_code(
+    server: RunningServer, frame: bytes, code: int
+) -> None:
+    raw = await RawWs.open(server.addr("ws"))
+    await raw.stream.send_all(frame)
+    events: list[wse.Event] = []
+    with trio.fail_after(5):
+        while not any(isinstance(e, wse.CloseConnection) for e in events):
+            events += await raw.events()
+    close = next(e for e in events if isinstance(e, wse.CloseConnection))
+    assert close.code == code
+    with trio.fail_after(3):
+        while server.server.hub.flows:
+            await trio.sleep(0.01)
 
 
 async def test_wss_needs_the_ca(server: RunningServer, nursery: trio.Nursery) -> None:
@@ -421,3 +499,28 @@ def test_the_server_raises_its_open_files_limit(tmp_path: Path) -> None:
         assert got_soft == str(hard if hard != resource.RLIM_INFINITY else 1 << 20)
     finally:
         proc.stop()
+
+
+async def test_a_peer_gone_before_the_101_is_a_broken_stream_not_a_crash() -> None:
+    """The 101 goes straight onto the socket: a reset there must read as a broken stream.
+
+    At 50,000 set-ups, clients that gave up reset their connections between our read of
+    the request and our 101; the error escaped as BrokenPipeError and stopped a worker.
+    """
+    import socket
+    import struct
+
+    from siptrio.transport.ws.flow import send_now
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listeners[0].accept()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await client.aclose()  # a reset, not a FIN
+    await trio.sleep(0.05)
+    with pytest.raises(trio.BrokenResourceError):
+        for _ in range(3):  # the first write may still be taken before the reset is seen
+            await send_now(server, b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    await server.aclose()
+    await listeners[0].aclose()
