@@ -422,21 +422,20 @@ def summary(figures: list[Figure], trees: list[Tree]) -> list[str]:
         f"spread (max - min) | ratio to {trees[0].name} | retransmissions |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    means: dict[str, float] = {}
+    means: dict[str, float] = {}  # the first tree's, per workload
     for workload in dict.fromkeys(f.workload for f in figures):
         for t in trees:
             mine = [f for f in figures if f.tree is t and f.workload == workload]
             good = [f.per_op for f in mine if f.ok]
             retrans = sum(f.low.retransmissions + f.high.retransmissions for f in mine)
-            if not good:
-                lines.append(f"| {t.name} | | {UNIT[workload]} | 0 of {len(mine)} | - | | | |")
-                continue
-            mean, spread = sum(good) / len(good), f"{max(good) - min(good):,.0f}"
-            means.setdefault(workload, mean)
+            mean = sum(good) / len(good) if good else 0.0
+            if t is trees[0] and good:
+                means[workload] = mean
+            spread = f"{max(good) - min(good):,.0f}" if len(good) > 1 else "-"
+            ratio = f"{mean / means[workload]:.3f}" if good and workload in means else "-"
             lines.append(
                 f"| {t.name} | `{t.commit.split()[0]}` | {UNIT[workload]} | {len(good)} of "
-                f"{len(mine)} | {mean:,.0f} | {spread if len(good) > 1 else '-'} | "
-                f"{mean / means[workload]:.3f} | {retrans} |"
+                f"{len(mine)} | {f'{mean:,.0f}' if good else '-'} | {spread} | {ratio} | {retrans} |"
             )
     return lines
 
