@@ -18,23 +18,12 @@ import argparse
 import gc
 import time
 
+from parse_micro import REGISTER  # the same SIPp-shaped REGISTER
+
 from siptrio.core.dispatcher import Dispatcher, DispatcherConfig
 from siptrio.core.events import Persist
 from siptrio.core.types import Clock, Peer, Transport
 
-REGISTER = (
-    b"REGISTER sip:127.0.0.1:5060 SIP/2.0\r\n"
-    b"Via: SIP/2.0/UDP 127.0.0.1:5097;branch=z9hG4bK-1234-1-0;rport\r\n"
-    b"From: <sip:udpuser1@127.0.0.1>;tag=1234SIPpTag001\r\n"
-    b"To: <sip:udpuser1@127.0.0.1>\r\n"
-    b"Call-ID: 1-1234@127.0.0.1\r\n"
-    b"CSeq: 1 REGISTER\r\n"
-    b"Contact: <sip:udpuser1@127.0.0.1:5097;transport=udp>\r\n"
-    b"Max-Forwards: 70\r\n"
-    b"Expires: 3600\r\n"
-    b"User-Agent: SIPp\r\n"
-    b"Content-Length: 0\r\n\r\n"
-)
 PEER = Peer(
     transport=Transport.UDP, host="127.0.0.1", port=5097, local_host="127.0.0.1", local_port=5060
 )

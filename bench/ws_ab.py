@@ -263,15 +263,7 @@ def measure(
         return run
     stop = srv.stop
     try:
-        warm = ws_scale.Clients(srv.ws_port, ws_scale.WARM_UP, 1, "warm", 200)
-        try:
-            for step in ("ready", "registered", "verified", "closed"):
-                warm.expect(step)
-                if step != "closed":
-                    warm.tell({"ready": "go", "registered": "verify", "verified": "close"}[step])
-            warm.wait()
-        finally:
-            warm.kill()
+        ws_scale.warm_up(srv.ws_port, 200)
         time.sleep(1.0)
         run.pss_before = tree_memory(srv.pid).pss
         if REDIS_PID and server != "kamailio":

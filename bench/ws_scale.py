@@ -251,6 +251,20 @@ class Run:
         )
 
 
+def warm_up(port: int, concurrency: int) -> None:
+    """WARM_UP connect-REGISTER-close cycles: lazily imported code, first-use caches and
+    the store file belong to the baseline, not to the measured phase."""
+    warm = Clients(port, WARM_UP, 1, "warm", concurrency)
+    try:
+        for step in ("ready", "registered", "verified", "closed"):
+            warm.expect(step)
+            if step != "closed":
+                warm.tell({"ready": "go", "registered": "verify", "verified": "close"}[step])
+        warm.wait()
+    finally:
+        warm.kill()
+
+
 def measure(n: int, hold: float, clients: int, concurrency: int, scratch: Path) -> Run:
     run = Run(n=n, hold=hold)
     workdir = scratch / f"n{n}"
@@ -263,16 +277,7 @@ def measure(n: int, hold: float, clients: int, concurrency: int, scratch: Path) 
     else:
         raise RuntimeError(f"siptrio did not start; see {workdir / 'siptrio.log'}")
     try:
-        # warm up: lazily imported code, first-use caches and the store file
-        warm = Clients(server.port, WARM_UP, 1, "warm", concurrency)
-        try:
-            for step in ("ready", "registered", "verified", "closed"):
-                warm.expect(step)
-                if step != "closed":
-                    warm.tell({"ready": "go", "registered": "verify", "verified": "close"}[step])
-            warm.wait()
-        finally:
-            warm.kill()
+        warm_up(server.port, concurrency)
         time.sleep(1.0)
         run.rss_before = status_kib(server.pid)
 

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from support.sip_strategies import VIEWS
 
 from siptrio.sip import (
     Request,
@@ -117,26 +118,7 @@ def check_routing_views(msg: Request | Response) -> None:
 
 
 def check_views_only_raise_parse_errors(msg: Request | Response) -> None:
-    names = [
-        "vias",
-        "from_",
-        "to",
-        "call_id",
-        "cseq",
-        "max_forwards",
-        "contact_star",
-        "contacts",
-        "routes",
-        "record_routes",
-        "paths",
-        "expires",
-        "require",
-        "supported",
-        "proxy_require",
-        "content_type",
-        "content_length",
-    ]
-    for name in names:
+    for name in VIEWS:
         with contextlib.suppress(SipParseError):
             getattr(msg, name)
     with contextlib.suppress(SipParseError):
